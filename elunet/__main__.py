@@ -1,0 +1,3 @@
+from elunet.cli import main
+
+main()

@@ -1,0 +1,118 @@
+"""The model card: the one description of a model that every stage reads.
+
+Training writes it beside the weights, export copies it into the ONNX
+``metadata_props`` and the model repository (adding an ``export`` section), and
+the server takes the input shape, labels and preprocessing from it. Nothing
+else restates these facts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from elunet.contracts import INPUT_LAYOUT, INPUT_RANGE, MODEL_NAME_RE, MODEL_NAME_RULE
+from elunet.errors import ElunetError
+
+CARD_FORMAT = 1
+CARD_FILE = "card.json"
+# The key under which the card travels inside ONNX metadata_props.
+ONNX_METADATA_KEY = "elunet.card"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Preprocessing(_Strict):
+    """What the server does to an image before the graph sees it.
+
+    The normalization itself (mean/std, GCN, ZCA) is inside the network, so a
+    client only has to deliver pixels in ``range``, in ``layout``.
+    """
+
+    layout: Literal["NCHW"] = INPUT_LAYOUT
+    range: tuple[float, float] = INPUT_RANGE
+    channels: int = Field(ge=1, le=4)
+    height: int = Field(ge=1)
+    width: int = Field(ge=1)
+    color_mode: Literal["L", "RGB"]
+    normalization: str = Field(description="normalization module inside the graph, e.g. 'meanstd' or 'gcn+zca'")
+
+
+class ExportInfo(_Strict):
+    elu_mode: Literal["native", "plugin"]
+    opset: int
+    dtype: Literal["fp32", "fp16"]
+    exporter: str
+    source_checkpoint_sha256: str
+    parity: Literal["passed", "skipped"]
+
+
+class ModelCard(_Strict):
+    format: int = CARD_FORMAT
+    name: str
+    version: int = Field(default=1, ge=1)
+    architecture: str
+    activation: str
+    alpha: float | None = None
+    batch_norm: bool = False
+    dataset: str
+    labels: list[str] = Field(min_length=2)
+    preprocessing: Preprocessing
+    metrics: dict[str, float] = Field(default_factory=dict)
+    training: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
+    weights_sha256: str | None = None
+    export: ExportInfo | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_safe_folder_name(cls, name: str) -> str:
+        if not MODEL_NAME_RE.match(name):
+            raise ValueError(f"model name {name!r} must be {MODEL_NAME_RULE}")
+        return name
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        p = self.preprocessing
+        return (p.channels, p.height, p.width)
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2)
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "card") -> "ModelCard":
+        try:
+            return cls.model_validate_json(text)
+        except ValidationError as exc:
+            raise ElunetError(
+                f"{source} is not a valid elunet model card:\n{exc}",
+                hint="cards are written by `elunet train` and `elunet export`; do not edit them by hand",
+            ) from None
+
+    def save(self, path: Path) -> None:
+        write_atomic(Path(path), self.to_json() + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> "ModelCard":
+        path = Path(path)
+        if not path.is_file():
+            raise ElunetError(f"no model card at {path}", hint="point at a checkpoint or model-repository folder that holds card.json")
+        return cls.from_json(path.read_text(), source=str(path))
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write a file so that readers see either the old or the whole new content."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    if isinstance(data, str):
+        tmp.write_text(data)
+    else:
+        tmp.write_bytes(data)
+    tmp.replace(path)
+

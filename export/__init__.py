@@ -1,0 +1,1 @@
+"""elunet.export: see README.md, section 'export'."""

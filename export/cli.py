@@ -1,0 +1,7 @@
+"""Commands of the export stage."""
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add this stage's commands to the root `elunet` app."""

@@ -1,0 +1,1 @@
+"""elunet.plugins: see README.md, section 'plugins'."""

@@ -1,0 +1,1 @@
+"""elunet.serve: see README.md, section 'serve'."""

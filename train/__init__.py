@@ -1,0 +1,1 @@
+"""elunet.train: see README.md, section 'train'."""
