@@ -15,6 +15,10 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+# A checkpoint folder and a model-repository version folder both hold the
+# weights under this name beside card.json, so either can be loaded as a model.
+WEIGHTS_FILE = "model.safetensors"
+
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 INPUT_LAYOUT = "NCHW"

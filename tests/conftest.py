@@ -1,0 +1,1 @@
+"""Shared fixtures: each stage keeps its own in tests/fixtures_<stage>.py, imported here."""
