@@ -1,7 +1,62 @@
-"""Commands of the plugins stage."""
+"""Commands of the plugins stage: `elunet build-engine`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
 
 import typer
 
 
 def register(app: typer.Typer) -> None:
     """Add this stage's commands to the root `elunet` app."""
+    app.command("build-engine")(build_engine_command)
+
+
+def build_engine_command(
+    model: Path = typer.Argument(..., help="ONNX model from `elunet export` (e.g. models/fmnist/1/model.onnx)"),
+    min_batch: int = typer.Option(1, "--min-batch", help="smallest batch the engine accepts"),
+    opt_batch: int = typer.Option(8, "--opt-batch", help="batch TensorRT tunes kernels for"),
+    max_batch: int = typer.Option(64, "--max-batch", help="largest batch; also Triton's max_batch_size"),
+    workspace: int = typer.Option(1024, "--workspace", help="builder workspace limit, MiB"),
+    timing_cache: Optional[Path] = typer.Option(
+        None, "--timing-cache", help="timing cache file: read if it exists, updated after the build (faster rebuilds)"),
+    plugin_lib: list[Path] = typer.Option(
+        [], "--plugin-lib", help="ELU plugin library (default: $ELUNET_TRT_PLUGIN_LIB, build/plugins/, the package)"),
+    python_plugin: bool = typer.Option(
+        False, "--python-plugin", help="use the tensorrt.plugin (Python) ELU plugin instead of the compiled library"),
+    repository: Optional[Path] = typer.Option(
+        None, "--repository", help="model repository to write into (default: the one MODEL is in)"),
+    name: Optional[str] = typer.Option(None, "--name", help="model name in the repository (default: <card name>-trt)"),
+    version: Optional[int] = typer.Option(None, "--version", help="version folder (default: the ONNX model's version)"),
+    force: bool = typer.Option(False, "--force", help="replace an existing version folder"),
+) -> None:
+    """Build a TensorRT engine (model.plan) from an exported ONNX model, into the model repository.
+
+    Writes REPOSITORY/NAME/VERSION/{model.plan, card.json} and REPOSITORY/NAME/{config.pbtxt, labels.txt}
+    (Triton platform tensorrt_plan). Models with the ELU plugin op need the plugin library (build it with
+    cmake -S plugins/elu -B build/plugins) or --python-plugin; the engine is checked to contain the plugin layers.
+    Needs TensorRT and an NVIDIA GPU; an engine runs only on the GPU type and TensorRT version that built it.
+    """
+    from elunet.errors import ElunetError
+    from elunet.plugins.engine_builder import (EngineOptions, build_engine, source_card_and_location,
+                                               write_to_repository)
+    from elunet.plugins.tensorrt_import import import_tensorrt
+    from elunet.repository import check_model_name
+
+    import_tensorrt()  # first: without TensorRT nothing else matters
+    options = EngineOptions(min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch, workspace_mib=workspace,
+                            timing_cache=timing_cache, plugin_libs=tuple(plugin_lib),
+                            python_plugin=python_plugin).validate()
+    card, location = source_card_and_location(model)
+    if repository is None:
+        if location is None:
+            raise ElunetError(f"{model} is not inside a model repository, so there is no default --repository",
+                              hint="pass --repository DIR (and --name, --version)")
+        repository = location[0]
+    name = check_model_name(name or f"{card.name}-trt")
+    version = version or (location[2] if location else card.version)
+    built = build_engine(model, options, log=typer.echo)
+    version_dir = write_to_repository(built, card, repository, name, version, max_batch, force=force)
+    typer.echo(f"wrote {version_dir} ({len(built.plan) / 2**20:.1f} MiB engine, {built.plugin_layers} ELU plugin "
+               f"layers for {built.elu_plugin_nodes} EluPlugin nodes)")
