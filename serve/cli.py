@@ -1,7 +1,80 @@
-"""Commands of the serve stage."""
+"""Commands of the serve stage: `elunet serve` and its client, `elunet classify`.
+
+Only light imports at module level: `elunet --help` must not load uvicorn,
+onnxruntime or torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
 
 import typer
+
+from elunet.serve.settings import ServeSettings, env_name
+
+
+def _help(field: str) -> str:
+    info = ServeSettings.model_fields[field]
+    default = "" if info.is_required() or info.default is None else f"; default {info.default}"
+    return f"{info.description}{default} (env {env_name(field)})"
+
+
+def _opt(field: str, *flags: str):
+    return typer.Option(None, *(flags or (f"--{field.replace('_', '-')}",)), help=_help(field), show_default=False)
+
+
+def serve(
+    repository: Optional[Path] = _opt("repository"),
+    host: Optional[str] = _opt("host"),
+    port: Optional[int] = _opt("port"),
+    backend: Optional[str] = _opt("backend"),
+    device: Optional[str] = _opt("device"),
+    max_batch_size: Optional[int] = _opt("max_batch_size"),
+    max_queue_delay_ms: Optional[float] = _opt("max_queue_delay_ms"),
+    max_queue_size: Optional[int] = _opt("max_queue_size"),
+    request_timeout_s: Optional[float] = _opt("request_timeout_s", "--request-timeout-s", "--request-timeout"),
+    workers: Optional[int] = _opt("workers"),
+    api_key: Optional[str] = _opt("api_key"),
+    max_body_bytes: Optional[int] = _opt("max_body_bytes"),
+    log_level: Optional[str] = _opt("log_level"),
+    config: Optional[Path] = typer.Option(None, "--config", help="TOML settings file; keys are the option names with '_' (env ELUNET_CONFIG)"),
+) -> None:
+    """Serve every model of a model repository over HTTP (KServe V2 / Open Inference Protocol).
+
+    Routes: GET /v2/health/ready, GET /v2/models/NAME, POST /v2/models/NAME/infer (JSON or binary
+    tensors; tritonclient works), POST /v1/models/NAME/classify (image files), GET /metrics, docs at /docs.
+    Priority of settings: option > environment variable > --config file > default.
+
+    Example: elunet serve --repository runs/demo/repository --port 8000 --max-batch-size 64
+    """
+    given = {name: value for name, value in locals().items() if name != "config"}
+    from elunet.serve.server import serve as run_server
+    from elunet.serve.settings import load_settings
+
+    run_server(load_settings(given, config_file=config))
+
+
+def classify(
+    images: list[Path] = typer.Argument(..., help="image files (PNG, JPEG, WebP, ...)", exists=True, dir_okay=False),
+    model: str = typer.Option(..., "--model", "-m", help="model name in the server's repository"),
+    url: str = typer.Option("http://127.0.0.1:8000", help="server address"),
+    top_k: int = typer.Option(3, "--top-k", "-k", min=1, help="labels per image"),
+    api_key: Optional[str] = typer.Option(None, envvar=env_name("api_key"), help="bearer token, if the server has one"),
+    timeout: float = typer.Option(30.0, help="seconds to wait for the answer"),
+) -> None:
+    """Classify image files with a running `elunet serve` (POST /v1/models/MODEL/classify).
+
+    Example: elunet classify shirt.png --model fashion-cnn
+    """
+    from elunet.serve.client import classify_files
+
+    for prediction in classify_files(url, model, images, top_k=top_k, api_key=api_key, timeout=timeout):
+        best = ", ".join(f"{s['label']} {s['probability']:.3f}" for s in prediction["top"])
+        typer.echo(f"{prediction['image']}: {best}")
 
 
 def register(app: typer.Typer) -> None:
     """Add this stage's commands to the root `elunet` app."""
+    app.command()(serve)
+    app.command()(classify)

@@ -1,1 +1,2 @@
 """Shared fixtures: each stage keeps its own in tests/fixtures_<stage>.py, imported here."""
+from fixtures_serve import *  # noqa: F401,F403

@@ -1,0 +1,312 @@
+"""The FastAPI application: KServe V2 routes, /v1 classify, /metrics.
+
+``create_app(settings)`` reads the repository's cards at once; the lifespan
+then loads and warms up every model in a background task, so liveness is
+answered during warm-up and readiness turns true only after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import logging
+import time
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+
+import elunet
+from elunet.contracts import INPUT_NAME, OUTPUT_NAME
+from elunet.serve.errors import ServeError, bad_request
+from elunet.serve.images import image_pixels, softmax
+from elunet.serve.metrics import ServeMetrics
+from elunet.serve.middleware import AccessLog, ApiKey, BodyLimit
+from elunet.serve.models import READY, ModelRegistry, ServedModel
+from elunet.serve.protocol import (
+    OUTPUT_DATATYPE,
+    ClassifyRequest,
+    ClassifyResponse,
+    ErrorResponse,
+    ImagePrediction,
+    InferenceRequest,
+    InferenceResponse,
+    LabelScore,
+    ModelMetadata,
+    ModelState,
+    ServerMetadata,
+    TensorMetadata,
+)
+from elunet.serve.settings import ServeSettings
+from elunet.serve.tensors import input_pixels, read_request, response_body
+
+log = logging.getLogger("elunet.serve")
+
+SERVER_NAME = "elunet"
+EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics_prometheus"]
+_ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 415, 500, 503, 504)}
+
+
+def create_app(settings: ServeSettings) -> FastAPI:
+    metrics = ServeMetrics()
+    registry = ModelRegistry(settings, metrics)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        loading = asyncio.create_task(registry.load_all())
+        try:
+            yield
+        finally:
+            # Reached after the server stopped accepting and in-flight requests were answered.
+            await loading
+            await registry.close()
+
+    app = FastAPI(
+        title="elunet serving",
+        version=elunet.__version__,
+        description="Batched image classification over the KServe V2 / Open Inference Protocol, "
+        "with a /v1 convenience endpoint that takes image files.",
+        lifespan=lifespan,
+    )
+    app.state.registry = registry
+    app.state.metrics = metrics
+    app.state.draining = False
+    _install_error_handlers(app)
+    _add_v2_routes(app, registry, settings)
+    _add_v1_routes(app, registry, settings)
+
+    @app.get("/metrics", tags=["operations"], response_class=Response)
+    async def prometheus_metrics() -> Response:
+        """Prometheus text format: request success/failure, durations, batch sizes, queue depth."""
+        return Response(metrics.render(), media_type=metrics.content_type)
+
+    _document_infer_body(app)
+    # Outermost first: every request is logged, oversized bodies stop before auth and parsing.
+    if settings.api_key is not None:
+        app.add_middleware(ApiKey, key=settings.api_key.get_secret_value())
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(AccessLog)
+    return app
+
+
+# --- V2 ---------------------------------------------------------------------------------
+
+
+def _add_v2_routes(app: FastAPI, registry: ModelRegistry, settings: ServeSettings) -> None:
+    @app.get("/v2", response_model=ServerMetadata, tags=["v2"])
+    async def server_metadata() -> ServerMetadata:
+        return ServerMetadata(name=SERVER_NAME, version=elunet.__version__, extensions=EXTENSIONS)
+
+    @app.get("/v2/health/live", tags=["v2"], responses=_ERRORS)
+    async def server_live() -> dict:
+        return {"live": True}
+
+    @app.get("/v2/health/ready", tags=["v2"], responses=_ERRORS)
+    async def server_ready(request: Request) -> dict:
+        if request.app.state.draining:
+            raise ServeError(503, "server is shutting down")
+        if not registry.ready:
+            waiting = [f"{m.name} v{m.version}: {m.state} {m.reason}" for m in registry.all() if m.state != READY]
+            raise ServeError(503, "not ready: " + "; ".join(waiting), headers={"Retry-After": "1"})
+        return {"ready": True}
+
+    @app.post("/v2/repository/index", response_model=list[ModelState], tags=["v2"])
+    async def repository_index() -> list[ModelState]:
+        return [ModelState(name=m.name, version=str(m.version), state=m.state, reason=m.reason) for m in registry.all()]
+
+    async def metadata(model: str, version: str | None = None) -> ModelMetadata:
+        served = registry.resolve(model, version)
+        backend = served.backend
+        return ModelMetadata(
+            name=served.name,
+            versions=[str(v) for v in sorted(registry.models[served.name])],
+            platform=f"{backend.kind}:{backend.detail}" if backend else "loading",
+            inputs=[TensorMetadata(name=INPUT_NAME, datatype=backend.datatype if backend else "FP32", shape=[-1, *served.card.input_shape])],
+            outputs=[TensorMetadata(name=OUTPUT_NAME, datatype=OUTPUT_DATATYPE, shape=[-1, served.card.num_classes])],
+        )
+
+    async def ready(model: str, version: str | None = None) -> dict:
+        served = registry.resolve(model, version)
+        if served.state != READY:
+            raise ServeError(503, f"model {served.name} v{served.version} is {served.state}: {served.reason}", headers={"Retry-After": "1"})
+        return {"name": served.name, "version": str(served.version), "ready": True}
+
+    async def infer(request: Request, model: str, version: str | None = None) -> Response:
+        served = registry.resolve(model, version)
+        started = time.perf_counter()
+        try:
+            body = await request.body()
+            parsed, binary = read_request(
+                body, request.headers.get("inference-header-content-length"), request.headers.get("content-encoding"), settings.max_body_bytes
+            )
+            pixels = input_pixels(parsed, binary, served.card.input_shape)
+            logits = await served.predict(pixels, _timeout(parsed, settings))
+            content, headers = response_body(parsed, served.name, served.version, logits)
+        except ServeError as exc:
+            served.metrics.failed(exc.reason, time.perf_counter() - started)
+            raise
+        served.metrics.succeeded(len(pixels), time.perf_counter() - started)
+        return Response(content, headers=headers)
+
+    infer_doc = dict(tags=["v2"], responses={200: {"model": InferenceResponse}, **_ERRORS}, response_class=Response,
+                     openapi_extra={"x-elunet-infer-body": True})
+    for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
+        app.add_api_route(prefix, metadata, methods=["GET"], response_model=ModelMetadata, tags=["v2"], responses=_ERRORS)
+        app.add_api_route(prefix + "/ready", ready, methods=["GET"], tags=["v2"], responses=_ERRORS)
+        app.add_api_route(prefix + "/infer", infer, methods=["POST"], **infer_doc)
+
+
+def _timeout(request: InferenceRequest, settings: ServeSettings) -> float:
+    """The server's request timeout, shortened by Triton's per-request ``timeout`` parameter (microseconds)."""
+    wanted = (request.parameters or {}).get("timeout")
+    if isinstance(wanted, (int, float)) and not isinstance(wanted, bool) and wanted > 0:
+        return min(settings.request_timeout_s, wanted / 1e6)
+    return settings.request_timeout_s
+
+
+# --- V1 classify ------------------------------------------------------------------------
+
+
+def _add_v1_routes(app: FastAPI, registry: ModelRegistry, settings: ServeSettings) -> None:
+    async def classify(request: Request, model: str, version: str | None = None) -> ClassifyResponse:
+        """Top-k labels with probabilities for one or many images.
+
+        Send multipart/form-data with one or more image files (any field name; a
+        ``top_k`` form field is optional), or JSON ``{"images": [base64, ...], "top_k": 5}``.
+        Images are decoded with Pillow, converted to the model's channels and resized
+        to its input size.
+        """
+        served = registry.resolve(model, version)
+        started = time.perf_counter()
+        try:
+            named_images, top_k = await _read_images(request)
+            pixels = np.stack([image_pixels(data, served.card.preprocessing, name) for name, data in named_images])
+            logits = await served.predict(pixels, settings.request_timeout_s)
+        except ServeError as exc:
+            served.metrics.failed(exc.reason, time.perf_counter() - started)
+            raise
+        served.metrics.succeeded(len(pixels), time.perf_counter() - started)
+        return ClassifyResponse(
+            model_name=served.name,
+            model_version=str(served.version),
+            predictions=[_top(served, name, p, top_k) for (name, _), p in zip(named_images, softmax(logits))],
+        )
+
+    body_doc = {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["images"],
+                        "properties": {
+                            "images": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                            "top_k": {"type": "integer", "minimum": 1, "default": 5},
+                        },
+                    }
+                },
+                "application/json": {"schema": {"$ref": "#/components/schemas/ClassifyRequest"}},
+            },
+        }
+    }
+    for prefix in ("/v1/models/{model}", "/v1/models/{model}/versions/{version}"):
+        app.add_api_route(
+            prefix + "/classify", classify, methods=["POST"], response_model=ClassifyResponse, tags=["v1"],
+            responses=_ERRORS, openapi_extra=body_doc,
+        )
+
+
+async def _read_images(request: Request) -> tuple[list[tuple[str, bytes]], int]:
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+        form = await request.form()
+        files = [(v.filename or key, await v.read()) for key, v in form.multi_items() if isinstance(v, UploadFile)]
+        if not files:
+            raise bad_request("multipart body has no image files; attach them as file fields, e.g. curl -F images=@shirt.png")
+        top_k = form.get("top_k", "5")
+        if not isinstance(top_k, str) or not top_k.isdigit() or int(top_k) < 1:
+            raise bad_request(f"top_k must be a positive integer, got {top_k!r}")
+        return files, int(top_k)
+    if content_type.startswith("application/json"):
+        try:
+            parsed = ClassifyRequest.model_validate_json(await request.body())
+        except ValidationError as exc:
+            raise bad_request(f"invalid classify request: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}") from None
+        images = []
+        for i, text in enumerate(parsed.images):
+            try:
+                images.append((str(i), base64.b64decode(text, validate=True)))
+            except (binascii.Error, ValueError):
+                raise bad_request(f"images[{i}] is not valid base64") from None
+        return images, parsed.top_k
+    raise ServeError(415, f"Content-Type {content_type or 'none'!r} not supported; send multipart/form-data files or application/json with base64 images")
+
+
+def _top(served: ServedModel, name: str, probabilities: np.ndarray, k: int) -> ImagePrediction:
+    best = np.argsort(-probabilities, kind="stable")[:k]
+    labels = served.card.labels
+    return ImagePrediction(image=name, top=[LabelScore(label=labels[i], index=int(i), probability=float(probabilities[i])) for i in best])
+
+
+# --- errors and OpenAPI -----------------------------------------------------------------
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    """Every error leaves as ``{"error": "..."}``, the V2 protocol's error body."""
+
+    @app.exception_handler(ServeError)
+    async def serve_error(request: Request, exc: ServeError) -> JSONResponse:
+        return JSONResponse({"error": exc.message}, exc.status, headers=exc.headers)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(exc.detail)}, exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0]
+        return JSONResponse({"error": f"invalid request: {'.'.join(map(str, first['loc']))}: {first['msg']}"}, 400)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse({"error": f"internal server error: {type(exc).__name__}"}, 500)
+
+
+def _document_infer_body(app: FastAPI) -> None:
+    """Describe the infer body (read raw, because of the binary extension) in the OpenAPI document."""
+    generate = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = generate()
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for model in (InferenceRequest, ClassifyRequest):
+            definition = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(definition.pop("$defs", {}))
+            components[model.__name__] = definition
+        for path in schema["paths"].values():
+            operation = path.get("post", {})
+            if operation.pop("x-elunet-infer-body", False):
+                operation["requestBody"] = {
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/InferenceRequest"}},
+                        "application/octet-stream": {
+                            "schema": {"type": "string", "format": "binary"},
+                            "description": "binary tensor extension: JSON header of Inference-Header-Content-Length bytes, then raw tensors",
+                        },
+                    },
+                }
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi

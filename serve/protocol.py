@@ -1,0 +1,120 @@
+"""The wire types of the KServe V2 / Open Inference Protocol (REST), defined once.
+
+They validate request headers, fill the OpenAPI document at /docs and shape
+every response. The same protocol is spoken by Triton, KServe and MLServer,
+so their clients (e.g. ``tritonclient.http``) work unmodified. The
+``/v1/.../classify`` convenience endpoint has its types at the end.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# Parameters may carry any JSON scalar (the binary extension uses
+# binary_data_size, binary_data, binary_data_output; Triton also sends timeout).
+Parameters = dict[str, bool | int | float | str]
+
+# V2 datatype name -> numpy dtype name, for the datatypes this server accepts as input.
+INPUT_DATATYPES = {"FP32": "float32", "FP16": "float16", "UINT8": "uint8"}
+OUTPUT_DATATYPE = "FP32"
+# UINT8 pixels are scaled by this to reach the model's [0, 1] input range.
+UINT8_SCALE = 1.0 / 255.0
+
+
+class _Wire(BaseModel):
+    # Clients add fields of extensions we do not implement; ignore them rather than fail.
+    model_config = ConfigDict(extra="ignore")
+
+
+class ErrorResponse(_Wire):
+    error: str
+
+
+class ServerMetadata(_Wire):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class TensorMetadata(_Wire):
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class ModelMetadata(_Wire):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorMetadata]
+    outputs: list[TensorMetadata]
+
+
+class RequestInput(_Wire):
+    name: str
+    shape: list[int] = Field(max_length=8)
+    datatype: str
+    parameters: Parameters | None = None
+    # Nested or flat list of numbers; absent when the tensor travels in the binary section.
+    data: list[Any] | None = None
+
+
+class RequestOutput(_Wire):
+    name: str
+    parameters: Parameters | None = None
+
+
+class InferenceRequest(_Wire):
+    id: str | None = None
+    parameters: Parameters | None = None
+    inputs: list[RequestInput] = Field(min_length=1)
+    outputs: list[RequestOutput] | None = None
+
+
+class ResponseOutput(_Wire):
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: Parameters | None = None
+    data: list[float] | None = None
+
+
+class InferenceResponse(_Wire):
+    model_name: str
+    model_version: str
+    id: str | None = None
+    outputs: list[ResponseOutput]
+
+
+class ModelState(_Wire):
+    name: str
+    version: str
+    state: str
+    reason: str = ""
+
+
+# --- /v1/models/{model}/classify -------------------------------------------------------
+
+
+class ClassifyRequest(_Wire):
+    images: list[str] = Field(min_length=1, description="images (PNG, JPEG, WebP, ...) encoded as base64 strings")
+    top_k: int = Field(5, ge=1, description="how many labels to return per image")
+
+
+class LabelScore(_Wire):
+    label: str
+    index: int
+    probability: float
+
+
+class ImagePrediction(_Wire):
+    image: str = Field(description="the uploaded file name, or the position in the images list")
+    top: list[LabelScore]
+
+
+class ClassifyResponse(_Wire):
+    model_name: str
+    model_version: str
+    predictions: list[ImagePrediction]

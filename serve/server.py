@@ -1,0 +1,49 @@
+"""Run the app under uvicorn, with a graceful SIGTERM.
+
+On SIGTERM/SIGINT uvicorn stops listening and waits for the requests it has
+already accepted; the batchers keep computing until every one of them is
+answered, then the lifespan closes the backends. Readiness reports 503 from
+the first signal on, so a load balancer stops sending traffic.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import uvicorn
+
+from elunet.serve.app import create_app
+from elunet.serve.logs import configure_logging
+from elunet.serve.settings import ServeSettings
+
+log = logging.getLogger("elunet.serve")
+# After the request timeout every accepted request has an answer (maybe 504); this is slack on top.
+DRAIN_SLACK_S = 5.0
+
+
+class _DrainingServer(uvicorn.Server):
+    def handle_exit(self, sig, frame) -> None:
+        self.config.app.state.draining = True
+        log.info("signal %s: no new connections; answering the requests already accepted", sig)
+        super().handle_exit(sig, frame)
+
+
+def serve(settings: ServeSettings) -> None:
+    configure_logging(settings.log_level)
+    app = create_app(settings)
+    log.info(
+        "serving %s on http://%s:%d (backend %s, device %s, max batch %d, delay %g ms, queue %d, workers %d)",
+        settings.repository, settings.host, settings.port, settings.backend, settings.device or "auto",
+        settings.max_batch_size, settings.max_queue_delay_ms, settings.max_queue_size, settings.workers,
+    )
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        access_log=False,  # the AccessLog middleware writes structured lines instead
+        log_config=None,
+        timeout_graceful_shutdown=settings.request_timeout_s + DRAIN_SLACK_S,
+        # Allow many simultaneous keep-alive clients without FD trouble on small hosts.
+        backlog=2048,
+    )
+    _DrainingServer(config).run()

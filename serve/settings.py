@@ -1,0 +1,113 @@
+"""Every setting of `elunet serve`, defined once.
+
+A setting comes from (highest priority first) a command-line option, an
+environment variable ``ELUNET_<FIELD NAME IN CAPITALS>`` (e.g.
+``ELUNET_MAX_BATCH_SIZE``), a TOML settings file (``--config`` or
+``ELUNET_CONFIG``; keys are the field names below), or the default here. The
+environment variable names are derived from the field names, so the
+deployment files, the CLI and this module cannot disagree.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from elunet.errors import ElunetError
+
+ENV_PREFIX = "ELUNET_"
+# The environment variable that names the settings file (it is not a setting itself).
+CONFIG_ENV = f"{ENV_PREFIX}CONFIG"
+DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?)$")
+
+Backend = Literal["auto", "onnxruntime", "tensorrt", "torch"]
+
+
+class ServeSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    repository: Path = Field(description="model repository folder written by `elunet export --repository`")
+    host: str = Field("127.0.0.1", description="address to listen on (0.0.0.0 inside a container)")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port (0 picks a free one)")
+    backend: Backend = Field(
+        "auto", description="inference backend; auto tries TensorRT, then ONNX Runtime CUDA, then ONNX Runtime CPU"
+    )
+    device: str | None = Field(None, description="cpu, cuda or cuda:N; unset lets the backend choice decide")
+    max_batch_size: int = Field(32, ge=1, description="largest batch the server forms (capped by the model's own maximum)")
+    max_queue_delay_ms: float = Field(
+        2.0, ge=0, description="a batch leaves once its oldest request has waited this long, even if not full"
+    )
+    max_queue_size: int = Field(1024, ge=1, description="images that may wait per model before requests get 503")
+    request_timeout_s: float = Field(30.0, gt=0, description="a request not answered within this time gets 504")
+    workers: int = Field(1, ge=1, description="inference threads per model (batches computed at the same time)")
+    api_key: SecretStr | None = Field(None, description="if set, every request except health and metrics needs 'Authorization: Bearer <key>'")
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="request bodies larger than this get 413")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log verbosity")
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, device: str | None) -> str | None:
+        if device is not None and not DEVICE_RE.match(device):
+            raise ValueError(f"device must be cpu, cuda or cuda:N, got {device!r}")
+        return device
+
+
+def env_name(field: str) -> str:
+    """The environment variable that sets ``field``."""
+    return ENV_PREFIX + field.upper()
+
+
+def env_names() -> dict[str, str]:
+    """Field name -> environment variable name, for every setting."""
+    return {name: env_name(name) for name in ServeSettings.model_fields}
+
+
+def load_settings(
+    overrides: Mapping[str, Any] | None = None,
+    config_file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> ServeSettings:
+    """Merge defaults < settings file < environment < ``overrides`` (None values are ignored)."""
+    environ = os.environ if environ is None else environ
+    merged: dict[str, Any] = {}
+    config_file = config_file or (Path(environ[CONFIG_ENV]) if environ.get(CONFIG_ENV) else None)
+    if config_file is not None:
+        merged.update(_read_settings_file(Path(config_file)))
+    for field, var in env_names().items():
+        if environ.get(var, "") != "":
+            merged[field] = environ[var]
+    merged.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    if "repository" not in merged:
+        raise ElunetError(
+            "no model repository given",
+            hint=f"pass --repository DIR, set {env_name('repository')}, or put repository = \"DIR\" in the settings file",
+        )
+    try:
+        return ServeSettings.model_validate(merged)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            field = ".".join(str(p) for p in err["loc"])
+            lines.append(f"  {field} (option --{field.replace('_', '-')}, env {env_name(field)}): {err['msg']}, got {err.get('input')!r}")
+        raise ElunetError("invalid serve settings:\n" + "\n".join(lines), hint="see `elunet serve --help`") from None
+
+
+def _read_settings_file(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ElunetError(f"settings file {path} does not exist", hint="--config expects a TOML file with keys such as port = 8000")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ElunetError(f"settings file {path} is not valid TOML: {exc}", hint="write key = value lines, e.g. max_batch_size = 32") from None
+    unknown = sorted(set(data) - set(ServeSettings.model_fields))
+    if unknown:
+        raise ElunetError(
+            f"settings file {path} has unknown keys {unknown}",
+            hint=f"known keys: {', '.join(ServeSettings.model_fields)}",
+        )
+    return data

@@ -1,0 +1,67 @@
+"""Serve settings: one module, env vars derived from field names, clear errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from elunet.errors import ElunetError
+from elunet.serve.settings import ServeSettings, env_names, load_settings
+
+DOCUMENTED_ENV = {
+    "ELUNET_REPOSITORY", "ELUNET_HOST", "ELUNET_PORT", "ELUNET_BACKEND", "ELUNET_DEVICE", "ELUNET_MAX_BATCH_SIZE",
+    "ELUNET_MAX_QUEUE_DELAY_MS", "ELUNET_MAX_QUEUE_SIZE", "ELUNET_REQUEST_TIMEOUT_S", "ELUNET_WORKERS",
+    "ELUNET_API_KEY", "ELUNET_MAX_BODY_BYTES",
+}
+
+
+def test_every_documented_environment_variable_is_a_setting():
+    assert DOCUMENTED_ENV <= set(env_names().values())
+
+
+def test_priority_is_option_then_environment_then_file_then_default(tmp_path):
+    config = tmp_path / "serve.toml"
+    config.write_text('repository = "/file"\nport = 9001\nmax_batch_size = 4\nworkers = 3\n')
+    env = {"ELUNET_PORT": "9002", "ELUNET_MAX_BATCH_SIZE": "16"}
+    s = load_settings({"max_batch_size": 64, "host": None}, config_file=config, environ=env)
+    assert (s.max_batch_size, s.port, s.workers, str(s.repository), s.host) == (64, 9002, 3, "/file", "127.0.0.1")
+    s = load_settings(environ={"ELUNET_CONFIG": str(config), "ELUNET_API_KEY": "s3cr3t-key"})
+    assert s.port == 9001 and s.api_key.get_secret_value() == "s3cr3t-key"
+    assert "s3cr3t-key" not in repr(s), "the API key must not leak into logs"
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"ELUNET_PORT": "eighty"}, "ELUNET_PORT"),
+        ({"ELUNET_DEVICE": "gpu"}, "cpu, cuda or cuda:N"),
+        ({"ELUNET_BACKEND": "tflite"}, "ELUNET_BACKEND"),
+        ({"ELUNET_MAX_BATCH_SIZE": "0"}, "greater than or equal to 1"),
+    ],
+)
+def test_invalid_values_name_the_setting_and_what_is_expected(env, message):
+    with pytest.raises(ElunetError) as err:
+        load_settings({"repository": "/r"}, environ=env)
+    assert message in err.value.message
+
+
+def test_missing_repository_and_bad_files_are_explained(tmp_path):
+    with pytest.raises(ElunetError, match="no model repository"):
+        load_settings(environ={})
+    bad = tmp_path / "bad.toml"
+    bad.write_text("max_batch = 3\n")
+    with pytest.raises(ElunetError, match="unknown keys"):
+        load_settings({"repository": "/r"}, config_file=bad, environ={})
+
+
+def test_defaults():
+    s = ServeSettings(repository="/r")
+    assert (s.port, s.backend, s.device, s.api_key) == (8000, "auto", None, None)
+
+
+def test_serve_command_fails_cleanly_on_an_empty_repository(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "elunet", "serve", "--repository", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert "holds no model versions" in r.stderr and "Traceback" not in r.stderr
