@@ -62,6 +62,19 @@ def test_kernel_vector_path_uses_16_byte_accesses(tmp_path: Path) -> None:
     assert "ld.global.v4" in text and "st.global.v4" in text, "the vector body must load/store 16 bytes at a time"
 
 
+@needs_nvcc
+@pytest.mark.parametrize("dtype", ["FLOAT32", "FLOAT16", "BFLOAT16"])
+def test_nvrtc_entry_source_compiles(dtype: str, tmp_path: Path) -> None:
+    # The GPU test compiles these with NVRTC; here nvcc checks the same source.
+    from elunet.plugins.kernel_loader import nvrtc_source
+
+    entry, source = nvrtc_source(dtype)
+    src = tmp_path / f"{entry}.cu"
+    src.write_text(source)
+    run([NVCC, "--ptx", "-arch=compute_80", f"-I{ELU_DIR}", str(src), "-o", str(tmp_path / f"{entry}.ptx")])
+    assert f".entry {entry}" in (tmp_path / f"{entry}.ptx").read_text()
+
+
 @needs_cmake
 @needs_cxx
 def test_plugin_strings_are_the_contract(tmp_path: Path) -> None:
