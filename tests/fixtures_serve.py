@@ -140,17 +140,19 @@ class ServerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log(6000)}")
             with contextlib.suppress(OSError):
                 if http("GET", f"{self.url}/v2/health/ready", timeout=2)[0] == 200:
                     return self
             time.sleep(0.2)
         self.stop()
-        raise RuntimeError(f"server not ready after {timeout} s:\n{self.log()}")
+        raise RuntimeError(f"server not ready after {timeout} s:\n{self.log(6000)}")
 
-    def log(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")[-6000:]
+    def log(self, tail: int | None = None) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        text = self.log_path.read_text(errors="replace")
+        return text[-tail:] if tail else text
 
     def stop(self, timeout: float = 30) -> int:
         if self.proc.poll() is None:
