@@ -75,9 +75,8 @@ def test_nvrtc_entry_source_compiles(dtype: str, tmp_path: Path) -> None:
     assert f".entry {entry}" in (tmp_path / f"{entry}.ptx").read_text()
 
 
-@needs_cmake
-@needs_cxx
-def test_plugin_strings_are_the_contract(tmp_path: Path) -> None:
+def compiled_contract(tmp_path: Path) -> dict:
+    """The contract as a C++ program that includes the generated header prints it."""
     header = generate_contract_header(tmp_path)
     program = tmp_path / "print_contract.cpp"
     program.write_text(
@@ -91,7 +90,13 @@ def test_plugin_strings_are_the_contract(tmp_path: Path) -> None:
     )
     exe = tmp_path / "print_contract"
     run([CXX, "-std=c++17", f"-I{header.parent}", str(program), "-o", str(exe)])
-    compiled = json.loads(run([str(exe)]).stdout)
+    return json.loads(run([str(exe)]).stdout)
+
+
+@needs_cmake
+@needs_cxx
+def test_plugin_strings_are_the_contract(tmp_path: Path) -> None:
+    compiled = compiled_contract(tmp_path)
     contract = elu_plugin_contract()
     assert compiled == {
         "op_type": contract.op_type,
@@ -101,6 +106,27 @@ def test_plugin_strings_are_the_contract(tmp_path: Path) -> None:
         "plugin_namespace": contract.plugin_namespace,
         "fields": contract.fields,
     }
+
+
+@needs_cmake
+@needs_cxx
+def test_exporter_writes_what_the_plugin_compiles(tmp_path: Path) -> None:
+    onnx = pytest.importorskip("onnx")
+    plugin_pass = pytest.importorskip("elunet.export.elu_plugin_pass", reason="the export stage is not installed")
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Elu", ["x"], ["y"], alpha=0.25)], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    assert plugin_pass.rewrite_elu_as_plugin(model) == 1
+    (node,) = model.graph.node
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    compiled = compiled_contract(tmp_path)
+    assert (node.op_type, node.domain) == (compiled["op_type"], compiled["onnx_domain"])
+    assert attrs.pop("plugin_version").decode() == compiled["plugin_version"]
+    assert attrs.pop("plugin_namespace").decode() == compiled["plugin_namespace"]
+    assert set(attrs) == set(compiled["fields"]) and attrs[next(iter(compiled["fields"]))] == pytest.approx(0.25)
 
 
 @needs_cmake
