@@ -21,7 +21,7 @@ from pathlib import Path
 
 from elunet.contracts import INPUT_NAME, OUTPUT_NAME, elu_plugin_contract
 from elunet.errors import ElunetError
-from elunet.plugins.tensorrt_import import import_tensorrt
+from elunet.plugins.tensorrt_import import import_tensorrt, tensorrt_logger
 
 MIB = 1 << 20
 
@@ -76,9 +76,15 @@ def register_elu_plugin(options: EngineOptions) -> None:
         load_plugin_library(lib)
 
 
+def strongly_typed_flags(trt) -> int:
+    """TensorRT 10 needs the STRONGLY_TYPED flag; 11 is always strongly typed (the flag is deprecated, ignored)."""
+    flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    return 0 if flag is None else 1 << int(flag)
+
+
 def engine_plugin_layers(trt, plan: bytes) -> list[dict]:
     """The plugin layers of a built engine, from the engine inspector's JSON."""
-    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+    runtime = trt.Runtime(tensorrt_logger())
     engine = runtime.deserialize_cuda_engine(plan)
     if engine is None:
         raise ElunetError("TensorRT could not deserialize the engine it just built (see its log above)")
@@ -100,9 +106,9 @@ def build_engine(onnx_path: Path, options: EngineOptions, log=print) -> BuiltEng
     if plugin_nodes:
         register_elu_plugin(options)
 
-    logger = trt.Logger(trt.Logger.WARNING)
+    logger = tensorrt_logger()
     builder = trt.Builder(logger)
-    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    network = builder.create_network(strongly_typed_flags(trt))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "\n".join(f"  {parser.get_error(i)}" for i in range(parser.num_errors))
@@ -165,7 +171,7 @@ def build_engine(onnx_path: Path, options: EngineOptions, log=print) -> BuiltEng
 def engine_io(plan: bytes) -> dict[str, tuple[str, tuple[int, ...]]]:
     """Each I/O tensor's Triton data type and non-batch dims, read from the engine."""
     trt = import_tensorrt()
-    engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(plan)
+    engine = trt.Runtime(tensorrt_logger()).deserialize_cuda_engine(plan)
     triton_types = {trt.float32: "TYPE_FP32", trt.float16: "TYPE_FP16", trt.bfloat16: "TYPE_BF16"}
     io = {}
     for i in range(engine.num_io_tensors):

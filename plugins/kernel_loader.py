@@ -77,15 +77,41 @@ def nvrtc_source(name: str) -> tuple[str, str]:
                    "{ elunet::eluGridStride(x, y, n, alpha); }\n")
 
 
+def cuda_header_root() -> Path | None:
+    """A folder whose include/ has cuda_fp16.h: the toolkit, else the CUDA runtime wheel PyTorch depends on."""
+    import importlib.util
+    import os
+
+    roots = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]
+    for package in ("nvidia.cuda_runtime", "nvidia.cu13", "nvidia.cu12"):
+        try:
+            spec = importlib.util.find_spec(package)
+        except ModuleNotFoundError:
+            spec = None
+        roots += list(spec.submodule_search_locations or []) if spec else []
+    for root in filter(None, roots):
+        if (Path(root) / "include" / "cuda_fp16.h").is_file():
+            return Path(root)
+    return None
+
+
 class NvrtcKernel:
     """elu_kernel.cuh compiled by NVRTC (via torch.cuda._compile_kernel), launched on the current stream."""
 
     def __init__(self) -> None:
         import torch
+        import torch.utils.cpp_extension as cpp_extension
 
         compile_kernel = getattr(torch.cuda, "_compile_kernel", None)
         if compile_kernel is None:
             raise RuntimeError(f"torch {torch.__version__} has no torch.cuda._compile_kernel (NVRTC)")
+        if cpp_extension.CUDA_HOME is None:
+            # PyTorch asks CUDA_HOME for cuda_fp16.h; on a machine without the toolkit the
+            # CUDA runtime wheel PyTorch installed has the headers.
+            root = cuda_header_root()
+            if root is None:
+                raise RuntimeError("no CUDA headers (cuda_fp16.h) found for NVRTC: set CUDA_HOME")
+            cpp_extension.CUDA_HOME = str(root)
         self._kernels = {}
         for name in NVRTC_TYPES:
             entry, source = nvrtc_source(name)

@@ -6,6 +6,8 @@ Both are imported lazily, inside the functions that need them: `elunet --help`,
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from elunet.errors import ElunetError
 
 TENSORRT_HINT = (
@@ -28,6 +30,13 @@ def import_tensorrt():
             hint=TENSORRT_HINT,
         )
     return tensorrt
+
+
+@lru_cache(maxsize=1)
+def tensorrt_logger():
+    """One logger for every builder and runtime in the process, as TensorRT expects."""
+    trt = import_tensorrt()
+    return trt.Logger(trt.Logger.WARNING)
 
 
 def import_cudart():

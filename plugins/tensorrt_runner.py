@@ -19,7 +19,7 @@ import numpy as np
 from elunet.contracts import INPUT_NAME, OUTPUT_NAME
 from elunet.errors import ElunetError
 from elunet.export.runners import Runner
-from elunet.plugins.tensorrt_import import check_cuda, import_cudart, import_tensorrt
+from elunet.plugins.tensorrt_import import check_cuda, import_cudart, import_tensorrt, tensorrt_logger
 
 ENGINE_SUFFIXES = (".plan", ".engine", ".trt")
 
@@ -44,8 +44,7 @@ class TensorRTRunner(Runner):
             raise ElunetError(f"{model_path} is neither an ONNX model nor a TensorRT engine",
                               hint=f"pass a .onnx or one of {', '.join(ENGINE_SUFFIXES)}")
 
-        self._logger = trt.Logger(trt.Logger.WARNING)
-        self._runtime = trt.Runtime(self._logger)
+        self._runtime = trt.Runtime(tensorrt_logger())
         self._engine = self._runtime.deserialize_cuda_engine(plan)
         if self._engine is None:
             raise ElunetError(f"TensorRT could not deserialize {model_path} (see its log above)",
