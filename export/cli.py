@@ -1,7 +1,134 @@
-"""Commands of the export stage."""
+"""Commands of the export stage: `elunet export` and `elunet verify`.
+
+torch, onnx and onnxruntime are imported inside the commands, so that
+`elunet --help` works without them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional
 
 import typer
+
+from elunet.export.parity import DEFAULT_BATCH, DEFAULT_IMAGES, DEFAULT_MIN_TOP1, DEFAULT_TOLERANCES, ODD_BATCH
+from elunet.export.runners import BACKENDS, DEVICES
+from elunet.export.settings import DEFAULT_OPSET, DTYPES, ELU_MODES, EXPORTERS, IO_DTYPE, OPSET_RANGE, ExportSettings
+from elunet.export.triton_config import DEFAULT_MAX_BATCH_SIZE
+from elunet.repository import PARITY_FILE
+
+PARITY_EXIT_CODE = 1  # over tolerance; elunet exits 2 for usage errors
+
+
+def _echo_err(line: str) -> None:
+    typer.echo(line, err=True)
+
+
+def _tolerances(index: int) -> str:
+    return ", ".join(f"{t[index]:g} for {d} graphs" for d, t in DEFAULT_TOLERANCES.items())
+
+
+def export(
+    checkpoint: Path = typer.Argument(..., help="run folder (its latest checkpoint), checkpoint folder, or model-repository version folder"),
+    elu: Literal[ELU_MODES] = typer.Option(
+        "native", "--elu", help="native: ONNX Elu nodes; plugin: the op TensorRT's ELU plugin implements, plus an ONNX function so other runtimes run it too"
+    ),
+    dtype: Literal[DTYPES] = typer.Option("fp32", "--dtype", help=f"what the graph computes in; its input and output stay {IO_DTYPE}"),
+    opset: int = typer.Option(
+        DEFAULT_OPSET, "--opset", help=f"ONNX opset (dynamo: {OPSET_RANGE['dynamo'][0]}..{OPSET_RANGE['dynamo'][1]}, torchscript: {OPSET_RANGE['torchscript'][0]}..{OPSET_RANGE['torchscript'][1]})"
+    ),
+    exporter: Literal[EXPORTERS] = typer.Option("dynamo", "--exporter", help="dynamo: torch.onnx's torch.export-based exporter; torchscript: the legacy tracer, as a fallback"),
+    out: Optional[Path] = typer.Option(None, "--out", help="write one .onnx file, with card.json and parity.json beside it"),
+    repository: Optional[Path] = typer.Option(None, "--repository", help="publish into this Triton model repository: DIR/<name>/<version>/model.onnx"),
+    name: Optional[str] = typer.Option(None, "--name", help="model name (default: the checkpoint card's)"),
+    version: Optional[int] = typer.Option(None, "--version", min=1, help="version (default: the next free one in the repository; the card's for --out)"),
+    force: bool = typer.Option(False, "--force", help="overwrite existing files or replace an existing version"),
+    skip_verify: bool = typer.Option(False, "--skip-verify", help="write without the parity check (the card records parity: skipped)"),
+    images: int = typer.Option(DEFAULT_IMAGES, "--images", min=ODD_BATCH, help="real test images the parity check uses"),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="where the dataset is, if not in the default places (see `elunet datasets`)"),
+    max_batch_size: int = typer.Option(DEFAULT_MAX_BATCH_SIZE, "--max-batch-size", min=1, help="max_batch_size in the repository's config.pbtxt"),
+) -> None:
+    """Export a checkpoint to ONNX, check it, verify it against PyTorch, then write or publish it.
+
+    Examples:
+
+      elunet export runs/demo --out model.onnx
+
+      elunet export runs/demo --repository models --elu plugin --dtype fp16 --name fashion-cnn-plugin
+
+    Nothing is written unless the graph checks and the parity verification
+    pass. Exit code 1: parity failed; 2: any other error.
+    """
+    from elunet.export.pipeline import export_checkpoint
+
+    result = export_checkpoint(
+        checkpoint,
+        ExportSettings(elu_mode=elu, dtype=dtype, opset=opset, exporter=exporter),
+        out=out,
+        repository=repository,
+        name=name,
+        version=version,
+        force=force,
+        skip_verify=skip_verify,
+        images=images,
+        data_dir=data_dir,
+        max_batch_size=max_batch_size,
+        log=_echo_err,
+    )
+    if not result.passed:
+        typer.secho("error: parity failed; nothing was written", fg=typer.colors.RED, err=True)
+        raise typer.Exit(PARITY_EXIT_CODE)
+    typer.echo(str(result.model_path))
+
+
+def verify(
+    model: Path = typer.Argument(..., help="an ONNX file written by `elunet export`"),
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="the checkpoint it was exported from (run, checkpoint or version folder)"),
+    backend: Literal[BACKENDS] = typer.Option("onnxruntime", "--backend", help="what runs the model under test (tensorrt: needs the tensorrt package and a GPU)"),
+    device: Literal[DEVICES] = typer.Option("auto", "--device", help="ONNX Runtime's execution provider; auto: CUDA when available, else CPU"),
+    atol: Optional[float] = typer.Option(None, "--atol", help=f"absolute tolerance (default: {_tolerances(0)})"),
+    rtol: Optional[float] = typer.Option(None, "--rtol", help=f"relative tolerance (default: {_tolerances(1)}); an element fails only when both are exceeded"),
+    min_top1: Optional[float] = typer.Option(None, "--min-top1", min=0.0, max=1.0, help=f"required top-1 agreement in every input set (default: {DEFAULT_MIN_TOP1:g})"),
+    images: int = typer.Option(DEFAULT_IMAGES, "--images", min=ODD_BATCH, help="real test images to compare on"),
+    batch_size: int = typer.Option(DEFAULT_BATCH, "--batch-size", min=1, help="batch size for the test images"),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="where the dataset is, if not in the default places"),
+    report: Optional[Path] = typer.Option(None, "--report", help=f"where to write the certificate (default: {PARITY_FILE} beside MODEL)"),
+) -> None:
+    """Compare an exported model with its PyTorch checkpoint; write the parity certificate.
+
+    Inputs: real test-set images (in batches of --batch-size, and batches of 1
+    and 13) and stress inputs (large magnitudes, negative saturation, zeros,
+    ones). Reported per input set: max abs and rel error, the atol that would
+    have been needed, top-1 agreement. Exit code 1 when over tolerance.
+    """
+    from elunet.export.card_metadata import card_from_onnx
+    from elunet.export.parity import Tolerance
+    from elunet.export.verify import verify_model
+    from elunet.train.checkpoint import load_checkpoint
+
+    card = card_from_onnx(model)
+    tolerance = Tolerance.for_dtype(card.export.dtype if card.export else "fp32", atol, rtol, min_top1)
+    result = verify_model(
+        model,
+        load_checkpoint(checkpoint),
+        backend=backend,
+        device=device,
+        tolerance=tolerance,
+        images=images,
+        batch_size=batch_size,
+        data_dir=data_dir,
+        model_card=card,
+    )
+    path = report or model.with_name(PARITY_FILE)
+    result.save(path)
+    for line in result.lines():
+        typer.echo(line)
+    typer.echo(f"wrote {path}")
+    if not result.passed:
+        raise typer.Exit(PARITY_EXIT_CODE)
 
 
 def register(app: typer.Typer) -> None:
     """Add this stage's commands to the root `elunet` app."""
+    app.command(name="export")(export)
+    app.command(name="verify")(verify)

@@ -1,0 +1,162 @@
+"""Node-level checks on an exported graph, run before anything is written.
+
+- Every ``nn.ELU`` module became exactly one ONNX ``Elu`` node (native) or one
+  plugin node (plugin) with the same alpha, and none was decomposed: an
+  ELU written out as ops always needs an ``Exp``, and nothing else in these
+  networks does, so an ``Exp`` in the main graph means a decomposition.
+  (``Sub`` is no such sign: the normalization subtracts its mean.)
+- Every operator exists at the model's opset and accepts the element types it
+  is fed there (e.g. ``Elu`` takes bfloat16 only from opset 22 on).
+- ``onnx.checker`` (full check) and strict shape inference pass, and the
+  graph has elunet's interface: ``INPUT_NAME`` [batch, C, H, W] and
+  ``OUTPUT_NAME`` [batch, classes], float32, batch dynamic.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx.defs
+from torch import nn
+
+from elunet.card import ModelCard
+from elunet.contracts import INPUT_NAME, OUTPUT_NAME, elu_plugin_contract
+from elunet.errors import ElunetError
+from elunet.export.elu_plugin_pass import elu_alpha
+from elunet.export.settings import DEFAULT_OPSET, IO_DTYPE
+from elunet.export.to_onnx import ONNX_DTYPES, opset_of
+
+DECOMPOSITION_SIGNS = ("Exp", "Expm1")
+
+
+def elu_alphas(model: nn.Module) -> list[float]:
+    """The alpha of every ``nn.ELU`` module, in module order."""
+    return [m.alpha for m in model.modules() if isinstance(m, nn.ELU)]
+
+
+def _f32(values) -> Counter:
+    # ONNX stores alpha as float32; compare what the graph can hold.
+    return Counter(float(np.float32(v)) for v in values)
+
+
+def check_elu_nodes(proto: onnx.ModelProto, alphas: list[float], elu_mode: str) -> None:
+    """Raise unless the graph holds one ELU node per ELU module, in the form ``elu_mode`` asks for."""
+    contract = elu_plugin_contract()
+    nodes = proto.graph.node
+    native = [n for n in nodes if n.op_type == "Elu" and n.domain in ("", "ai.onnx")]
+    plugin = [n for n in nodes if n.op_type == contract.op_type and n.domain == contract.onnx_domain]
+    decomposed = sorted({n.op_type for n in nodes if n.op_type in DECOMPOSITION_SIGNS})
+    if decomposed:
+        raise ElunetError(
+            f"the exported graph contains {', '.join(decomposed)} nodes: an ELU was decomposed into elementary ops",
+            hint="export with the default --exporter dynamo, which keeps aten.elu as one ONNX Elu node",
+        )
+    wanted, other = (native, plugin) if elu_mode == "native" else (plugin, native)
+    wanted_name = "Elu" if elu_mode == "native" else f"{contract.onnx_domain}:{contract.op_type}"
+    if other or len(wanted) != len(alphas):
+        raise ElunetError(
+            f"expected {len(alphas)} {wanted_name} nodes (one per nn.ELU module) and no others, "
+            f"found {len(native)} Elu and {len(plugin)} {contract.op_type} nodes",
+            hint="the network holds an ELU the exporter did not translate one-to-one; report this with the architecture",
+        )
+    found = _f32(elu_alpha(n) for n in wanted)
+    if found != _f32(alphas):
+        raise ElunetError(
+            f"ELU alphas differ between the graph {sorted(found.elements())} and the network {sorted(_f32(alphas).elements())}",
+            hint="the exporter lost an ELU's alpha; report this with the architecture",
+        )
+
+
+def _schema(op_type: str, opset: int):
+    try:
+        return onnx.defs.get_schema(op_type, opset, "")
+    except onnx.defs.SchemaError:
+        return None
+
+
+def _type_str(elem_type: int) -> str:
+    """ONNX's spelling in type constraints, e.g. FLOAT16 -> 'tensor(float16)'."""
+    return f"tensor({onnx.helper.tensor_dtype_to_string(elem_type).split('.')[-1].lower()})"
+
+
+def _first_opset_accepting(op_type: str, type_str: str, param: str, after: int) -> int | None:
+    later = [s for s in onnx.defs.get_all_schemas_with_history() if s.name == op_type and s.domain == "" and s.since_version > after]
+    for s in sorted(later, key=lambda s: s.since_version):
+        allowed = {c.type_param_str: c.allowed_type_strs for c in s.type_constraints}
+        if type_str in allowed.get(param, [param]):
+            return s.since_version
+    return None
+
+
+def check_opset_supports_types(proto: onnx.ModelProto) -> None:
+    """Raise when an operator does not exist at the model's opset, or does not accept its input types there."""
+    opset = opset_of(proto)
+    inferred = onnx.shape_inference.infer_shapes(proto)
+    g = inferred.graph
+    elem = {v.name: v.type.tensor_type.elem_type for v in (*g.input, *g.value_info, *g.output)}
+    elem.update({t.name: t.data_type for t in g.initializer})
+    # Function bodies are type-polymorphic: only their operators' existence is checked here;
+    # the types they run at are those of the main-graph node that calls them.
+    nodes = [(n, True) for n in g.node] + [(n, False) for f in proto.functions for n in f.node]
+    for node, typed in nodes:
+        if node.domain not in ("", "ai.onnx"):
+            continue
+        schema = _schema(node.op_type, opset)
+        if schema is None:
+            raise ElunetError(
+                f"operator {node.op_type} does not exist at opset {opset}",
+                hint=f"export with a newer --opset (the default is {DEFAULT_OPSET})",
+            )
+        if not typed or not schema.inputs:
+            continue
+        constraints = {c.type_param_str: c.allowed_type_strs for c in schema.type_constraints}
+        for i, name in enumerate(node.input):
+            if name not in elem:
+                continue  # optional input left empty
+            formal = schema.inputs[min(i, len(schema.inputs) - 1)]  # the last formal may be variadic
+            got = _type_str(elem[name])
+            if got not in constraints.get(formal.type_str, [formal.type_str]):
+                needed = _first_opset_accepting(node.op_type, got, formal.type_str, opset)
+                raise ElunetError(
+                    f"{node.op_type} at opset {opset} does not accept {got} for its input {formal.name!r}",
+                    hint=f"this dtype needs --opset {needed} or newer" if needed else "no ONNX opset accepts this type here",
+                )
+
+
+def _dims(value: onnx.ValueInfoProto) -> list[int | str]:
+    return [d.dim_value if d.HasField("dim_value") else d.dim_param for d in value.type.tensor_type.shape.dim]
+
+
+def check_onnx_file(path: Path, card: ModelCard) -> None:
+    """onnx.checker (full check), strict shape inference, and elunet's graph interface, on a written file."""
+    path = Path(path)
+    inferred = path.with_name(f".{path.name}.inferred")
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+        # The path variant works for any model size; it writes the inferred model beside the file.
+        onnx.shape_inference.infer_shapes_path(str(path), str(inferred), check_type=True, strict_mode=True)
+        proto = onnx.load(str(inferred), load_external_data=False)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise ElunetError(f"{path} fails the ONNX checks: {exc}", hint="the export is broken; report this with the architecture") from None
+    finally:
+        inferred.unlink(missing_ok=True)
+    io_type = ONNX_DTYPES[IO_DTYPE]
+    expected = {
+        INPUT_NAME: [*card.input_shape],
+        OUTPUT_NAME: [card.num_classes],
+    }
+    for values, name, kind in ((proto.graph.input, INPUT_NAME, "input"), (proto.graph.output, OUTPUT_NAME, "output")):
+        names = [v.name for v in values]
+        if names != [name]:
+            raise ElunetError(f"{path}: graph {kind}s are {names}, expected [{name!r}]", hint="re-export with `elunet export`")
+        value = values[0]
+        dims = _dims(value)
+        if value.type.tensor_type.elem_type != io_type or len(dims) != 1 + len(expected[name]) or dims[1:] != expected[name] or not isinstance(dims[0], str):
+            raise ElunetError(
+                f"{path}: {kind} {name!r} is {onnx.helper.tensor_dtype_to_string(value.type.tensor_type.elem_type)} {dims}, "
+                f"expected {onnx.helper.tensor_dtype_to_string(io_type)} [batch, {', '.join(map(str, expected[name]))}] with a dynamic batch",
+                hint="the checkpoint's card and network disagree, or the graph is not an elunet export",
+            )

@@ -1,0 +1,163 @@
+"""Parity: the inputs `elunet verify` feeds, and the comparator that judges the outputs.
+
+Inputs (all float32 pixels, NCHW, the card's shape):
+- real test-set images of the model's dataset, fed in batches of ``batch_size``
+  (the last batch is usually smaller), plus batch sizes 1 and 13;
+- stress inputs outside the [0, 1] range the model was trained on, which push
+  the numerics where they differ most: large magnitudes (images x STRESS_SCALE),
+  the ELU's negative saturation region (images x -STRESS_SCALE), exact zeros,
+  and all-ones images.
+
+Comparator, per input set and output (Polygraphy's element-wise rule): an
+element fails only when its absolute error exceeds ``atol`` AND its relative
+error exceeds ``rtol``. Reported: max absolute and relative error, the atol
+that would have been needed at the given rtol (and the rtol needed at the
+given atol), and top-1 agreement. A set passes when no element fails, no
+output is NaN/inf where the reference is finite, and top-1 agreement reaches
+``min_top1``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from elunet.card import ModelCard
+from elunet.contracts import OUTPUT_NAME
+from elunet.errors import ElunetError
+
+# Defaults per graph dtype: fp32 is held to float32 rounding, fp16 to half precision.
+DEFAULT_TOLERANCES = {"fp32": (1e-4, 1e-4), "fp16": (1e-2, 1e-2)}
+DEFAULT_MIN_TOP1 = 1.0
+DEFAULT_IMAGES = 512
+DEFAULT_BATCH = 64
+ODD_BATCH = 13
+STRESS_SCALE = 8.0
+STRESS_IMAGES = 7
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    atol: float
+    rtol: float
+    min_top1: float = DEFAULT_MIN_TOP1
+
+    @classmethod
+    def for_dtype(cls, dtype: str, atol: float | None = None, rtol: float | None = None, min_top1: float | None = None) -> "Tolerance":
+        d_atol, d_rtol = DEFAULT_TOLERANCES[dtype]
+        return cls(
+            atol=d_atol if atol is None else atol,
+            rtol=d_rtol if rtol is None else rtol,
+            min_top1=DEFAULT_MIN_TOP1 if min_top1 is None else min_top1,
+        )
+
+
+@dataclass(frozen=True)
+class InputSet:
+    name: str
+    description: str
+    batches: list[np.ndarray]
+
+
+@dataclass
+class OutputParity:
+    max_abs_err: float
+    max_rel_err: float
+    needed_atol: float  # the smallest atol that passes every element at the given rtol
+    needed_rtol: float  # the smallest rtol that passes every element at the given atol
+    failed_elements: int
+    nonfinite_mismatches: int
+    top1_agreement: float
+    passed: bool
+
+
+@dataclass
+class SetParity:
+    name: str
+    description: str
+    images: int
+    batch_sizes: list[int]
+    outputs: dict[str, OutputParity] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return all(o.passed for o in self.outputs.values())
+
+
+def parity_inputs(card: ModelCard, test_pixels: np.ndarray, batch_size: int = DEFAULT_BATCH) -> list[InputSet]:
+    """The input sets for a model with ``card``, from real test images [N, C, H, W] float32 in [0, 1]."""
+    if test_pixels.shape[1:] != card.input_shape:
+        raise ElunetError(
+            f"test images are {tuple(test_pixels.shape[1:])}, the model takes {card.input_shape}",
+            hint="verify with the dataset the model was trained on (the card says {card.dataset!r})",
+        )
+    if len(test_pixels) < ODD_BATCH:
+        raise ElunetError(f"verify needs at least {ODD_BATCH} test images, got {len(test_pixels)}", hint="raise --images")
+    stress = test_pixels[:STRESS_IMAGES]
+    shape = (STRESS_IMAGES, *card.input_shape)
+    return [
+        InputSet("test-images", f"{len(test_pixels)} {card.dataset} test images, batches of {batch_size}", _split(test_pixels, batch_size)),
+        InputSet("batch-1", "one test image", [test_pixels[:1]]),
+        InputSet(f"batch-{ODD_BATCH}", f"an odd batch of {ODD_BATCH} test images", [test_pixels[:ODD_BATCH]]),
+        InputSet("large-magnitude", f"test images x {STRESS_SCALE:g} (pixels far above the [0, 1] range)", [stress * STRESS_SCALE]),
+        InputSet("negative-saturation", f"test images x -{STRESS_SCALE:g} (drives ELUs into saturation at -alpha)", [stress * -STRESS_SCALE]),
+        InputSet("zeros", "exact zeros", [np.zeros(shape, np.float32)]),
+        InputSet("ones", "all-ones images (the top of the range)", [np.ones(shape, np.float32)]),
+    ]
+
+
+def _split(pixels: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    return [pixels[i : i + batch_size] for i in range(0, len(pixels), batch_size)]
+
+
+def compare(reference: np.ndarray, actual: np.ndarray, tol: Tolerance) -> OutputParity:
+    """Judge one output of one input set."""
+    if reference.shape != actual.shape:
+        raise ElunetError(f"output shapes differ: reference {reference.shape}, runner {actual.shape}", hint="the model and the checkpoint describe different networks")
+    ref = reference.astype(np.float64)
+    act = actual.astype(np.float64)
+    both_finite = np.isfinite(ref) & np.isfinite(act)
+    # NaN vs NaN and inf vs the same inf agree; anything else non-finite is a mismatch.
+    same_special = ~both_finite & ((np.isnan(ref) & np.isnan(act)) | (ref == act))
+    nonfinite = int(np.sum(~both_finite & ~same_special))
+    err = np.where(both_finite, np.abs(act - ref), 0.0)
+    mag = np.abs(np.where(both_finite, ref, 0.0))
+    rel = np.divide(err, mag, out=np.where(err > 0, np.inf, 0.0), where=mag > 0)
+    failing = (err > tol.atol) & (rel > tol.rtol)
+    top1 = float(np.mean(np.argmax(ref, axis=1) == np.argmax(act, axis=1))) if ref.ndim == 2 and len(ref) else 1.0
+    return OutputParity(
+        max_abs_err=float(err.max(initial=0.0)) if not nonfinite else math.inf,
+        max_rel_err=float(rel.max(initial=0.0)) if not nonfinite else math.inf,
+        needed_atol=float(np.where(rel > tol.rtol, err, 0.0).max(initial=0.0)) if not nonfinite else math.inf,
+        needed_rtol=float(np.where(err > tol.atol, rel, 0.0).max(initial=0.0)) if not nonfinite else math.inf,
+        failed_elements=int(failing.sum()),
+        nonfinite_mismatches=nonfinite,
+        top1_agreement=top1,
+        passed=not nonfinite and not failing.any() and top1 >= tol.min_top1,
+    )
+
+
+def run_set(reference, runner, inputs: InputSet, tol: Tolerance) -> tuple[SetParity, np.ndarray, np.ndarray]:
+    """Feed one input set to both runners and compare; returns the result and both logits."""
+    ref = np.concatenate([reference.infer(b) for b in inputs.batches])
+    act = np.concatenate([runner.infer(b) for b in inputs.batches])
+    result = SetParity(inputs.name, inputs.description, len(ref), [len(b) for b in inputs.batches])
+    result.outputs[OUTPUT_NAME] = compare(ref, act, tol)
+    return result, ref, act
+
+
+def finite_or_text(value: float) -> float | str:
+    """JSON has no inf/nan: write them as strings."""
+    return value if math.isfinite(value) else str(value)
+
+
+def set_to_json(result: SetParity) -> dict:
+    data = asdict(result)
+    data["passed"] = result.passed
+    for out in data["outputs"].values():
+        for key, value in out.items():
+            if isinstance(value, float):
+                out[key] = finite_or_text(value)
+    return data

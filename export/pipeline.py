@@ -1,0 +1,175 @@
+"""`elunet export`: checkpoint -> checked, verified ONNX file or repository version.
+
+Steps, all before anything is visible at the destination:
+
+1. load the checkpoint (a missing or corrupt file, a card/weights mismatch or
+   an unknown architecture stops here, with the loader's message);
+2. trace the network into ONNX (to_onnx.py); in plugin mode rewrite every
+   Elu into the plugin op (elu_plugin_pass.py);
+3. node-level and opset checks (graph_checks.py); the card, with its export
+   section, goes into the graph's metadata;
+4. write the file into a staging folder; onnx.checker (full) and strict shape
+   inference run on that file;
+5. verify it against the checkpoint in ONNX Runtime (verify.py) unless
+   --skip-verify, writing parity.json;
+6. only if parity passed: move it to --out, or publish the version folder
+   (model.onnx, card.json, parity.json, model.safetensors) into --repository.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import onnx
+
+from elunet.card import CARD_FILE, ExportInfo, ModelCard
+from elunet.contracts import WEIGHTS_FILE
+from elunet.errors import ElunetError
+from elunet.repository import MODEL_FILES, PARITY_FILE, check_model_name
+from elunet.export.card_metadata import embed_card
+from elunet.export.elu_plugin_pass import rewrite_elu_as_plugin
+from elunet.export.graph_checks import check_elu_nodes, check_onnx_file, check_opset_supports_types, elu_alphas
+from elunet.export.parity import DEFAULT_IMAGES
+from elunet.export.repository_writer import stage_version
+from elunet.export.settings import IO_DTYPE, ExportSettings
+from elunet.export.to_onnx import torch_to_onnx
+from elunet.export.triton_config import DEFAULT_MAX_BATCH_SIZE
+from elunet.export.verify import ParityReport, verify_model
+
+PLATFORM = "onnxruntime_onnx"
+ONNX_FILE = MODEL_FILES[PLATFORM]
+
+
+@dataclass
+class ExportResult:
+    card: ModelCard
+    model_path: Path  # where the model is (or would have been, when parity failed)
+    report: ParityReport | None  # None with --skip-verify
+
+    @property
+    def passed(self) -> bool:
+        return self.report is None or self.report.passed
+
+
+def export_checkpoint(
+    checkpoint: Path,
+    settings: ExportSettings,
+    *,
+    out: Path | None = None,
+    repository: Path | None = None,
+    name: str | None = None,
+    version: int | None = None,
+    force: bool = False,
+    skip_verify: bool = False,
+    images: int = DEFAULT_IMAGES,
+    data_dir: Path | None = None,
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+    log: Callable[[str], None] = lambda line: None,
+) -> ExportResult:
+    """Export ``checkpoint`` to ``out`` (a file) or into ``repository`` (a Triton model repository)."""
+    from elunet.train.checkpoint import load_checkpoint
+
+    settings.validate()
+    if (out is None) == (repository is None):
+        raise ElunetError("give exactly one of --out FILE and --repository DIR", hint="--out writes one ONNX file; --repository publishes a Triton model version")
+    if out is not None:
+        out = Path(out)
+        _check_out_free(out, force)
+    if name is not None:
+        check_model_name(name)
+    ckpt = load_checkpoint(checkpoint)
+    log(f"loaded {ckpt.card.architecture} ({ckpt.card.activation}) from {ckpt.path}")
+
+    if repository is not None:
+        target_name = name or ckpt.card.name
+        with stage_version(Path(repository), target_name, version, force) as staged:
+            card = _export_card(ckpt, settings, target_name, staged.version, skip_verify)
+            result = _build_and_verify(ckpt, card, settings, staged.path, skip_verify, images, data_dir, log)
+            if not result.passed:
+                return result
+            shutil.copyfile(ckpt.path / WEIGHTS_FILE, staged.path / WEIGHTS_FILE)
+            published = staged.publish(card, platform=PLATFORM, max_batch_size=max_batch_size, io_dtype=IO_DTYPE)
+            log(f"published {published.name} v{published.version} in {published.path}")
+            return ExportResult(card, published.path / ONNX_FILE, result.report)
+
+    card = _export_card(ckpt, settings, name or ckpt.card.name, version or ckpt.card.version, skip_verify)
+    with _staging_beside(out) as staging:
+        result = _build_and_verify(ckpt, card, settings, staging, skip_verify, images, data_dir, log)
+        if not result.passed:
+            return result
+        for file in (PARITY_FILE, CARD_FILE):
+            if (staging / file).exists():
+                (staging / file).replace(out.with_name(file))
+        (staging / ONNX_FILE).replace(out)  # the model last: its presence means the export is complete
+    log(f"wrote {out}")
+    return ExportResult(card, out, result.report)
+
+
+def _export_card(ckpt, settings: ExportSettings, name: str, version: int, skip_verify: bool) -> ModelCard:
+    info = ExportInfo(
+        elu_mode=settings.elu_mode,
+        opset=settings.opset,
+        dtype=settings.dtype,
+        exporter=f"torch.onnx ({settings.exporter})",
+        source_checkpoint_sha256=ckpt.sha256,
+        # Written before verification: a model whose parity fails is never written out with this card.
+        parity="skipped" if skip_verify else "passed",
+    )
+    return ModelCard.model_validate({**ckpt.card.model_dump(), "name": name, "version": version, "export": info.model_dump()})
+
+
+def _build_and_verify(ckpt, card: ModelCard, settings: ExportSettings, folder: Path, skip_verify: bool, images: int, data_dir, log) -> ExportResult:
+    """Steps 2-5 into ``folder``: model.onnx, card.json and (unless skipped) parity.json."""
+    log(f"exporting with torch.onnx ({settings.exporter}), opset {settings.opset}, {settings.dtype}, ELU {settings.elu_mode}")
+    proto = torch_to_onnx(ckpt.model, card, settings)
+    alphas = elu_alphas(ckpt.model)
+    if settings.elu_mode == "plugin":
+        if not alphas:
+            raise ElunetError(
+                f"--elu plugin: the {card.architecture} network has no ELU layers (activation {card.activation!r})",
+                hint="the plugin replaces ELUs; export this model with --elu native",
+            )
+        rewrite_elu_as_plugin(proto)
+    check_elu_nodes(proto, alphas, settings.elu_mode)
+    check_opset_supports_types(proto)
+    embed_card(proto, card)
+    model_path = folder / ONNX_FILE
+    onnx.save(proto, str(model_path))
+    check_onnx_file(model_path, card)
+    card.save(folder / CARD_FILE)
+    log(f"checks passed: {len(alphas)} ELU layers as {settings.elu_mode} nodes, onnx.checker (full) and shape inference")
+    if skip_verify:
+        log("parity NOT verified (--skip-verify); the card records parity: skipped")
+        return ExportResult(card, model_path, None)
+    report = verify_model(model_path, ckpt, images=images, data_dir=data_dir, model_card=card)
+    report.save(folder / PARITY_FILE)
+    for line in report.lines():
+        log(line)
+    return ExportResult(card, model_path, report)
+
+
+def _check_out_free(out: Path, force: bool) -> None:
+    if out.suffix != ".onnx":
+        raise ElunetError(f"--out {out} should name an .onnx file", hint="e.g. --out model.onnx (card.json and parity.json are written beside it)")
+    taken = [p for p in (out, out.with_name(CARD_FILE), out.with_name(PARITY_FILE)) if p.exists()]
+    if taken and not force:
+        raise ElunetError(f"{', '.join(map(str, taken))} already exist{'s' if len(taken) == 1 else ''}", hint="pass --force to overwrite, or choose another --out")
+    if out.is_dir():
+        raise ElunetError(f"--out {out} is a folder", hint="--out names the .onnx file to write; use --repository DIR for a model repository")
+
+
+@contextlib.contextmanager
+def _staging_beside(out: Path):
+    """A hidden folder beside ``out`` (same file system, so the final moves are renames); always removed."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.with_name(f".{out.name}.staging-{secrets.token_hex(4)}")
+    staging.mkdir()
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -1,0 +1,144 @@
+"""Publishing a version into the model repository (layout: elunet/repository.py).
+
+A version is assembled in a hidden staging folder inside the model's folder
+(``ROOT/<name>/.<version>.staging-XXXX``: same file system, not a version
+because its name is not an integer), checked there, and renamed into place
+in one step. Readers (elunet serve, Triton) see either no version or a
+complete one. On any error the staging folder is removed, and a model folder
+created for it is removed again.
+
+The parity gate: a version whose card says ``parity: passed`` is published
+only with a passed ``parity.json`` whose model sha256 is that of the staged
+model file; ``parity: skipped`` (``--skip-verify``) is published as such.
+
+Python API, shared with the plugins stage (TensorRT engines)::
+
+    with stage_version(root, name, version=None, force=False) as staged:
+        ...write staged.path / MODEL_FILES[platform], parity.json...
+        staged.publish(card, platform="tensorrt_plan", max_batch_size=64, io_dtype="fp16")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from elunet.card import CARD_FILE, ModelCard, write_atomic
+from elunet.errors import ElunetError
+from elunet.repository import CONFIG_FILE, LABELS_FILE, MODEL_FILES, PARITY_FILE, ModelRepository, ModelVersion
+from elunet.export.triton_config import DEFAULT_MAX_BATCH_SIZE, labels_text, triton_config
+
+
+@dataclass
+class StagedVersion:
+    repository: ModelRepository
+    name: str
+    version: int
+    path: Path  # the staging folder: write the version's files here
+    force: bool
+    published: ModelVersion | None = None
+
+    @property
+    def target(self) -> Path:
+        return self.repository.version_dir(self.name, self.version)
+
+    def publish(
+        self,
+        card: ModelCard,
+        *,
+        platform: str = "onnxruntime_onnx",
+        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+        io_dtype: str = "fp32",
+    ) -> ModelVersion:
+        """Check the staged files, write card.json, config.pbtxt and labels.txt, and rename the version into place."""
+        if card.name != self.name or card.version != self.version:
+            raise ElunetError(f"card says {card.name} v{card.version}, the repository slot is {self.name} v{self.version}", hint="set the card's name and version before publishing")
+        model_file = self.path / MODEL_FILES.get(platform, "?")
+        if platform not in MODEL_FILES or not model_file.is_file():
+            raise ElunetError(f"nothing to publish: no {model_file.name} staged for platform {platform!r}", hint=f"platforms: {', '.join(MODEL_FILES)}")
+        check_parity_gate(self.path, card, model_file)
+        model_dir = self.repository.model_dir(self.name)
+        config = triton_config(card, name=self.name, platform=platform, max_batch_size=max_batch_size, io_dtype=io_dtype)
+        labels = labels_text(card)
+        # config.pbtxt and labels.txt hold for every version of the model: never let a new
+        # version silently change them under the versions already there.
+        if self.repository.versions(self.name) and not self.force:
+            for file, text in ((CONFIG_FILE, config), (LABELS_FILE, labels)):
+                existing = model_dir / file
+                if existing.is_file() and existing.read_text() != text:
+                    raise ElunetError(
+                        f"{existing} differs from what this version needs (other platform, input shape, labels or batch size)",
+                        hint="publish under another --name, or pass --force to rewrite it for all versions",
+                    )
+        card.save(self.path / CARD_FILE)
+        write_atomic(model_dir / LABELS_FILE, labels)
+        write_atomic(model_dir / CONFIG_FILE, config)
+        target = self.target
+        if target.exists():
+            if not self.force:
+                raise ElunetError(f"{target} already exists", hint="choose another --version, or pass --force to replace it")
+            old = model_dir / f".{self.version}.replaced-{secrets.token_hex(4)}"
+            target.rename(old)
+            self.path.rename(target)
+            shutil.rmtree(old)
+        else:
+            self.path.rename(target)
+        self.published = ModelVersion(self.name, self.version, target)
+        return self.published
+
+
+def check_parity_gate(folder: Path, card: ModelCard, model_file: Path) -> None:
+    """Refuse a model whose card claims a parity it has no valid certificate for."""
+    from elunet.export.verify import ParityReport
+    from elunet.train.checkpoint import sha256_file
+
+    claim = card.export.parity if card.export else None
+    if claim == "skipped":
+        return
+    if claim != "passed":
+        raise ElunetError(f"the card of {card.name} v{card.version} has no export section with a parity result", hint="publish models written by `elunet export`")
+    report_path = folder / PARITY_FILE
+    if not report_path.is_file():
+        raise ElunetError(f"no {PARITY_FILE} for a model whose card says parity passed", hint="run `elunet verify`, or export with --skip-verify")
+    report = ParityReport.load(report_path)
+    if not report.passed:
+        raise ElunetError(f"parity failed for {card.name} v{card.version}: not publishing it", hint=f"see {report_path}")
+    if report.model_sha256 != sha256_file(model_file):
+        raise ElunetError(
+            f"{model_file.name} changed after it was verified (its sha256 differs from the one in {PARITY_FILE})",
+            hint="verify the file you publish: run `elunet verify` on it again",
+        )
+
+
+def next_version(repository: ModelRepository, name: str) -> int:
+    versions = repository.versions(name)
+    return versions[-1].version + 1 if versions else 1
+
+
+@contextlib.contextmanager
+def stage_version(root: Path, name: str, version: int | None = None, force: bool = False):
+    """A staging folder for ``name`` v``version`` (default: the next free version); removed unless published."""
+    repository = ModelRepository(root)
+    model_dir = repository.model_dir(name)  # validates the name
+    version = next_version(repository, name) if version is None else int(version)
+    if version < 1:
+        raise ElunetError(f"version must be >= 1, got {version}", hint="Triton versions are positive integers")
+    if repository.version_dir(name, version).exists() and not force:
+        raise ElunetError(
+            f"{repository.version_dir(name, version)} already exists",
+            hint="omit --version to publish the next free one, or pass --force to replace it",
+        )
+    created_model_dir = not model_dir.exists()
+    model_dir.mkdir(parents=True, exist_ok=True)
+    staged = StagedVersion(repository, name, version, model_dir / f".{version}.staging-{secrets.token_hex(4)}", force)
+    staged.path.mkdir()
+    try:
+        yield staged
+    finally:
+        if staged.published is None:
+            shutil.rmtree(staged.path, ignore_errors=True)
+            if created_model_dir and not any(model_dir.iterdir()):
+                model_dir.rmdir()

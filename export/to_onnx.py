@@ -1,0 +1,121 @@
+"""PyTorch network -> ONNX graph with elunet's interface.
+
+Every exported graph has one input ``INPUT_NAME`` [batch, C, H, W] of pixels
+in [0, 1] and one output ``OUTPUT_NAME`` [batch, classes] of logits, both
+``IO_DTYPE`` (float32) whatever the graph computes in (see settings.py).
+
+The normalization module is the network's first module, so it is traced into
+the graph like any other layer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+
+import onnx
+import torch
+from torch import nn
+
+from elunet.card import ModelCard
+from elunet.contracts import INPUT_NAME, OUTPUT_NAME
+from elunet.errors import ElunetError
+from elunet.export.settings import ExportSettings
+
+TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+ONNX_DTYPES = {"fp32": onnx.TensorProto.FLOAT, "fp16": onnx.TensorProto.FLOAT16}
+BATCH_DIM = "batch"
+EXAMPLE_BATCH = 2  # torch.export specialises sizes 0 and 1, so trace with 2
+
+
+class _CastAround(nn.Module):
+    """Runs ``inner`` in ``dtype`` between a float32 input and a float32 output."""
+
+    def __init__(self, inner: nn.Module, dtype: torch.dtype):
+        super().__init__()
+        self.inner = inner.to(dtype)
+        self.dtype = dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x.to(self.dtype)).float()
+
+
+def torch_to_onnx(model: nn.Module, card: ModelCard, settings: ExportSettings) -> onnx.ModelProto:
+    """Trace ``model`` (eval, CPU, float32) into an ONNX graph; ``model`` is left unchanged."""
+    import copy
+
+    settings.validate()
+    model = copy.deepcopy(model).eval().float().cpu()
+    if settings.dtype != "fp32":
+        model = _CastAround(model, TORCH_DTYPES[settings.dtype]).eval()
+    example = torch.rand(EXAMPLE_BATCH, *card.input_shape)
+    with _quiet_exporter(), torch.no_grad():
+        if settings.exporter == "dynamo":
+            proto = _export_dynamo(model, example, settings.opset)
+        else:
+            proto = _export_torchscript(model, example, settings.opset)
+    got = opset_of(proto)
+    if got != settings.opset:
+        raise ElunetError(
+            f"the {settings.exporter} exporter produced opset {got}, not the requested {settings.opset}",
+            hint=f"its version conversion failed for this model; use --opset {got}",
+        )
+    proto.doc_string = f"{card.name} v{card.version}: {card.architecture} ({card.activation}), exported by elunet"
+    return proto
+
+
+def _export_dynamo(model: nn.Module, example: torch.Tensor, opset: int) -> onnx.ModelProto:
+    program = torch.onnx.export(
+        model,
+        (example,),
+        dynamo=True,
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        dynamic_shapes=({0: torch.export.Dim(BATCH_DIM)},),
+        opset_version=opset,
+        optimize=True,
+        verbose=False,
+    )
+    return program.model_proto
+
+
+def _export_torchscript(model: nn.Module, example: torch.Tensor, opset: int) -> onnx.ModelProto:
+    buffer = io.BytesIO()
+    torch.onnx.export(
+        model,
+        (example,),
+        buffer,
+        dynamo=False,
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        dynamic_axes={INPUT_NAME: {0: BATCH_DIM}, OUTPUT_NAME: {0: BATCH_DIM}},
+        opset_version=opset,
+        do_constant_folding=True,
+    )
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def opset_of(proto: onnx.ModelProto) -> int:
+    """The default-domain opset a model imports."""
+    for entry in proto.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            return entry.version
+    raise ElunetError("the ONNX model imports no default-domain opset", hint="re-export it with `elunet export`")
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """The exporters log per-op chatter and deprecation notes; elunet reports its own checks instead."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "onnxscript", "torch._dynamo")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)

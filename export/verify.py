@@ -1,0 +1,173 @@
+"""`elunet verify`: compare an exported model with the checkpoint it came from.
+
+The PyTorch network of the checkpoint is the reference; the runner under
+test executes the ONNX file (ONNX Runtime, or TensorRT through the plugins
+stage). Both see the same inputs (parity.py). The result is a parity
+certificate, ``parity.json``, bound to the exact bytes of the model (its
+sha256) and of the checkpoint's weights, so a certificate can never vouch
+for a file that changed after it was verified.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from elunet.card import ModelCard, write_atomic
+from elunet.contracts import OUTPUT_NAME
+from elunet.errors import ElunetError
+from elunet.export.parity import DEFAULT_BATCH, DEFAULT_IMAGES, Tolerance, finite_or_text, parity_inputs, run_set, set_to_json
+from elunet.export.runners import TorchRunner, open_runner
+
+PARITY_FORMAT = 1
+
+
+@dataclass
+class ParityReport:
+    data: dict = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.data["passed"])
+
+    @property
+    def model_sha256(self) -> str:
+        return self.data["model"]["sha256"]
+
+    def to_json(self) -> str:
+        return json.dumps(self.data, indent=2)
+
+    def save(self, path: Path) -> None:
+        write_atomic(Path(path), self.to_json() + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> "ParityReport":
+        try:
+            return cls(json.loads(Path(path).read_text()))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ElunetError(f"cannot read the parity certificate {path}: {exc}", hint="run `elunet verify` again") from None
+
+    def lines(self) -> list[str]:
+        """A human summary: one line per input set, then the verdict."""
+        d = self.data
+        tol = d["tolerance"]
+        out = [f"parity: {d['runner']} vs {d['reference']}  (atol {tol['atol']:g}, rtol {tol['rtol']:g}, top-1 >= {tol['min_top1']:.0%})"]
+        for s in d["sets"]:
+            o = s["outputs"][OUTPUT_NAME]
+            mark = "ok  " if s["passed"] else "FAIL"
+            out.append(
+                f"  {mark} {s['name']:<20} n={s['images']:<5} max abs {_fmt(o['max_abs_err'])}  max rel {_fmt(o['max_rel_err'])}  "
+                f"needed atol {_fmt(o['needed_atol'])}  top-1 {o['top1_agreement']:.2%}"
+            )
+        acc = d.get("accuracy")
+        if acc:
+            out.append(f"  test accuracy on {acc['images']} images: reference {acc['reference']:.4f}, {d['backend']} {acc['runner']:.4f}")
+        out.append(f"parity {'PASSED' if self.passed else 'FAILED'}: max abs err {_fmt(d['summary']['max_abs_err'])} over all inputs")
+        return out
+
+
+def _fmt(value) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def real_test_pixels(card: ModelCard, count: int, data_dir: Path | None) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``count`` test images of the card's dataset as float32 pixels in [0, 1], and their targets."""
+    from elunet.train.data import load_dataset
+
+    p = card.preprocessing
+    data = load_dataset(card.dataset, "test", data_dir, image_size=p.height, channels=p.channels)
+    images = data.images[:count].numpy().astype(np.float32) / 255.0
+    return images, data.targets[:count].numpy()
+
+
+def verify_model(
+    model_path: Path,
+    checkpoint,
+    *,
+    backend: str = "onnxruntime",
+    device: str = "auto",
+    tolerance: Tolerance | None = None,
+    images: int = DEFAULT_IMAGES,
+    batch_size: int = DEFAULT_BATCH,
+    data_dir: Path | None = None,
+    model_card: ModelCard | None = None,
+) -> ParityReport:
+    """Run the reference and the runner under test on the parity inputs; returns the certificate.
+
+    ``checkpoint`` is a LoadedCheckpoint (elunet.train.checkpoint). ``model_card``
+    is the card inside the model (read from the file when not given).
+    """
+    from tqdm import tqdm
+
+    from elunet.export.card_metadata import card_from_onnx
+    from elunet.train.checkpoint import sha256_file
+
+    model_path = Path(model_path)
+    card = model_card or card_from_onnx(model_path)
+    _check_same_model(card, checkpoint)
+    dtype = card.export.dtype if card.export else "fp32"
+    tol = tolerance or Tolerance.for_dtype(dtype)
+    pixels, targets = real_test_pixels(checkpoint.card, images, data_dir)
+    sets = parity_inputs(checkpoint.card, pixels, batch_size)
+    reference = TorchRunner(checkpoint.model)
+    largest = max(len(b) for s in sets for b in s.batches)
+    results = []
+    with open_runner(backend, model_path, device=device, max_batch_size=largest) as runner:
+        for inputs in tqdm(sets, desc="verify", unit="set", disable=not sys.stderr.isatty(), leave=False):
+            result, ref, act = run_set(reference, runner, inputs, tol)
+            results.append(result)
+            if inputs is sets[0]:  # the real test images: parity in the units users care about
+                accuracy = {
+                    "images": int(len(targets)),
+                    "reference": float(np.mean(np.argmax(ref, 1) == targets)),
+                    "runner": float(np.mean(np.argmax(act, 1) == targets)),
+                }
+        runner_name = runner.name
+    outputs = [o for r in results for o in r.outputs.values()]
+    data = {
+        "format": PARITY_FORMAT,
+        "passed": all(r.passed for r in results),
+        "model": {
+            "file": model_path.name,  # parity.json lives beside the model it certifies
+            "sha256": sha256_file(model_path),
+            "name": card.name,
+            "version": card.version,
+            **({"elu_mode": card.export.elu_mode, "dtype": card.export.dtype, "opset": card.export.opset} if card.export else {}),
+        },
+        "checkpoint": {"path": str(checkpoint.path), "weights_sha256": checkpoint.sha256},
+        "backend": backend,
+        "runner": runner_name,
+        "reference": reference.name,
+        "tolerance": {"atol": tol.atol, "rtol": tol.rtol, "min_top1": tol.min_top1, "rule": "an element fails when abs err > atol and rel err > rtol"},
+        "summary": {
+            key: finite_or_text(max(getattr(o, key) for o in outputs))
+            for key in ("max_abs_err", "max_rel_err", "needed_atol", "needed_rtol")
+        }
+        | {"min_top1_agreement": min(o.top1_agreement for o in outputs)},
+        "accuracy": accuracy,
+        "sets": [set_to_json(r) for r in results],
+        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    return ParityReport(data)
+
+
+def _check_same_model(card: ModelCard, checkpoint) -> None:
+    """The ONNX file must have been exported from exactly this checkpoint."""
+    source = card.export.source_checkpoint_sha256 if card.export else None
+    if source is not None and source != checkpoint.sha256:
+        raise ElunetError(
+            f"the model was exported from weights with sha256 {source[:12]}..., "
+            f"but {checkpoint.path} holds weights {checkpoint.sha256[:12]}...",
+            hint="verify against the checkpoint the model was exported from (its card.json names the sha256)",
+        )
+    if card.input_shape != checkpoint.card.input_shape or card.labels != checkpoint.card.labels:
+        raise ElunetError(
+            f"the model takes {card.input_shape} with {card.num_classes} labels, "
+            f"the checkpoint {checkpoint.card.input_shape} with {checkpoint.card.num_classes}",
+            hint="verify a model against the checkpoint it was exported from",
+        )

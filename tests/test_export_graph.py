@@ -1,0 +1,223 @@
+"""Export, node level: every architecture in both ELU modes, the plugin op and its ONNX function, opset checks.
+
+The big paper nets are exported untrained (their weights do not change what
+the exporter must do); parity of a trained model is in test_export_parity.py.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto, helper
+from torch import nn
+
+from elunet.card import ModelCard, Preprocessing
+from elunet.contracts import INPUT_NAME, OUTPUT_NAME, elu_plugin_contract
+from elunet.errors import ElunetError
+from elunet.export.elu_plugin_pass import elu_plugin_function, rewrite_elu_as_plugin
+from elunet.export.graph_checks import check_elu_nodes, check_opset_supports_types, elu_alphas
+from elunet.export.settings import ExportSettings
+from elunet.export.to_onnx import torch_to_onnx
+from elunet.train.models import ARCHITECTURES, build_model
+
+GRAY28 = Preprocessing(channels=1, height=28, width=28, color_mode="L", normalization="meanstd")
+RGB32 = Preprocessing(channels=3, height=32, width=32, color_mode="RGB", normalization="gcn+zca")
+INPUTS = {"fashion-cnn": GRAY28, "mlp-8x128": GRAY28, "elu-cifar11": RGB32, "elu-cifar18": RGB32}
+ARCH_PARAMS = [pytest.param(a, marks=pytest.mark.slow) if a == "elu-cifar18" else a for a in ARCHITECTURES]
+
+
+def card_for(arch: str, alpha: float = 1.0, activation: str = "elu") -> ModelCard:
+    return ModelCard(
+        name=f"{arch}-untrained",
+        architecture=arch,
+        activation=activation,
+        alpha=alpha if activation == "elu" else None,
+        dataset="fashion-mnist" if INPUTS[arch] is GRAY28 else "cifar10",
+        labels=[f"class-{i}" for i in range(10)],
+        preprocessing=INPUTS[arch],
+    )
+
+
+@functools.lru_cache(maxsize=None)
+def _export(arch: str, alpha: float, settings: ExportSettings) -> tuple[ModelCard, nn.Module, onnx.ModelProto]:
+    torch.manual_seed(0)
+    card = card_for(arch, alpha)
+    model = build_model(card).eval()
+    return card, model, torch_to_onnx(model, card, settings)
+
+
+def exported(arch: str, alpha: float = 0.7, settings: ExportSettings = ExportSettings()):
+    """(card, model, native ONNX) of an untrained network, exported once per module; the proto is a copy."""
+    card, model, proto = _export(arch, alpha, settings)
+    return card, model, copy.deepcopy(proto)
+
+
+def ort_run(proto: onnx.ModelProto, x: np.ndarray, options: ort.SessionOptions | None = None) -> np.ndarray:
+    session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+
+
+def torch_run(model: nn.Module, x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.from_numpy(x)).numpy()
+
+
+def assert_close_to_torch(model, proto, card, batch: int) -> None:
+    x = np.random.default_rng(batch).random((batch, *card.input_shape), dtype=np.float32)
+    ref = torch_run(model, x)
+    got = ort_run(proto, x)
+    assert got.shape == (batch, card.num_classes)
+    # Untrained paper nets give logits in the hundreds: hold them to float32 rounding relative to scale.
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * max(1.0, float(np.abs(ref).max())))
+
+
+@pytest.mark.parametrize("arch", ARCH_PARAMS)
+def test_every_architecture_exports_in_both_elu_modes(arch):
+    card, model, native = exported(arch, alpha=0.7)
+    alphas = elu_alphas(model)
+    assert alphas and all(a == 0.7 for a in alphas)
+
+    check_elu_nodes(native, alphas, "native")
+    assert sum(n.op_type == "Elu" for n in native.graph.node) == len(alphas)
+    check_opset_supports_types(native)
+    assert_close_to_torch(model, native, card, batch=1)
+
+    plugin = copy.deepcopy(native)
+    assert rewrite_elu_as_plugin(plugin) == len(alphas)
+    check_elu_nodes(plugin, alphas, "plugin")
+    check_opset_supports_types(plugin)
+    onnx.checker.check_model(plugin, full_check=True)
+    assert_close_to_torch(model, plugin, card, batch=3)  # an odd batch through the dynamic axis
+
+
+def test_plugin_nodes_carry_exactly_the_contract():
+    contract = elu_plugin_contract()
+    _, _, proto = exported("mlp-8x128", alpha=0.25)
+    rewrite_elu_as_plugin(proto)
+    nodes = [n for n in proto.graph.node if n.op_type == contract.op_type]
+    assert len(nodes) == 8 and not [n for n in proto.graph.node if n.op_type == "Elu"]
+    for node in nodes:
+        assert node.domain == contract.onnx_domain
+        attrs = {a.name: a for a in node.attribute}
+        assert set(attrs) == {*contract.fields, "plugin_version", "plugin_namespace"}
+        assert attrs["alpha"].type == onnx.AttributeProto.FLOAT and attrs["alpha"].f == pytest.approx(0.25)
+        assert attrs["plugin_version"].type == onnx.AttributeProto.STRING and attrs["plugin_version"].s.decode() == contract.plugin_version
+        assert attrs["plugin_namespace"].s.decode() == contract.plugin_namespace and "." not in contract.plugin_namespace
+    assert {(o.domain) for o in proto.opset_import} >= {"", contract.onnx_domain}
+    (function,) = [f for f in proto.functions if f.name == contract.op_type]
+    assert function.domain == contract.onnx_domain
+
+
+def test_onnx_runtime_really_executes_the_plugin_function(tmp_path):
+    """ORT inlines the model-local function: its optimized graph holds the formula's ops, no plugin op."""
+    _, model, proto = exported("fashion-cnn")
+    rewrite_elu_as_plugin(proto)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    x = np.random.default_rng(0).random((2, 1, 28, 28), dtype=np.float32)
+    np.testing.assert_allclose(ort_run(proto, x, options), torch_run(model, x), rtol=1e-4, atol=1e-4)
+    ops = [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
+    assert elu_plugin_contract().op_type not in ops and "Elu" not in ops
+    assert ops.count("Exp") == ops.count("Where") == len(elu_alphas(model))
+
+
+@pytest.mark.parametrize("dtype, elem", [("fp32", TensorProto.FLOAT), ("fp16", TensorProto.FLOAT16)])
+def test_plugin_function_matches_torch_elu_on_special_values(dtype, elem):
+    """NaN -> NaN, -inf -> -alpha, +inf -> +inf, exact zero, saturation: what PyTorch's ELU gives."""
+    contract = elu_plugin_contract()
+    opset = ExportSettings().opset
+    node = helper.make_node(contract.op_type, ["x"], ["y"], domain=contract.onnx_domain, alpha=0.5, plugin_version=contract.plugin_version, plugin_namespace=contract.plugin_namespace)
+    graph = helper.make_graph([node], "elu", [helper.make_tensor_value_info("x", elem, [9])], [helper.make_tensor_value_info("y", elem, [9])])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid(contract.onnx_domain, 1)], functions=[elu_plugin_function(opset)])
+    onnx.checker.check_model(proto, full_check=True)
+    np_type = np.float32 if dtype == "fp32" else np.float16
+    x = np.array([np.nan, -np.inf, np.inf, 0.0, -0.0, -30.0, -1e-3, 1e-3, 3.0], dtype=np_type)
+    got = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    want = torch.nn.functional.elu(torch.from_numpy(x.astype(np.float32)), alpha=0.5).numpy().astype(np_type)
+    # exp(x) - 1 (the ONNX formula) loses relative accuracy near 0 where torch uses expm1: ~5e-9 absolute at x = -1e-3.
+    np.testing.assert_allclose(got.astype(np.float32), want.astype(np.float32), rtol=1e-3 if dtype == "fp16" else 1e-6, atol=1e-7)
+    assert got[1] == np_type(-0.5) and np.isnan(got[0]) and got[2] == np.inf
+
+
+def test_fp16_graph_is_half_between_float32_input_and_output():
+    _, _, proto = exported("fashion-cnn", settings=ExportSettings(dtype="fp16"))
+    assert [i.type.tensor_type.elem_type for i in (*proto.graph.input, *proto.graph.output)] == [TensorProto.FLOAT] * 2
+    assert proto.graph.node[0].op_type == "Cast" and proto.graph.node[-1].op_type == "Cast"
+    float_inits = {i.name: i.data_type for i in proto.graph.initializer if i.data_type in (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE)}
+    assert float_inits and set(float_inits.values()) == {TensorProto.FLOAT16}, float_inits
+    inferred = onnx.shape_inference.infer_shapes(proto).graph
+    elu_inputs = {n.input[0] for n in proto.graph.node if n.op_type == "Elu"}
+    assert {v.type.tensor_type.elem_type for v in inferred.value_info if v.name in elu_inputs} == {TensorProto.FLOAT16}
+
+
+def test_torchscript_exporter_fallback_keeps_elu_nodes():
+    card = card_for("fashion-cnn", alpha=1.5)
+    model = build_model(card).eval()
+    proto = torch_to_onnx(model, card, ExportSettings(exporter="torchscript", opset=17))
+    assert [o.version for o in proto.opset_import if o.domain == ""] == [17]
+    check_elu_nodes(proto, elu_alphas(model), "native")
+    assert_close_to_torch(model, proto, card, batch=5)
+
+
+class ExpandedElu(nn.Module):
+    """An ELU written out by hand, as a network without nn.ELU might have it."""
+
+    def forward(self, x):
+        return torch.where(x > 0, x, torch.exp(x) - 1)
+
+
+def test_a_decomposed_elu_is_refused():
+    card = card_for("mlp-8x128")
+    model = build_model(card).eval()
+    model.body.hidden1.act = ExpandedElu()
+    proto = torch_to_onnx(model, card, ExportSettings())
+    with pytest.raises(ElunetError, match="decomposed"):
+        check_elu_nodes(proto, elu_alphas(model), "native")
+
+
+def test_an_elu_count_mismatch_is_refused():
+    _, model, proto = exported("mlp-8x128", alpha=0.25)
+    assert elu_alphas(model) == [0.25] * 8
+    with pytest.raises(ElunetError, match="expected 9 Elu nodes"):
+        check_elu_nodes(proto, [0.25] * 9, "native")
+    with pytest.raises(ElunetError, match="alphas differ"):
+        check_elu_nodes(proto, [0.5] * 8, "native")
+    with pytest.raises(ElunetError, match="expected 8 elunet:EluPlugin nodes"):
+        check_elu_nodes(proto, [0.25] * 8, "plugin")
+
+
+def _bf16_elu_model(opset: int) -> onnx.ModelProto:
+    node = helper.make_node("Elu", ["x"], ["y"], alpha=1.0)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.BFLOAT16, [4])], [helper.make_tensor_value_info("y", TensorProto.BFLOAT16, [4])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def test_an_opset_too_old_for_the_dtype_is_refused():
+    with pytest.raises(ElunetError, match=r"Elu at opset 21 does not accept tensor\(bfloat16\)") as err:
+        check_opset_supports_types(_bf16_elu_model(21))
+    assert "--opset 22" in str(err.value)
+    check_opset_supports_types(_bf16_elu_model(22))
+
+
+def test_an_opset_too_old_for_the_plugin_function_is_refused():
+    """The function casts its constants with CastLike, which exists from opset 15 on."""
+    card = card_for("mlp-8x128")
+    proto = torch_to_onnx(build_model(card).eval(), card, ExportSettings(exporter="torchscript", opset=13))
+    rewrite_elu_as_plugin(proto)
+    with pytest.raises(ElunetError, match="CastLike does not exist at opset 13"):
+        check_opset_supports_types(proto)
+
+
+def test_export_settings_refuse_what_the_exporter_cannot_write():
+    with pytest.raises(ElunetError, match="dynamo exporter writes opsets 18..23") as err:
+        ExportSettings(opset=13).validate()
+    assert "--exporter torchscript" in str(err.value)
+    with pytest.raises(ElunetError, match="--dtype 'bf16'"):
+        ExportSettings(dtype="bf16").validate()
