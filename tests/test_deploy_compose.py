@@ -342,3 +342,10 @@ def test_nginx_accepts_the_load_balancer_config(tmp_path):
         pytest.skip("nginx is not installed (Debian package nginx); the config is still checked as text above")
     result = subprocess.run([nginx, "-t", "-q", "-p", str(tmp_path), "-c", str(DEPLOY_DIR / "nginx.conf")], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+def test_build_engine_defaults_to_the_model_train_and_export_make(compose):
+    defaults = {param.name: param.default for param in elunet_command("train").params}
+    # `elunet train` names its model ARCH-ACTIVATION unless --name is given; export keeps the card's name.
+    model = compose["services"]["build-engine"]["command"][1].split("/")[2]
+    assert model == f"{defaults['arch']}-{defaults['activation']}"
