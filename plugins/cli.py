@@ -14,7 +14,7 @@ def register(app: typer.Typer) -> None:
 
 
 def build_engine_command(
-    model: Path = typer.Argument(..., help="ONNX model from `elunet export` (e.g. models/fmnist/1/model.onnx)"),
+    model: Path = typer.Argument(..., help="ONNX model from `elunet export` (e.g. models/fashion-cnn/1/model.onnx)"),
     min_batch: int = typer.Option(1, "--min-batch", help="smallest batch the engine accepts"),
     opt_batch: int = typer.Option(8, "--opt-batch", help="batch TensorRT tunes kernels for"),
     max_batch: int = typer.Option(64, "--max-batch", help="largest batch; also Triton's max_batch_size"),
@@ -26,21 +26,32 @@ def build_engine_command(
     python_plugin: bool = typer.Option(
         False, "--python-plugin", help="use the tensorrt.plugin (Python) ELU plugin instead of the compiled library"),
     repository: Optional[Path] = typer.Option(
-        None, "--repository", help="model repository to write into (default: the one MODEL is in)"),
+        None, "--repository", help="model repository to publish into (default: the one MODEL is in)"),
     name: Optional[str] = typer.Option(None, "--name", help="model name in the repository (default: <card name>-trt)"),
-    version: Optional[int] = typer.Option(None, "--version", help="version folder (default: the ONNX model's version)"),
-    force: bool = typer.Option(False, "--force", help="replace an existing version folder"),
+    version: Optional[int] = typer.Option(
+        None, "--version", min=1,
+        help="version (default: the ONNX model's version if it is in a repository, else the next free one)"),
+    force: bool = typer.Option(False, "--force", help="replace an existing version"),
+    checkpoint: Optional[Path] = typer.Option(
+        None, "--checkpoint", help="verify the engine against this PyTorch checkpoint before publishing (parity.json)"),
+    images: Optional[int] = typer.Option(None, "--images", min=13, help="real test images for that parity check"),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="where the dataset is, if not in the default places"),
 ) -> None:
-    """Build a TensorRT engine (model.plan) from an exported ONNX model, into the model repository.
+    """Build a TensorRT engine (model.plan) from an exported ONNX model and publish it in the model repository.
 
-    Writes REPOSITORY/NAME/VERSION/{model.plan, card.json} and REPOSITORY/NAME/{config.pbtxt, labels.txt}
-    (Triton platform tensorrt_plan). Models with the ELU plugin op need the plugin library (build it with
-    cmake -S plugins/elu -B build/plugins) or --python-plugin; the engine is checked to contain the plugin layers.
-    Needs TensorRT and an NVIDIA GPU; an engine runs only on the GPU type and TensorRT version that built it.
+    Publishes REPOSITORY/NAME/VERSION/{model.plan, card.json, parity.json} and REPOSITORY/NAME/{config.pbtxt,
+    labels.txt} for Triton's tensorrt_plan platform. With --checkpoint the engine is first verified against
+    PyTorch (as `elunet verify --backend tensorrt`), and nothing is published if parity fails.
+
+    Models with the ELU plugin op need the plugin library (cmake -S plugins/elu -B build/plugins) or
+    --python-plugin; the built engine is checked to contain the plugin layers. Needs TensorRT and an NVIDIA GPU;
+    an engine runs only on the GPU type and TensorRT version that built it.
+
+    Example: elunet build-engine models/fashion-cnn-plugin/1/model.onnx --checkpoint runs/demo --max-batch 64
     """
     from elunet.errors import ElunetError
-    from elunet.plugins.engine_builder import (EngineOptions, build_engine, source_card_and_location,
-                                               write_to_repository)
+    from elunet.plugins.engine_builder import EngineOptions, build_engine, source_card_and_location
+    from elunet.plugins.publish_engine import publish_engine
     from elunet.plugins.tensorrt_import import import_tensorrt
     from elunet.repository import check_model_name
 
@@ -52,11 +63,13 @@ def build_engine_command(
     if repository is None:
         if location is None:
             raise ElunetError(f"{model} is not inside a model repository, so there is no default --repository",
-                              hint="pass --repository DIR (and --name, --version)")
+                              hint="pass --repository DIR")
         repository = location[0]
     name = check_model_name(name or f"{card.name}-trt")
-    version = version or (location[2] if location else card.version)
+    if version is None and location is not None:
+        version = location[1]
     built = build_engine(model, options, log=typer.echo)
-    version_dir = write_to_repository(built, card, repository, name, version, max_batch, force=force)
-    typer.echo(f"wrote {version_dir} ({len(built.plan) / 2**20:.1f} MiB engine, {built.plugin_layers} ELU plugin "
+    published = publish_engine(built, card, repository=repository, name=name, version=version, max_batch=max_batch,
+                               force=force, checkpoint=checkpoint, images=images, data_dir=data_dir, log=typer.echo)
+    typer.echo(f"published {published.path} ({len(built.plan) / 2**20:.1f} MiB engine, {built.plugin_layers} plugin "
                f"layers for {built.elu_plugin_nodes} EluPlugin nodes)")

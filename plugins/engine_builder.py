@@ -168,77 +168,34 @@ def build_engine(onnx_path: Path, options: EngineOptions, log=print) -> BuiltEng
     return BuiltEngine(plan=plan, plugin_layers=len(plugin_layers), elu_plugin_nodes=plugin_nodes, layers=plugin_layers)
 
 
-def engine_io(plan: bytes) -> dict[str, tuple[str, tuple[int, ...]]]:
-    """Each I/O tensor's Triton data type and non-batch dims, read from the engine."""
+def engine_io_dtype(plan: bytes) -> str:
+    """The element type ("fp32"/"fp16") of the engine's input and output, for Triton's config."""
     trt = import_tensorrt()
     engine = trt.Runtime(tensorrt_logger()).deserialize_cuda_engine(plan)
-    triton_types = {trt.float32: "TYPE_FP32", trt.float16: "TYPE_FP16", trt.bfloat16: "TYPE_BF16"}
-    io = {}
-    for i in range(engine.num_io_tensors):
-        name = engine.get_tensor_name(i)
-        io[name] = (triton_types[engine.get_tensor_dtype(name)], tuple(engine.get_tensor_shape(name))[1:])
-    return io
+    names = {trt.float32: "fp32", trt.float16: "fp16"}
+    found = {engine.get_tensor_name(i): engine.get_tensor_dtype(engine.get_tensor_name(i))
+             for i in range(engine.num_io_tensors)}
+    if set(found) != {INPUT_NAME, OUTPUT_NAME}:
+        raise ElunetError(f"the engine has I/O tensors {sorted(found)}; elunet models have {INPUT_NAME!r} -> "
+                          f"{OUTPUT_NAME!r}", hint="build engines from models written by `elunet export`")
+    dtypes = {names.get(t, str(t)) for t in found.values()}
+    if len(dtypes) != 1 or not dtypes <= set(names.values()):
+        raise ElunetError(f"the engine's input and output types are {sorted(dtypes)}; Triton's config needs one of "
+                          f"{sorted(names.values())} for both")
+    return dtypes.pop()
 
 
 def source_card_and_location(onnx_path: Path):
-    """The model card, and (repository root, name, version) when the ONNX sits in a repository version folder."""
-    from elunet.card import CARD_FILE, ModelCard
-
-    onnx_path = Path(onnx_path).resolve()
-    beside = onnx_path.parent / CARD_FILE
-    if beside.is_file():
-        card = ModelCard.load(beside)
-        version_dir = onnx_path.parent
-        if version_dir.name.isdigit():
-            return card, (version_dir.parent.parent, version_dir.parent.name, int(version_dir.name))
-        return card, None
+    """The model card inside the ONNX, and (repository root, version) when the ONNX sits in a repository."""
+    from elunet.card import CARD_FILE
     from elunet.export.card_metadata import card_from_onnx
 
-    return card_from_onnx(onnx_path), None
-
-
-def tensorrt_config(name: str, max_batch: int, io: dict[str, tuple[str, tuple[int, ...]]]) -> str:
-    """Triton's config.pbtxt for a TensorRT plan with a dynamic batch axis."""
-    from elunet.repository import LABELS_FILE
-
-    def tensor(section: str, tensor_name: str, extra: list[str]) -> list[str]:
-        data_type, dims = io[tensor_name]
-        return [f"{section} [", "  {", f'    name: "{tensor_name}"', f"    data_type: {data_type}",
-                f"    dims: [ {', '.join(map(str, dims))} ]", *extra, "  }", "]"]
-
-    lines = [f'name: "{name}"', 'platform: "tensorrt_plan"', f"max_batch_size: {max_batch}",
-             *tensor("input", INPUT_NAME, []),
-             *tensor("output", OUTPUT_NAME, [f'    label_filename: "{LABELS_FILE}"']),
-             "dynamic_batching { }"]
-    return "\n".join(lines) + "\n"
-
-
-def write_to_repository(built: BuiltEngine, card, repository: Path, name: str, version: int,
-                        max_batch: int, force: bool = False) -> Path:
-    """Write ROOT/name/{config.pbtxt,labels.txt} and ROOT/name/version/{model.plan,card.json}; returns the version folder."""
-    import shutil
-
-    from elunet.card import CARD_FILE, write_atomic
-    from elunet.repository import CONFIG_FILE, LABELS_FILE, MODEL_FILES, ModelRepository
-
-    repo = ModelRepository(repository)
-    version_dir = repo.version_dir(name, version)
-    if version_dir.exists() and not force:
-        raise ElunetError(f"{version_dir} already exists", hint="pass --force to replace it, or choose --version")
-    io = engine_io(built.plan)
-    missing = {INPUT_NAME, OUTPUT_NAME} - set(io)
-    if missing:
-        raise ElunetError(f"the engine lacks the I/O tensors {sorted(missing)}; elunet models have "
-                          f"{INPUT_NAME!r} -> {OUTPUT_NAME!r}", hint="export the model with `elunet export`")
-    # Same as export: build the version under a temporary name, rename into place.
-    staging = version_dir.with_name(f".{version}.building")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    (staging / MODEL_FILES["tensorrt_plan"]).write_bytes(built.plan)
-    card.model_copy(update={"name": name, "version": version}).save(staging / CARD_FILE)
-    if version_dir.exists():
-        shutil.rmtree(version_dir)
-    staging.replace(version_dir)
-    write_atomic(repo.model_dir(name) / CONFIG_FILE, tensorrt_config(name, max_batch, io))
-    write_atomic(repo.model_dir(name) / LABELS_FILE, "\n".join(card.labels) + "\n")
-    return version_dir
+    onnx_path = Path(onnx_path).resolve()
+    card = card_from_onnx(onnx_path)
+    if card.export is None:
+        raise ElunetError(f"{onnx_path} was not written by `elunet export` (its card has no export section)",
+                          hint="export the checkpoint with `elunet export` first")
+    version_dir = onnx_path.parent
+    if version_dir.name.isdigit() and (version_dir / CARD_FILE).is_file():
+        return card, (version_dir.parent.parent, int(version_dir.name))
+    return card, None

@@ -10,7 +10,7 @@ import pytest
 
 from elunet.errors import ElunetError
 from elunet.plugins import library
-from elunet.plugins.engine_builder import EngineOptions, tensorrt_config
+from elunet.plugins.engine_builder import EngineOptions
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 
@@ -48,12 +48,6 @@ def test_batch_profile_must_be_ordered(batches):
         EngineOptions(min_batch=lo, opt_batch=opt, max_batch=hi).validate()
 
 
-def test_tensorrt_config_has_platform_batch_and_io():
-    text = tensorrt_config("fmnist-trt", 32, {"input": ("TYPE_FP32", (1, 28, 28)), "logits": ("TYPE_FP32", (10,))})
-    assert 'platform: "tensorrt_plan"' in text and "max_batch_size: 32" in text
-    assert "dims: [ 1, 28, 28 ]" in text and "dims: [ 10 ]" in text and 'label_filename: "labels.txt"' in text
-
-
 @pytest.mark.skipif(HAS_TENSORRT, reason="TensorRT is installed here; this checks the error without it")
 def test_build_engine_without_tensorrt_names_what_is_missing(tmp_path):
     model = tmp_path / "model.onnx"
@@ -66,7 +60,8 @@ def test_build_engine_without_tensorrt_names_what_is_missing(tmp_path):
 
 @pytest.mark.skipif(HAS_TENSORRT, reason="TensorRT is installed here; this checks the error without it")
 def test_tensorrt_runner_without_tensorrt_is_an_elunet_error(tmp_path):
-    from elunet.export.runners import open_runner
+    runners = pytest.importorskip("elunet.export.runners", reason="the export stage is not installed")
+    open_runner = runners.open_runner
 
     with pytest.raises(ElunetError, match="tensorrt"):
         open_runner("tensorrt", tmp_path / "model.plan", max_batch_size=4)
@@ -79,3 +74,31 @@ def test_python_plugin_module_imports_without_tensorrt():
     if not HAS_TENSORRT:
         with pytest.raises(ElunetError, match="TensorRT is not available"):
             python_plugin.register_python_plugin()
+
+
+def test_publish_engine_writes_a_tensorrt_plan_version(tmp_path, monkeypatch):
+    """The export stage's repository writer and Triton config, fed a plan; the bytes stand in for an engine
+    (building one needs TensorRT), so only reading its I/O type is replaced."""
+    pytest.importorskip("elunet.export.repository_writer", reason="the export stage is not installed")
+    from elunet.card import ExportInfo, ModelCard, Preprocessing
+    from elunet.plugins import publish_engine as publishing
+    from elunet.plugins.engine_builder import BuiltEngine
+    from elunet.repository import ModelRepository
+
+    card = ModelCard(
+        name="synthetic-elu", architecture="synthetic", activation="elu", alpha=1.0, dataset="synthetic",
+        labels=[f"class-{i}" for i in range(10)],
+        preprocessing=Preprocessing(channels=1, height=8, width=8, color_mode="L", normalization="none"),
+        export=ExportInfo(elu_mode="plugin", opset=18, dtype="fp16", exporter="dynamo",
+                          source_checkpoint_sha256="0" * 64, parity="passed"),
+    )
+    monkeypatch.setattr(publishing, "engine_io_dtype", lambda plan: "fp32")
+    built = BuiltEngine(plan=b"synthetic plan bytes", plugin_layers=3, elu_plugin_nodes=3)
+    published = publishing.publish_engine(built, card, repository=tmp_path, name="synthetic-elu-trt", version=None,
+                                          max_batch=16, log=lambda line: None)
+    version = ModelRepository(tmp_path).get("synthetic-elu-trt")
+    assert version.path == published.path and version.version == 1
+    assert version.model_file("tensorrt_plan").read_bytes() == b"synthetic plan bytes"
+    assert version.card.export.parity == "skipped"  # no --checkpoint: the card must not claim parity
+    config = (tmp_path / "synthetic-elu-trt" / "config.pbtxt").read_text()
+    assert 'platform: "tensorrt_plan"' in config and "max_batch_size: 16" in config
