@@ -340,7 +340,10 @@ def test_nginx_accepts_the_load_balancer_config(tmp_path):
     nginx = shutil.which("nginx", path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin")
     if nginx is None:
         pytest.skip("nginx is not installed (Debian package nginx); the config is still checked as text above")
-    result = subprocess.run([nginx, "-t", "-q", "-p", str(tmp_path), "-c", str(DEPLOY_DIR / "nginx.conf")], capture_output=True, text=True, timeout=60)
+    # nginx -t writes its pid file: keep it in tmp_path so that any user can run this.
+    config = tmp_path / "nginx.conf"
+    config.write_text((DEPLOY_DIR / "nginx.conf").read_text().replace("pid /tmp/nginx.pid;", f"pid {tmp_path}/nginx.pid;"))
+    result = subprocess.run([nginx, "-t", "-q", "-e", "stderr", "-p", str(tmp_path), "-c", str(config)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
 
 

@@ -83,6 +83,9 @@ def test_predictor_runs_the_serve_image_on_the_v2_protocol(manifest):
     assert settings.device and settings.device.startswith("cuda")
     assert c["resources"]["limits"]["nvidia.com/gpu"] == c["resources"]["requests"]["nvidia.com/gpu"] == "1"
     assert c["securityContext"]["runAsNonRoot"] is True
+    # The image's user: runtime-setup.sh creates it with this uid.
+    setup = (DEPLOY_DIR / "runtime-setup.sh").read_text()
+    assert f"--uid {c['securityContext']['runAsUser']} " in setup
 
 
 def test_port_and_probes_are_the_servers(manifest, serve_routes):
