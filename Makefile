@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 # The CPU build of PyTorch; on a GPU host, e.g. `make TORCH_SPEC=torch demo`.
 TORCH_SPEC ?= torch==2.13.0
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PACKAGES := dataset-fashion-mnist docker-compose
+APT_PACKAGES := dataset-fashion-mnist docker-compose cmake g++ binutils
 STAMP := $(VENV)/.elunet-installed
 
 .PHONY: setup system-deps demo test clean
