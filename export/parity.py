@@ -122,7 +122,8 @@ def compare(reference: np.ndarray, actual: np.ndarray, tol: Tolerance) -> Output
     # NaN vs NaN and inf vs the same inf agree; anything else non-finite is a mismatch.
     same_special = ~both_finite & ((np.isnan(ref) & np.isnan(act)) | (ref == act))
     nonfinite = int(np.sum(~both_finite & ~same_special))
-    err = np.where(both_finite, np.abs(act - ref), 0.0)
+    with np.errstate(invalid="ignore", over="ignore"):  # non-finite elements are counted above, not here
+        err = np.where(both_finite, np.abs(act - ref), 0.0)
     mag = np.abs(np.where(both_finite, ref, 0.0))
     rel = np.divide(err, mag, out=np.where(err > 0, np.inf, 0.0), where=mag > 0)
     failing = (err > tol.atol) & (rel > tol.rtol)

@@ -89,6 +89,7 @@ def export_checkpoint(
         target_name = name or ckpt.card.name
         with stage_version(Path(repository), target_name, version, force) as staged:
             card = _export_card(ckpt, settings, target_name, staged.version, skip_verify)
+            staged.model_files(card, platform=PLATFORM, max_batch_size=max_batch_size, io_dtype=IO_DTYPE)  # fail fast
             result = _build_and_verify(ckpt, card, settings, staged.path, skip_verify, images, data_dir, log)
             if not result.passed:
                 return result
@@ -125,15 +126,15 @@ def _export_card(ckpt, settings: ExportSettings, name: str, version: int, skip_v
 
 def _build_and_verify(ckpt, card: ModelCard, settings: ExportSettings, folder: Path, skip_verify: bool, images: int, data_dir, log) -> ExportResult:
     """Steps 2-5 into ``folder``: model.onnx, card.json and (unless skipped) parity.json."""
+    alphas = elu_alphas(ckpt.model)
+    if settings.elu_mode == "plugin" and not alphas:
+        raise ElunetError(
+            f"--elu plugin: the {card.architecture} network has no ELU layers (activation {card.activation!r})",
+            hint="the plugin replaces ELUs; export this model with --elu native",
+        )
     log(f"exporting with torch.onnx ({settings.exporter}), opset {settings.opset}, {settings.dtype}, ELU {settings.elu_mode}")
     proto = torch_to_onnx(ckpt.model, card, settings)
-    alphas = elu_alphas(ckpt.model)
     if settings.elu_mode == "plugin":
-        if not alphas:
-            raise ElunetError(
-                f"--elu plugin: the {card.architecture} network has no ELU layers (activation {card.activation!r})",
-                hint="the plugin replaces ELUs; export this model with --elu native",
-            )
         rewrite_elu_as_plugin(proto)
     check_elu_nodes(proto, alphas, settings.elu_mode)
     check_opset_supports_types(proto)

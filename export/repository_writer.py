@@ -4,8 +4,8 @@ A version is assembled in a hidden staging folder inside the model's folder
 (``ROOT/<name>/.<version>.staging-XXXX``: same file system, not a version
 because its name is not an integer), checked there, and renamed into place
 in one step. Readers (elunet serve, Triton) see either no version or a
-complete one. On any error the staging folder is removed, and a model folder
-created for it is removed again.
+complete one. On any error the staging folder is removed, and so are the
+model and repository folders created for it, when empty.
 
 The parity gate: a version whose card says ``parity: passed`` is published
 only with a passed ``parity.json`` whose model sha256 is that of the staged
@@ -45,6 +45,26 @@ class StagedVersion:
     def target(self) -> Path:
         return self.repository.version_dir(self.name, self.version)
 
+    def model_files(self, card: ModelCard, *, platform: str, max_batch_size: int, io_dtype: str) -> tuple[str, str]:
+        """config.pbtxt and labels.txt for this version; raises if they would change those of existing versions.
+
+        Call it early (before a long export) to fail fast; publish calls it again.
+        """
+        config = triton_config(card, name=self.name, platform=platform, max_batch_size=max_batch_size, io_dtype=io_dtype)
+        labels = labels_text(card)
+        # Both hold for every version of the model: never let a new version silently change
+        # them under the versions already there.
+        if self.repository.versions(self.name) and not self.force:
+            model_dir = self.repository.model_dir(self.name)
+            for file, text in ((CONFIG_FILE, config), (LABELS_FILE, labels)):
+                existing = model_dir / file
+                if existing.is_file() and existing.read_text() != text:
+                    raise ElunetError(
+                        f"{existing} differs from what this version needs (other platform, input shape, labels or batch size)",
+                        hint="publish under another --name, or pass --force to rewrite it for all versions",
+                    )
+        return config, labels
+
     def publish(
         self,
         card: ModelCard,
@@ -60,19 +80,8 @@ class StagedVersion:
         if platform not in MODEL_FILES or not model_file.is_file():
             raise ElunetError(f"nothing to publish: no {model_file.name} staged for platform {platform!r}", hint=f"platforms: {', '.join(MODEL_FILES)}")
         check_parity_gate(self.path, card, model_file)
+        config, labels = self.model_files(card, platform=platform, max_batch_size=max_batch_size, io_dtype=io_dtype)
         model_dir = self.repository.model_dir(self.name)
-        config = triton_config(card, name=self.name, platform=platform, max_batch_size=max_batch_size, io_dtype=io_dtype)
-        labels = labels_text(card)
-        # config.pbtxt and labels.txt hold for every version of the model: never let a new
-        # version silently change them under the versions already there.
-        if self.repository.versions(self.name) and not self.force:
-            for file, text in ((CONFIG_FILE, config), (LABELS_FILE, labels)):
-                existing = model_dir / file
-                if existing.is_file() and existing.read_text() != text:
-                    raise ElunetError(
-                        f"{existing} differs from what this version needs (other platform, input shape, labels or batch size)",
-                        hint="publish under another --name, or pass --force to rewrite it for all versions",
-                    )
         card.save(self.path / CARD_FILE)
         write_atomic(model_dir / LABELS_FILE, labels)
         write_atomic(model_dir / CONFIG_FILE, config)
@@ -131,7 +140,7 @@ def stage_version(root: Path, name: str, version: int | None = None, force: bool
             f"{repository.version_dir(name, version)} already exists",
             hint="omit --version to publish the next free one, or pass --force to replace it",
         )
-    created_model_dir = not model_dir.exists()
+    created = [p for p in (model_dir, *model_dir.parents) if not p.exists()]  # deepest first
     model_dir.mkdir(parents=True, exist_ok=True)
     staged = StagedVersion(repository, name, version, model_dir / f".{version}.staging-{secrets.token_hex(4)}", force)
     staged.path.mkdir()
@@ -140,5 +149,6 @@ def stage_version(root: Path, name: str, version: int | None = None, force: bool
     finally:
         if staged.published is None:
             shutil.rmtree(staged.path, ignore_errors=True)
-            if created_model_dir and not any(model_dir.iterdir()):
-                model_dir.rmdir()
+            for folder in created:
+                if folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()
