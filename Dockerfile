@@ -45,19 +45,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_
     PATH=/opt/elunet/bin:$PATH \
     ELUNET_REPOSITORY=/models \
     ELUNET_HOST=0.0.0.0
-RUN --mount=source=deploy/runtime-setup.sh,target=/tmp/runtime-setup.sh sh /tmp/runtime-setup.sh
+RUN --mount=type=bind,source=deploy/runtime-setup.sh,target=/tmp/runtime-setup.sh sh /tmp/runtime-setup.sh
 RUN --mount=from=wheel,source=/dist,target=/dist \
-    pip install "$(ls /dist/elunet-*.whl)[serve]" \
- # The serve extra brings the CPU build `onnxruntime`; the GPU build installs
- # the same Python module, so it must replace the CPU build, not join it.
- && if [ "$ORT_PACKAGE" != onnxruntime ]; then \
-      pip uninstall -y onnxruntime && pip install "$ORT_PACKAGE"; \
-    fi \
- # Fail the build, not the first request, if the image is not what it says.
- && python -c "import onnxruntime as o, sys; p = o.get_available_providers(); print('onnxruntime', o.__version__, p); \
-sys.exit('$ORT_PACKAGE' != 'onnxruntime' and 'CUDAExecutionProvider' not in p)" \
- && if python -c "import torch" 2>/dev/null; then echo "torch must not be in the serve image" >&2; exit 1; fi \
- && elunet serve --help >/dev/null
+    --mount=type=bind,source=deploy/install-serve.sh,target=/tmp/install-serve.sh \
+    sh /tmp/install-serve.sh "$(ls /dist/elunet-*.whl)" serve "$ORT_PACKAGE"
 COPY --chmod=755 deploy/healthcheck.py /opt/elunet/bin/elunet-healthcheck
 USER elunet
 WORKDIR /home/elunet
@@ -97,7 +88,7 @@ RUN cmake -S /src/plugins/elu -B /tmp/plugin-build -DTENSORRT_ROOT=/usr \
 # The virtualenv sees the image's own TensorRT Python bindings; the constraint
 # keeps pip from replacing them with another TensorRT from PyPI, which would
 # not match the libraries the plugin was compiled against.
-RUN --mount=source=deploy/runtime-setup.sh,target=/tmp/runtime-setup.sh sh /tmp/runtime-setup.sh --system-site-packages \
+RUN --mount=type=bind,source=deploy/runtime-setup.sh,target=/tmp/runtime-setup.sh sh /tmp/runtime-setup.sh --system-site-packages \
  && python -c "import tensorrt; print('tensorrt==' + tensorrt.__version__)" > /opt/elunet/tensorrt-constraint.txt \
  && cat /opt/elunet/tensorrt-constraint.txt
 COPY --chmod=755 deploy/healthcheck.py /opt/elunet/bin/elunet-healthcheck
@@ -106,9 +97,9 @@ COPY --chmod=755 deploy/healthcheck.py /opt/elunet/bin/elunet-healthcheck
 FROM trt-base AS serve-trt
 ENV ELUNET_BACKEND=tensorrt
 RUN --mount=from=wheel,source=/dist,target=/dist \
-    pip install -c /opt/elunet/tensorrt-constraint.txt "$(ls /dist/elunet-*.whl)[serve,tensorrt]" \
- && if python -c "import torch" 2>/dev/null; then echo "torch must not be in the serve-trt image" >&2; exit 1; fi \
- && elunet serve --help >/dev/null && elunet build-engine --help >/dev/null
+    --mount=type=bind,source=deploy/install-serve.sh,target=/tmp/install-serve.sh \
+    PIP_CONSTRAINT=/opt/elunet/tensorrt-constraint.txt sh /tmp/install-serve.sh "$(ls /dist/elunet-*.whl)" serve,tensorrt onnxruntime \
+ && elunet build-engine --help >/dev/null
 USER elunet
 WORKDIR /home/elunet
 VOLUME ["/models"]

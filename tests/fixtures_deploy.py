@@ -12,6 +12,8 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -136,3 +138,28 @@ def elunet_command(name: str):
 
 def option_names(command) -> set[str]:
     return {opt for param in command.params for opt in (*param.opts, *param.secondary_opts)}
+
+
+# --- the wheel the images install ------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def elunet_wheel(tmp_path_factory) -> Path:
+    """elunet's wheel, built like the Dockerfile's `wheel` stage (`pip wheel --no-deps`), from a copy
+    of the sources as `docker build` gets them: no build/ or egg-info left in the shared tree."""
+    source = tmp_path_factory.mktemp("wheel-source")
+    package_dirs = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO_ROOT / name, source / name)
+    for folder in {Path(d).parts[0] for d in package_dirs.values()}:
+        shutil.copytree(REPO_ROOT / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "build"))
+    out = tmp_path_factory.mktemp("wheel")
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--wheel-dir", str(out), str(source)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    (wheel,) = out.glob("elunet-*.whl")
+    return wheel

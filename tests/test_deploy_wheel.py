@@ -7,12 +7,8 @@ lists, so a subpackage missing there breaks the images and nothing else.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import sys
 import tomllib
 import zipfile
-from pathlib import Path
 
 import pytest
 from fixtures_deploy import REPO_ROOT
@@ -21,24 +17,8 @@ PYPROJECT = REPO_ROOT / "pyproject.toml"
 
 
 @pytest.fixture(scope="module")
-def wheel_files(tmp_path_factory) -> set[str]:
-    # Build from a copy, as `docker build` does from its context: no build/ or egg-info in the tree.
-    source = tmp_path_factory.mktemp("wheel-source")
-    package_dirs = tomllib.loads(PYPROJECT.read_text())["tool"]["setuptools"]["package-dir"]
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy(REPO_ROOT / name, source / name)
-    for folder in {Path(d).parts[0] for d in package_dirs.values()}:
-        shutil.copytree(REPO_ROOT / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "build"))
-    out = tmp_path_factory.mktemp("wheel")
-    result = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--wheel-dir", str(out), str(source)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    (wheel,) = out.glob("elunet-*.whl")
-    return set(zipfile.ZipFile(wheel).namelist())
+def wheel_files(elunet_wheel) -> set[str]:
+    return set(zipfile.ZipFile(elunet_wheel).namelist())
 
 
 def source_packages() -> dict[str, Path]:
