@@ -14,7 +14,7 @@ import typer
 
 from elunet.errors import ElunetError
 
-STAGES = ("train", "export", "plugins", "serve")
+STAGES = ("train", "train.experiments", "export", "plugins", "serve")
 
 # The extra that brings each optional dependency, for the "how to fix it" hint.
 EXTRA_FOR_MODULE = {

@@ -1,0 +1,118 @@
+"""`elunet experiment activations | learning-behaviour | report`.
+
+Both experiments take the same options (a training recipe plus what to
+compare); only their defaults differ, so one function builds both commands.
+torch is imported inside the commands: `elunet --help` must work without it.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from elunet.errors import ElunetError
+from elunet.train.config import ACTIVATION_NAMES, ARCHITECTURE_NAMES, DATASET_NAMES, OPTIMIZER_NAMES
+from elunet.train.experiments.paper import PAPER_COMMAND
+from elunet.train.experiments.presets import ACTIVATIONS, LEARNING_BEHAVIOUR, Preset
+from elunet.train.schedules import SCHEDULES
+
+DEFAULT_OUT = Path("runs/experiments")
+
+
+def parse_activations(text: str) -> tuple[str, ...]:
+    names = tuple(a.strip() for a in text.split(",") if a.strip())
+    unknown = [a for a in names if a not in ACTIVATION_NAMES]
+    if unknown or not names:
+        raise ElunetError(f"--activations {text!r}: unknown {', '.join(unknown) or '(empty list)'}", hint=f"a comma-separated list of: {', '.join(ACTIVATION_NAMES)}")
+    if len(set(names)) != len(names):
+        raise ElunetError(f"--activations {text!r} names an activation twice", hint="list each once")
+    if "elu" not in names:
+        raise ElunetError(f"--activations {text!r} leaves out elu, but every test compares ELU with the others", hint="add elu to the list")
+    return names
+
+
+def _command(preset: Preset):
+    r = preset.recipe
+
+    def command(
+        dataset: str = typer.Option(r.dataset, help=f"Dataset: {', '.join(DATASET_NAMES)} (see `elunet datasets`)."),
+        arch: str = typer.Option(r.arch, help=f"Network: {', '.join(ARCHITECTURE_NAMES)}."),
+        activations: str = typer.Option(",".join(preset.activations), help=f"Comma-separated, elu included; from {', '.join(ACTIVATION_NAMES)}."),
+        bn: bool = typer.Option(False, "--bn", help="Also train each activation with batch norm (variants named e.g. relu+bn)."),
+        seeds: int = typer.Option(preset.seeds, min=1, help="Runs per variant (seeds 0..N-1). With 5 the smallest possible Wilcoxon p is 0.0625; the paper used 10."),
+        epochs: int = typer.Option(r.epochs, min=1, help="Epochs per run."),
+        limit_train: Optional[int] = typer.Option(r.limit_train, min=1, help="Train on a seeded random subset of N training images (to size a run); the test split stays whole."),
+        batch_size: int = typer.Option(r.batch_size, min=1, help="Mini-batch size."),
+        lr: float = typer.Option(r.lr, min=0.0, help="Peak learning rate (the same for every activation, as in the paper)."),
+        schedule: str = typer.Option(r.schedule, help="Learning-rate schedule: " + ", ".join(SCHEDULES) + " (see `elunet train --help`)."),
+        optimizer: str = typer.Option(r.optimizer, help=f"{' or '.join(OPTIMIZER_NAMES)}."),
+        momentum: float = typer.Option(r.momentum, min=0.0, help="SGD momentum (Nesterov when > 0; 0 is plain SGD)."),
+        weight_decay: float = typer.Option(r.weight_decay, min=0.0, help="L2 weight decay."),
+        augment: bool = typer.Option(r.augment, "--augment/--no-augment", help="Random crops (+ flips where the dataset allows)."),
+        data_dir: Optional[Path] = typer.Option(None, help="Folder holding the dataset (default: $ELUNET_DATA, then /usr/share/datasets)."),
+        device: str = typer.Option(r.device, help="auto (CUDA if available), cpu or cuda."),
+        loss_threshold: Optional[float] = typer.Option(None, min=0.0, help="Training loss for the learning-speed table (default: the highest final mean training loss of the variants)."),
+        out: Path = typer.Option(DEFAULT_OUT / preset.kind, help="Experiment folder: runs/<variant>-seed<k>.json, results.json, report.md, *.png. Rerunning resumes: finished runs are kept."),
+    ) -> None:
+        import dataclasses
+
+        from elunet.train.experiments.runner import Experiment, run_experiment
+
+        recipe = dataclasses.replace(
+            r, dataset=dataset, arch=arch, epochs=epochs, limit_train=limit_train, batch_size=batch_size, lr=lr,
+            schedule=schedule, optimizer=optimizer, momentum=momentum, weight_decay=weight_decay, augment=augment,
+            data_dir=str(data_dir) if data_dir else None, device=device,
+        )
+        experiment = Experiment(
+            kind=preset.kind,
+            title=f"{preset.title}: {arch} on {dataset}",
+            claim=preset.claim,
+            base=recipe,
+            activations=parse_activations(activations),
+            batch_norm_variants=bn,
+            seeds=tuple(range(seeds)),
+            out=out,
+            command=shlex.join(["elunet", *sys.argv[1:]]),
+            loss_threshold=loss_threshold,
+        )
+        report = run_experiment(experiment, log=typer.echo)
+        typer.echo(f"report: {report}")
+
+    return command
+
+
+def report(out: Path = typer.Argument(..., help="An experiment folder (the --out of an experiment).")) -> None:
+    """Rewrite results.json, report.md and the plots from the runs finished so far (e.g. while it still runs)."""
+    from elunet.train.experiments.runner import write_outputs
+
+    typer.echo(f"report: {write_outputs(out)}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add `elunet experiment ...` to the root app."""
+    group = typer.Typer(
+        help="The paper's experiments: ELU against ReLU, leaky ReLU and SReLU, over seeds, as a report with plots.",
+        no_args_is_help=True,
+    )
+    activations_command = _command(ACTIVATIONS)
+    activations_command.__doc__ = f"""Train one architecture with each activation over several seeds; report test error, Wilcoxon tests, learning speed and bias shift.
+
+    For each seed every activation starts from the same initial weights and sees the same data in the same order, so the runs are compared pairwise, as in the paper. Rerunning with the same --out resumes: finished runs are never repeated. Default recipe: `elunet train`'s (fashion-cnn on Fashion-MNIST) at the paper's learning rate 0.01.
+
+    The paper's CIFAR-100 comparison, for a GPU host:
+
+    {PAPER_COMMAND}
+    """
+    learning_command = _command(LEARNING_BEHAVIOUR)
+    learning_command.__doc__ = """The paper's learning-behaviour figure: training loss and each layer's mean activation per epoch, 8x128 MLP.
+
+    Defaults are the paper's recipe (plain SGD, learning rate 0.01, mini-batch 64, 300 epochs, 5 runs) on Fashion-MNIST; --dataset mnist for the paper's data, --epochs and --limit-train to make it shorter.
+    """
+    group.command("activations")(activations_command)
+    group.command("learning-behaviour")(learning_command)
+    group.command("report")(report)
+    app.add_typer(group, name="experiment")

@@ -1,0 +1,174 @@
+"""report.md: the measured figures, what the paper claims, and whether the claim held here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from elunet.card import write_atomic
+from elunet.train.experiments.plots import BIAS_SHIFT_PNG, CURVES_PNG, SPEED_PNG
+from elunet.train.experiments.stats import smallest_exact_p
+from elunet.train.experiments.summary import REFERENCE
+
+REPORT_FILE = "report.md"
+SIGNIFICANCE = 0.05
+
+
+def _pm(spread: dict | None, scale: float = 1.0, digits: int = 2) -> str:
+    if spread is None:
+        return "–"
+    mean = spread["mean"] * scale
+    if spread["std"] is None:
+        return f"{mean:.{digits}f} (n=1)"
+    return f"{mean:.{digits}f} ± {spread['std'] * scale:.{digits}f}"
+
+
+def _p(value: float | None) -> str:
+    return "–" if value is None else f"{value:.4f}"
+
+
+def _settings_table(settings: dict) -> list[str]:
+    lines = ["| setting | value |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in sorted(settings.items())]
+    return lines
+
+
+def _error_table(summary: dict) -> list[str]:
+    paper = summary.get("paper_cifar100_test_error_percent")
+    tests = {t["other"]: t for t in summary["wilcoxon_vs_elu"]}
+    header = "| variant | runs | test error (%) mean ± std | min – max (%) |"
+    rule = "|---|---|---|---|"
+    if paper:
+        header += " paper, CIFAR-100 (%) |"
+        rule += "---|"
+    header += " ELU lower / higher / tied | mean Δ ELU − variant (pp) | Wilcoxon p (two-sided) |"
+    rule += "---|---|---|"
+    lines = [header, rule]
+    for variant, final in summary["final_test_error"].items():
+        errors = summary["runs_final_test_error"][variant]
+        row = f"| {variant} | {final['n']} | {_pm(final, 100)} | {min(errors) * 100:.2f} – {max(errors) * 100:.2f} |"
+        if paper:
+            row += f" {_pm(paper.get(variant), digits=2)} |" if variant in paper else " – |"
+        test = tests.get(variant)
+        if test is None:
+            row += " (reference) | – | – |"
+        else:
+            delta = "–" if test["mean_difference"] is None else f"{test['mean_difference'] * 100:+.2f}"
+            row += f" {test['elu_better']} / {test['elu_worse']} / {test['ties']} | {delta} | {_p(test['p_value'])} |"
+        lines.append(row)
+    return lines
+
+
+def _verdict(summary: dict) -> list[str]:
+    order = summary["ordering"]
+    lines = []
+    if len(order["paper"]) >= 2:
+        measured = " < ".join(order["measured"])
+        paper = " < ".join(order["paper"])
+        held = "held" if order["matches_paper"] else "did not hold"
+        lines.append(f"- Ranking by mean test error (lower is better): measured **{measured}**; paper {paper}. "
+                     f"The paper's ordering **{held}**; ELU was {'the best' if order['elu_best'] else 'not the best'} of them.")
+    tests = summary["wilcoxon_vs_elu"]
+    if tests:
+        n_pairs = max(t["n_pairs"] for t in tests)
+        floor = smallest_exact_p(n_pairs)
+        significant = [t["other"] for t in tests if t["p_value"] is not None and t["p_value"] < SIGNIFICANCE]
+        lines.append(
+            f"- Strength: with {n_pairs} paired seeds the exact two-sided Wilcoxon signed-rank test cannot give p below "
+            f"2/2^{n_pairs} = {floor:.4f} (all seeds agreeing)"
+            + (f", so p < {SIGNIFICANCE} is out of reach with this many seeds; read the p-values as the consistency "
+               f"of the sign across seeds, and add seeds (the paper used 10) for a decisive test." if floor >= SIGNIFICANCE else ".")
+        )
+        if floor < SIGNIFICANCE:
+            lines.append(f"- Differences significant at p < {SIGNIFICANCE}: " + (", ".join(significant) if significant else "none") + ".")
+        for t in tests:
+            if t["mean_difference"] is None:
+                continue
+            direction = "lower" if t["mean_difference"] < 0 else "higher"
+            lines.append(
+                f"  - ELU vs {t['other']}: ELU's error was {direction} by {abs(t['mean_difference']) * 100:.2f} pp on average; "
+                f"lower in {t['elu_better']} of {t['n_pairs']} seeds, higher in {t['elu_worse']}, tied in {t['ties']}; "
+                f"p = {_p(t['p_value'])} ({t['method']})."
+            )
+    return lines
+
+
+def _speed_table(summary: dict) -> list[str]:
+    lines = [
+        f"Threshold: training loss ≤ {summary['loss_threshold']:.4f} (by default the highest final mean training loss "
+        "of the variants, so every variant's mean curve gets there; the epoch is the first whose average training "
+        "loss is at or below it, seconds are the training time until the end of that epoch, evaluation excluded).",
+        "",
+        "| variant | runs that reached it | epochs mean ± std | seconds mean ± std |",
+        "|---|---|---|---|",
+    ]
+    for variant, speed in summary["learning_speed"].items():
+        lines.append(f"| {variant} | {speed['reached']} / {speed['runs']} | {_pm(speed['epochs'], digits=1)} | {_pm(speed['seconds'], digits=1)} |")
+    return lines
+
+
+def _bias_shift_table(summary: dict) -> list[str]:
+    finals = summary["final_mean_activation"]
+    layers = next((list(v) for v in finals.values() if v), [])
+    if not layers:
+        return ["No mean activations were recorded."]
+    lines = [
+        "Mean activation of each layer's units after the last epoch (mean over seeds), and the mean of their "
+        "absolute values: ELU's negative values are meant to keep these closer to zero (less bias shift).",
+        "",
+        "| variant | " + " | ".join(layers) + " | mean abs |",
+        "|---|" + "---|" * (len(layers) + 1),
+    ]
+    for variant, values in finals.items():
+        cells = " | ".join(f"{values[layer]:+.3f}" for layer in layers)
+        lines.append(f"| {variant} | {cells} | {summary['mean_abs_final_activation'][variant]:.3f} |")
+    smallest = min(summary["mean_abs_final_activation"], key=lambda v: summary["mean_abs_final_activation"][v])
+    lines += ["", f"Smallest mean absolute activation: **{smallest}**" + (" (as the paper predicts)." if smallest.startswith(REFERENCE) else ".")]
+    return lines
+
+
+def write_report(summary: dict, settings: dict, meta: dict, out: Path, title: str, claim: str) -> Path:
+    """Write OUT/report.md; ``meta`` carries the command, wall time, host and dates of the run."""
+    lines = [
+        f"# {title}",
+        "",
+        claim,
+        "",
+        "Reproduce with:",
+        "",
+        "```",
+        meta["command"],
+        "```",
+        "",
+        f"Wall time of the experiment: {meta['wall_seconds'] / 60:.1f} min, the sum over its {meta['runs']} runs "
+        f"(of {meta['planned_runs']} planned; {meta['host']}; report written {meta['finished']}). Finished runs per variant: "
+        + ", ".join(f"{v} {len(s)}" for v, s in summary["seeds"].items()) + ".",
+        "",
+        *(["Runs that did not finish (left out of every figure):", "", *[f"- {m}" for m in meta["not_finished"]], ""] if meta["not_finished"] else []),
+        *_settings_table(settings),
+        "",
+        "## Final test error",
+        "",
+        *_error_table(summary),
+        "",
+        *_verdict(summary),
+        "",
+        f"![training loss and test error]({CURVES_PNG})",
+        "",
+        "## Learning speed",
+        "",
+        *_speed_table(summary),
+        "",
+        f"![training loss against time]({SPEED_PNG})",
+        "",
+        "## Bias shift",
+        "",
+        *_bias_shift_table(summary),
+        "",
+        f"![mean activation per layer]({BIAS_SHIFT_PNG})",
+        "",
+        "All figures: mean over seeds; bands and ± are one sample standard deviation. Raw per-run data: results.json.",
+        "",
+    ]
+    path = out / REPORT_FILE
+    write_atomic(path, "\n".join(lines))
+    return path
