@@ -58,8 +58,16 @@ section "ELU kernel bandwidth vs device-to-device copy (2^28 elements)"
 timeout 180 "$PY" "$ROOT/benchmarks/elu_kernel_bandwidth.py" --log2-elements 28 --repeats 20 || fail "bandwidth below target or not measured"
 
 # ==== SERVING: torch-CUDA backend check (added by the serving stage) ====
-# Put the serving stage's GPU check here, e.g.:
-#   timeout 120 "$PY" -m pytest -q -rs --noconftest -p no:cacheprovider "$ROOT/tests/test_serve_<torch_cuda>.py" || fail "torch-CUDA backend"
+section "serving: torch backend on CUDA (parity vs the CPU reference, served throughput)"
+SERVE_DEPS="fastapi uvicorn pydantic prometheus-client pillow python-multipart typer safetensors"
+if ! "$PY" -c 'import fastapi, uvicorn, pydantic, prometheus_client, PIL, multipart, typer, safetensors' 2>/dev/null && [ -d "$WHEELHOUSE" ]; then
+  "$PY" -m pip install -q --no-index --find-links "$WHEELHOUSE" $SERVE_DEPS || true
+fi
+if "$PY" -c 'import fastapi, uvicorn, pydantic, prometheus_client, PIL, multipart, typer, safetensors' 2>/dev/null; then
+  timeout 360 "$PY" "$ROOT/benchmarks/serve_gpu_check.py" --duration 8 || fail "serving: torch-CUDA parity or throughput"
+else
+  fail "serving: needs $SERVE_DEPS (carry wheels: pip download -d .gpu-wheels $SERVE_DEPS)"
+fi
 # ==== end SERVING ====
 
 section "result"

@@ -120,7 +120,7 @@ def _add_v2_routes(app: FastAPI, registry: ModelRegistry, settings: ServeSetting
     async def repository_index() -> list[ModelState]:
         return [ModelState(name=m.name, version=str(m.version), state=m.state, reason=m.reason) for m in registry.all()]
 
-    async def metadata(model: str, version: str | None = None) -> ModelMetadata:
+    async def metadata(request: Request, model: str, version: str | None = None) -> ModelMetadata:
         served = registry.resolve(model, version)
         backend = served.backend
         return ModelMetadata(
@@ -131,7 +131,7 @@ def _add_v2_routes(app: FastAPI, registry: ModelRegistry, settings: ServeSetting
             outputs=[TensorMetadata(name=OUTPUT_NAME, datatype=OUTPUT_DATATYPE, shape=[-1, served.card.num_classes])],
         )
 
-    async def ready(model: str, version: str | None = None) -> dict:
+    async def ready(request: Request, model: str, version: str | None = None) -> dict:
         served = registry.resolve(model, version)
         if served.state != READY:
             raise ServeError(503, f"model {served.name} v{served.version} is {served.state}: {served.reason}", headers={"Retry-After": "1"})
@@ -154,12 +154,27 @@ def _add_v2_routes(app: FastAPI, registry: ModelRegistry, settings: ServeSetting
         served.metrics.succeeded(len(pixels), time.perf_counter() - started)
         return Response(content, headers=headers)
 
-    infer_doc = dict(tags=["v2"], responses={200: {"model": InferenceResponse}, **_ERRORS}, response_class=Response,
-                     openapi_extra={"x-elunet-infer-body": True})
-    for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
-        app.add_api_route(prefix, metadata, methods=["GET"], response_model=ModelMetadata, tags=["v2"], responses=_ERRORS)
-        app.add_api_route(prefix + "/ready", ready, methods=["GET"], tags=["v2"], responses=_ERRORS)
-        app.add_api_route(prefix + "/infer", infer, methods=["POST"], **infer_doc)
+    _add_model_routes(app, "/v2/models/{model}", "", metadata, methods=["GET"], response_model=ModelMetadata, tags=["v2"], responses=_ERRORS)
+    _add_model_routes(app, "/v2/models/{model}", "/ready", ready, methods=["GET"], tags=["v2"], responses=_ERRORS)
+    _add_model_routes(
+        app, "/v2/models/{model}", "/infer", infer, methods=["POST"], tags=["v2"], response_class=Response,
+        responses={200: {"model": InferenceResponse}, **_ERRORS}, openapi_extra={"x-elunet-infer-body": True},
+    )
+
+
+def _add_model_routes(app: FastAPI, prefix: str, suffix: str, handler, **route) -> None:
+    """Route ``prefix + suffix`` (newest version) and ``prefix/versions/{version} + suffix`` to one handler."""
+
+    async def newest(request: Request, model: str):
+        return await handler(request, model)
+
+    async def versioned(request: Request, model: str, version: str):
+        return await handler(request, model, version)
+
+    for path, endpoint in ((prefix + suffix, newest), (prefix + "/versions/{version}" + suffix, versioned)):
+        endpoint.__doc__ = handler.__doc__
+        endpoint.__name__ = f"{handler.__name__}_{endpoint.__name__}"
+        app.add_api_route(path, endpoint, **route)
 
 
 def _timeout(request: InferenceRequest, settings: ServeSettings) -> float:
@@ -216,11 +231,10 @@ def _add_v1_routes(app: FastAPI, registry: ModelRegistry, settings: ServeSetting
             },
         }
     }
-    for prefix in ("/v1/models/{model}", "/v1/models/{model}/versions/{version}"):
-        app.add_api_route(
-            prefix + "/classify", classify, methods=["POST"], response_model=ClassifyResponse, tags=["v1"],
-            responses=_ERRORS, openapi_extra=body_doc,
-        )
+    _add_model_routes(
+        app, "/v1/models/{model}", "/classify", classify, methods=["POST"], response_model=ClassifyResponse, tags=["v1"],
+        responses=_ERRORS, openapi_extra=body_doc,
+    )
 
 
 async def _read_images(request: Request) -> tuple[list[tuple[str, bytes]], int]:

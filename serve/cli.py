@@ -62,13 +62,16 @@ def classify(
     top_k: int = typer.Option(3, "--top-k", "-k", min=1, help="labels per image"),
     api_key: Optional[str] = typer.Option(None, envvar=env_name("api_key"), help="bearer token, if the server has one"),
     timeout: float = typer.Option(30.0, help="seconds to wait for the answer"),
+    wait: float = typer.Option(0.0, help="first wait up to this many seconds for the server to be ready (for scripts)"),
 ) -> None:
     """Classify image files with a running `elunet serve` (POST /v1/models/MODEL/classify).
 
     Example: elunet classify shirt.png --model fashion-cnn
     """
-    from elunet.serve.client import classify_files
+    from elunet.serve.client import classify_files, wait_until_ready
 
+    if wait > 0:
+        wait_until_ready(url, wait)
     for prediction in classify_files(url, model, images, top_k=top_k, api_key=api_key, timeout=timeout):
         best = ", ".join(f"{s['label']} {s['probability']:.3f}" for s in prediction["top"])
         typer.echo(f"{prediction['image']}: {best}")

@@ -4,12 +4,30 @@ from __future__ import annotations
 
 import json
 import mimetypes
+import time
 import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
 
 from elunet.errors import ElunetError
+
+
+def wait_until_ready(url: str, seconds: float) -> None:
+    """Poll GET /v2/health/ready until it answers 200 (the server loads and warms up models first)."""
+    deadline = time.monotonic() + seconds
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url.rstrip('/')}/v2/health/ready", timeout=5) as response:
+                if response.status == 200:
+                    return
+        except urllib.error.HTTPError as exc:
+            last = f"{exc.code} {exc.read().decode(errors='replace')}"
+        except urllib.error.URLError as exc:
+            last = str(exc.reason)
+        time.sleep(0.25)
+    raise ElunetError(f"{url} was not ready within {seconds:g} s (last answer: {last})", hint="check the server's log")
 
 
 def classify_files(url: str, model: str, files: list[Path], top_k: int = 3, api_key: str | None = None, timeout: float = 30.0) -> list[dict]:

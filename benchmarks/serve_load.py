@@ -1,0 +1,210 @@
+"""Closed-loop load on `elunet serve` over loopback, and what the backend alone could do.
+
+N clients each send one binary V2 request of one image, wait for the answer,
+and send the next (closed loop). One run measures:
+
+  (a) raw:       the backend in-process, no HTTP, at the batch size the server formed in (b),
+                 and at batch 1 (raw(b)/raw(1) is the most batching can gain on compute alone)
+  (b) batched:   the server with dynamic batching (--max-batch-size)
+  (c) unbatched: the same server with max batch size 1
+
+and prints throughput (images/s), p50/p95/p99 latency, mean batch size, and
+the ratios served/raw = (b)/(a) and batched/unbatched = (b)/(c).
+
+    python benchmarks/serve_load.py --model fashion-cnn --clients 64
+    python benchmarks/serve_load.py --model elu-cifar11 --clients 16
+    python benchmarks/serve_load.py --repository DIR --model NAME   # an existing repository
+
+Without --repository, a freshly initialised (untrained) network of the given
+architecture is exported into a temporary repository: speed does not depend
+on the weights. The clients run in this process (threads, one keep-alive
+connection each) on the same CPUs as the server: on a small machine they
+compete with it, which the figures include.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from http.client import HTTPConnection
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from fixtures_serve import ServerProcess, binary_infer_body  # noqa: E402  (the tests' launcher: one copy)
+
+from elunet.repository import ModelRepository  # noqa: E402
+
+# What each architecture trains on (input shape, dataset, normalization) when the benchmark makes the model.
+ARCHITECTURES = {
+    "fashion-cnn": ((1, 28, 28), "fashion-mnist", "meanstd"),
+    "elu-cifar11": ((3, 32, 32), "cifar-100", "gcn+zca"),
+}
+
+
+@dataclass
+class Load:
+    images_per_s: float
+    latencies_ms: np.ndarray
+    mean_batch: float
+    errors: int
+
+    def row(self, name: str) -> str:
+        p50, p95, p99 = np.percentile(self.latencies_ms, [50, 95, 99]) if len(self.latencies_ms) else (np.nan,) * 3
+        return f"{name:<26}{self.images_per_s:>10.1f}{p50:>9.2f}{p95:>9.2f}{p99:>9.2f}{self.mean_batch:>11.2f}{self.errors:>8}"
+
+
+def make_repository(architecture: str, root: Path) -> Path:
+    """Export a freshly initialised network of ``architecture`` into ``root`` (needs the train/export extras)."""
+    from elunet.export.pipeline import export_checkpoint
+    from elunet.export.settings import ExportSettings
+    from elunet.train.checkpoint import save_checkpoint
+    from elunet.train.models import build_model, describe_model
+
+    shape, dataset, normalization = ARCHITECTURES[architecture]
+    card = describe_model(
+        name=architecture, architecture=architecture, activation="elu", alpha=1.0, batch_norm=False, dataset=dataset,
+        labels=[f"class-{i}" for i in range(100 if dataset == "cifar-100" else 10)], input_shape=shape, normalization=normalization,
+    )
+    checkpoint = root / "checkpoint"
+    save_checkpoint(checkpoint, build_model(card), card)
+    repository = root / "repository"
+    export_checkpoint(checkpoint, ExportSettings(), repository=repository, skip_verify=True)
+    return repository
+
+
+def batch_totals(url: str, model: str) -> tuple[float, float]:
+    """(batches, images) computed so far, from the server's batch-size histogram."""
+    conn = HTTPConnection(url.removeprefix("http://"), timeout=30)
+    conn.request("GET", "/metrics")
+    text = conn.getresponse().read().decode()
+    conn.close()
+    values = {}
+    for kind in ("count", "sum"):
+        m = re.search(rf'^elunet_inference_batch_size_{kind}{{model="{re.escape(model)}",version="\d+"}} (\S+)$', text, re.M)
+        values[kind] = float(m.group(1)) if m else 0.0
+    return values["count"], values["sum"]
+
+
+def closed_loop(url: str, model: str, image: np.ndarray, clients: int, warmup_s: float, duration_s: float) -> Load:
+    body, headers = binary_infer_body(image[None])
+    host = url.removeprefix("http://")
+    path = f"/v2/models/{model}/infer"
+    start_measure = time.monotonic() + warmup_s
+    stop = start_measure + duration_s
+    latencies: list[list[float]] = [[] for _ in range(clients)]
+    errors = [0] * clients
+    marks = {}
+
+    def client(k: int) -> None:
+        conn = HTTPConnection(host, timeout=120)
+        while True:
+            t0 = time.monotonic()
+            if t0 >= stop:
+                break
+            conn.request("POST", path, body, headers)
+            response = conn.getresponse()
+            response.read()
+            t1 = time.monotonic()
+            if t0 >= start_measure and t1 <= stop:
+                if response.status == 200:
+                    latencies[k].append((t1 - t0) * 1000)
+                else:
+                    errors[k] += 1
+        conn.close()
+
+    threads = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(clients)]
+    for t in threads:
+        t.start()
+    time.sleep(max(0.0, start_measure - time.monotonic()))
+    marks["start"] = batch_totals(url, model)
+    time.sleep(max(0.0, stop - time.monotonic()))
+    marks["stop"] = batch_totals(url, model)
+    for t in threads:
+        t.join()
+    done = np.array([x for per_client in latencies for x in per_client])
+    batches = marks["stop"][0] - marks["start"][0]
+    images = marks["stop"][1] - marks["start"][1]
+    return Load(len(done) / duration_s, done, images / batches if batches else float("nan"), sum(errors))
+
+
+def raw_backend(version_dir: Path, backend: str, device: str, batch: int, image: np.ndarray, duration_s: float) -> Load:
+    from elunet.serve.backends import open_backend
+
+    repository = ModelRepository(version_dir.parent.parent)
+    model = open_backend(repository.get(version_dir.parent.name, int(version_dir.name)), backend, device, batch)
+    x = np.repeat(image[None], batch, axis=0)
+    for _ in range(3):
+        model.infer(x)
+    latencies = []
+    t_end = time.monotonic() + duration_s
+    while time.monotonic() < t_end:
+        t0 = time.monotonic()
+        model.infer(x)
+        latencies.append((time.monotonic() - t0) * 1000)
+    model.close()
+    return Load(batch * len(latencies) / sum(latencies) * 1000, np.array(latencies), float(batch), 0)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="fashion-cnn", help="architecture to make (without --repository) or model name in it")
+    parser.add_argument("--repository", type=Path, help="an existing model repository (default: export a fresh network)")
+    parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--max-batch-size", type=int, default=64)
+    parser.add_argument("--max-queue-delay-ms", type=float, default=2.0)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "torch", "tensorrt"])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--warmup", type=float, default=3.0, help="seconds of load before measuring")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds measured per phase")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="serve-load-") as tmp:
+        tmp = Path(tmp)
+        repository = args.repository or make_repository(args.model, tmp)
+        version = ModelRepository(repository).get(args.model)
+        card = version.card
+        image = np.random.default_rng(0).random(card.input_shape, dtype=np.float32)
+        common = dict(backend=args.backend, device=args.device, max_queue_delay_ms=args.max_queue_delay_ms, workers=args.workers,
+                      max_queue_size=max(1024, 4 * args.clients))
+        results = {}
+        raw_runs = []
+        # Raw runs right after each server phase, averaged: on a shared host the load of other
+        # processes drifts, and (a) must see the same conditions as (b).
+        for phase, max_batch in (("batched", args.max_batch_size), ("unbatched", 1)):
+            server = ServerProcess(repository, tmp / f"{phase}.log", max_batch_size=max_batch, **common).wait_ready(300)
+            try:
+                results[phase] = closed_loop(server.url, args.model, image, args.clients, args.warmup, args.duration)
+            finally:
+                server.stop()
+            formed = max(1, round(results["batched"].mean_batch))
+            raw_runs.append(raw_backend(version.path, args.backend, args.device, formed, image, args.duration / 2))
+        results["raw1"] = raw_backend(version.path, args.backend, args.device, 1, image, args.duration / 2)
+        results["raw"] = Load(
+            float(np.mean([r.images_per_s for r in raw_runs])), np.concatenate([r.latencies_ms for r in raw_runs]), float(formed), 0
+        )
+
+    print(f"\nmodel {args.model} ({card.architecture}, input {card.input_shape}), backend {args.backend} on {args.device}, "
+          f"{args.clients} clients, 1 image per request, max queue delay {args.max_queue_delay_ms:g} ms, {args.workers} worker(s)")
+    print(f"{'phase':<26}{'images/s':>10}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'mean batch':>11}{'errors':>8}")
+    print(results["raw"].row(f"(a) raw backend, batch {formed}") + f"   (runs: {', '.join(f'{r.images_per_s:.1f}' for r in raw_runs)})")
+    print(results["raw1"].row("(a) raw backend, batch 1"))
+    print(results["batched"].row(f"(b) server, max batch {args.max_batch_size}"))
+    print(results["unbatched"].row("(c) server, max batch 1"))
+    served_raw = results["batched"].images_per_s / results["raw"].images_per_s
+    batched_unbatched = results["batched"].images_per_s / results["unbatched"].images_per_s
+    ceiling = results["raw"].images_per_s / results["raw1"].images_per_s
+    print(f"served/raw = {served_raw:.2f}   batched/unbatched = {batched_unbatched:.2f}   "
+          f"(compute-only batching gain raw(batch {formed})/raw(batch 1) = {ceiling:.2f})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
