@@ -26,6 +26,7 @@ def _opt(field: str, *flags: str):
 
 def serve(
     repository: Optional[Path] = _opt("repository"),
+    models: Optional[str] = _opt("models"),
     host: Optional[str] = _opt("host"),
     port: Optional[int] = _opt("port"),
     backend: Optional[str] = _opt("backend"),

@@ -69,8 +69,15 @@ class ModelRegistry:
         repository = ModelRepository(settings.repository)
         if not repository.root.is_dir():
             raise ElunetError(f"model repository {repository.root} does not exist", hint="create it with `elunet export CKPT --repository DIR`")
+        available = repository.models()
+        unknown = sorted(set(settings.models or []) - set(available))
+        if unknown:
+            raise ElunetError(
+                f"--models names {unknown}, which model repository {repository.root} does not hold",
+                hint=f"models there: {', '.join(available) or 'none'}",
+            )
         self.models: dict[str, dict[int, ServedModel]] = {}
-        for name in repository.models():
+        for name in settings.models or available:
             for version in repository.versions(name):
                 card = version.card
                 served = ServedModel(version, card, metrics.for_model(name, version.version))

@@ -32,6 +32,9 @@ class ServeSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     repository: Path = Field(description="model repository folder written by `elunet export --repository`")
+    models: list[str] | None = Field(
+        None, description="serve only these models (comma-separated names); default: every model in the repository"
+    )
     host: str = Field("127.0.0.1", description="address to listen on (0.0.0.0 inside a container)")
     port: int = Field(8000, ge=0, le=65535, description="TCP port (0 picks a free one)")
     backend: Backend = Field(
@@ -50,6 +53,13 @@ class ServeSettings(BaseModel):
     api_key: SecretStr | None = Field(None, description="if set, every request except health and metrics needs 'Authorization: Bearer <key>'")
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="request bodies larger than this get 413")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log verbosity")
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _comma_separated(cls, models):
+        if isinstance(models, str):
+            models = [name.strip() for name in models.split(",") if name.strip()]
+        return models or None
 
     @field_validator("device")
     @classmethod

@@ -122,3 +122,11 @@ def test_readiness_waits_for_warm_up_while_liveness_answers(start_server, synthe
     assert http("GET", server.url + f"/v2/models/{LINEAR}/ready")[0] == 200
     assert infer(server.url, np.zeros((1, *SYNTHETIC_SHAPE), np.float32))[0] == 200
     server.stop()
+
+
+def test_models_option_serves_only_the_named_models(start_server, synthetic_repository):
+    server = start_server(synthetic_repository, models=LINEAR)
+    assert http("GET", f"{server.url}/v2/models/{LINEAR}")[0] == 200
+    status, _, body = http("GET", f"{server.url}/v2/models/synthetic-faulty")
+    assert status == 404 and "served models: synthetic-linear" in json.loads(body)["error"]
+    server.stop()

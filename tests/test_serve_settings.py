@@ -65,3 +65,17 @@ def test_serve_command_fails_cleanly_on_an_empty_repository(tmp_path):
     r = subprocess.run([sys.executable, "-m", "elunet", "serve", "--repository", str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
     assert "holds no model versions" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_models_setting_takes_comma_separated_names_from_anywhere(tmp_path):
+    assert load_settings({"repository": "/r"}, environ={"ELUNET_MODELS": "a, b"}).models == ["a", "b"]
+    assert load_settings({"repository": "/r", "models": "c"}, environ={}).models == ["c"]
+    assert load_settings({"repository": "/r"}, environ={}).models is None
+
+
+def test_serving_a_model_the_repository_lacks_fails_cleanly(synthetic_repository):
+    r = subprocess.run(
+        [sys.executable, "-m", "elunet", "serve", "--repository", str(synthetic_repository), "--models", "synthetic-linear,resnet"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert r.returncode == 2 and "['resnet']" in r.stderr and "synthetic-linear" in r.stderr
