@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from elunet.errors import ElunetError
+from elunet.train.config import DATASET_NAMES
 
 DATA_ENV = "ELUNET_DATA"
 SYSTEM_DATA_ROOT = Path("/usr/share/datasets")
@@ -96,7 +97,6 @@ DATASETS: dict[str, DatasetInfo] = {
         ),
     )
 }
-DATASET_NAMES = (*DATASETS, IMAGEFOLDER)
 
 
 @dataclass

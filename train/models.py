@@ -177,19 +177,8 @@ class Network(nn.Module):
         return self.body(self.normalize(x))
 
 
-def _init_weights(body: nn.Module, activation: str) -> None:
-    # He initialisation (as in the paper) keeps ELU/ReLU nets trainable without batch norm;
-    # SELU's self-normalisation assumes LeCun initialisation (gain 1).
-    gain = "linear" if activation == "selu" else "relu"
-    for m in body.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity=gain)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-
-
 def build_model(card: ModelCard, normalize: nn.Module | None = None) -> Network:
-    """The network the card describes, freshly initialised.
+    """The network the card describes, with PyTorch's default initialisation.
 
     ``normalize`` is a fitted normalization module (training passes the one
     fitted on the train split); without it, an unfitted one is made and the
@@ -211,7 +200,6 @@ def build_model(card: ModelCard, normalize: nn.Module | None = None) -> Network:
         )
     act = lambda: make_activation(card.activation, card.alpha)  # noqa: E731
     body = make_body(in_shape, card.num_classes, act, card.batch_norm)
-    _init_weights(body, card.activation)
     return Network(normalize, body)
 
 

@@ -1,0 +1,100 @@
+"""Training on the real Fashion-MNIST: learning, checkpoints, exact resumption, NaN handling, DDP, the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from fixtures_train import QUICK_RUN
+
+import elunet.train.loop as loop
+from elunet.contracts import WEIGHTS_FILE
+from elunet.errors import ElunetError
+from elunet.train.checkpoint import LATEST_FILE, METRICS_FILE, load_checkpoint
+from elunet.train.config import TrainConfig
+from elunet.train.data import load_dataset
+
+TINY = dict(limit_train=1000, epochs=2, batch_size=100, lr=0.02, seed=3)
+
+
+def _quiet(_):
+    pass
+
+
+def test_short_run_beats_chance_and_its_checkpoint_reproduces_the_metrics(trained_checkpoint):
+    ck = load_checkpoint(trained_checkpoint)
+    assert ck.card.architecture == "fashion-cnn" and ck.card.activation == "elu" and ck.card.alpha == 1.0
+    assert ck.card.labels[0] == "T-shirt/top" and ck.card.input_shape == (1, 28, 28)
+    assert ck.card.metrics["test_acc"] > 0.6  # chance is 0.1
+    test = load_dataset("fashion-mnist", "test")
+    with torch.no_grad():
+        logits = torch.cat([ck.model(test.images[i : i + 2000].float() / 255) for i in range(0, len(test), 2000)])
+    assert (logits.argmax(1) == test.targets).float().mean().item() == pytest.approx(ck.card.metrics["test_acc"], abs=1e-4)
+    log = [json.loads(ln) for ln in (trained_checkpoint.parent / METRICS_FILE).read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2]
+    assert log[-1]["train_loss"] < log[0]["train_loss"]
+    for key in ("train_loss", "train_acc", "test_loss", "test_acc", "lr", "images_per_s"):
+        assert log[-1][key] > 0
+    assert set(log[-1]["mean_activation"]) == {"stack1_1", "stack2_1", "stack2_2", "stack3_1", "stack3_2"}
+
+
+def test_resume_gives_bit_identical_weights(tmp_path):
+    whole = loop.train(TrainConfig(out=str(tmp_path / "whole"), **TINY), log=_quiet)
+    # An interrupted run: it got as far as the epoch-1 checkpoint.
+    part = tmp_path / "part"
+    shutil.copytree(tmp_path / "whole", part)
+    shutil.rmtree(part / "epoch-0002")
+    (part / LATEST_FILE).write_text("epoch-0001\n")
+    resumed = loop.train(TrainConfig(out=str(part), **TINY), resume=True, log=_quiet)
+    assert resumed.name == "epoch-0002"
+    assert (resumed / WEIGHTS_FILE).read_bytes() == (whole / WEIGHTS_FILE).read_bytes()
+    assert [json.loads(ln)["epoch"] for ln in (part / METRICS_FILE).read_text().splitlines()] == [1, 2]
+    with pytest.raises(ElunetError, match="--lr 0.5"):
+        loop.train(TrainConfig(out=str(part), **{**TINY, "lr": 0.5}), resume=True, log=_quiet)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    good_lr = loop.lr_at
+    monkeypatch.setattr(loop, "lr_at", lambda s, step, total, lr, spe: good_lr(s, step, total, lr, spe) if step < spe else 1e6)
+    with pytest.raises(loop.TrainingDiverged, match="NaN.*epoch 2.*epoch-0001"):
+        loop.train(TrainConfig(out=str(tmp_path), **TINY), log=_quiet)
+    assert (tmp_path / LATEST_FILE).read_text().strip() == "epoch-0001"
+    assert torch.isfinite(torch.cat([p.flatten() for p in load_checkpoint(tmp_path).model.parameters()])).all()
+
+
+def _elunet(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "elunet", *args], capture_output=True, text=True, timeout=300, **kw)
+
+
+def test_cli_explains_bad_requests(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / METRICS_FILE).write_text("")
+    r = _elunet("train", "--out", str(tmp_path / "run"))
+    assert r.returncode == 2 and "already holds a training run" in r.stderr and "--force" in r.stderr and "Traceback" not in r.stderr
+    r = _elunet("train", "--out", str(tmp_path / "new"), "--resume")
+    assert r.returncode == 2 and "no checkpoint to resume" in r.stderr
+    r = _elunet("train", "--out", str(tmp_path / "new"), "--activation", "relu", "--alpha", "0.5")
+    assert r.returncode == 2 and "no alpha" in r.stderr
+    r = _elunet("train", "--out", str(tmp_path / "new"), "--dataset", "cifar10", "--data-dir", str(tmp_path))
+    assert r.returncode == 2 and "cifar-10-batches-py" in r.stderr and "data_batch_1" in r.stderr
+    r = _elunet("train", "--out", str(tmp_path / "new"), "--arch", "resnet", "--limit-train", "100")
+    assert r.returncode == 2 and "unknown architecture" in r.stderr and "fashion-cnn" in r.stderr
+
+
+@pytest.mark.slow
+def test_two_process_ddp_on_cpu(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517", "-m", "elunet", "train",
+           "--out", str(tmp_path), "--limit-train", "2000", "--epochs", "1", "--batch-size", "50", "--lr", "0.02"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("epoch   1/1") == 1  # rank 0 alone logs
+    assert "x2 processes" in r.stdout and "20 steps of 50" in r.stdout  # each rank: 1000 images of its shard
+    log = [json.loads(ln) for ln in (tmp_path / METRICS_FILE).read_text().splitlines()]
+    assert len(log) == 1 and log[0]["step"] == 20 and log[0]["test_acc"] > 0.3
+    assert load_checkpoint(tmp_path).card.metrics["test_acc"] == pytest.approx(log[0]["test_acc"])

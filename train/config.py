@@ -1,0 +1,53 @@
+"""What defines a training run, without importing torch (so `elunet --help` stays fast and torch-free).
+
+The name lists here are the choices the CLI offers; the registries that
+implement them (models.ARCHITECTURES, activations.ACTIVATIONS, data.DATASETS,
+schedules.SCHEDULES) are checked against them by the tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+ARCHITECTURE_NAMES = ("fashion-cnn", "elu-cifar11", "elu-cifar18", "mlp-8x128")
+ACTIVATION_NAMES = ("elu", "relu", "lrelu", "srelu", "celu", "selu")
+DATASET_NAMES = ("fashion-mnist", "mnist", "cifar10", "cifar100", "imagefolder")
+OPTIMIZER_NAMES = ("sgd", "adamw")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a run; saved in each checkpoint so --resume continues the same run.
+
+    The defaults are the default recipe: fashion-cnn with ELU on Fashion-MNIST.
+    """
+
+    arch: str = "fashion-cnn"
+    activation: str = "elu"
+    alpha: float | None = None
+    bn: bool = False
+    dataset: str = "fashion-mnist"
+    data_dir: str | None = None
+    image_size: int = 32  # imagefolder only
+    channels: int = 3  # imagefolder only
+    limit_train: int | None = None  # train on a seeded random subset of this many images
+    epochs: int = 15
+    batch_size: int = 128
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "onecycle"
+    augment: bool = True
+    seed: int = 0
+    name: str | None = None
+    # How to run, not what is trained: may change between a run and its resumption.
+    out: str = "runs/train"
+    device: str = "auto"
+    amp: bool = True
+    channels_last: bool = True
+    compile: bool = False
+    keep: int = 2
+
+
+RUNTIME_FIELDS = frozenset({"out", "device", "amp", "channels_last", "compile", "keep"})

@@ -1,0 +1,390 @@
+"""The training loop behind `elunet train`, readable top to bottom.
+
+    config -> data -> model (+ fitted normalization) -> optimizer
+    for each epoch: reseed, shuffle/shard, augment, step (lr from the schedule),
+                    evaluate, measure mean activations, log a JSONL line, checkpoint
+
+Exact resumption: every random draw of an epoch (shuffle, augmentation,
+dropout) comes from generators seeded by (seed, epoch, rank) at the start of
+the epoch, and checkpoints are written at epoch ends with the optimizer state
+and the step count (the learning rate is a pure function of the step). So a
+resumed run draws the very same numbers as an uninterrupted one and, on the
+same machine, reaches bit-identical weights.
+
+Under `torchrun` each process trains on its own shard with DistributedDataParallel
+(gloo on CPU, nccl on CUDA); rank 0 alone evaluates, logs and checkpoints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from elunet.errors import ElunetError
+from elunet.train.activations import ACTIVATION_MODULES
+from elunet.train.augment import augment
+from elunet.train.checkpoint import (
+    CHECKPOINT_PREFIX,
+    LATEST_FILE,
+    METRICS_FILE,
+    load_train_state,
+    load_weights_into,
+    resolve_checkpoint,
+    save_run_checkpoint,
+    unwrap,
+)
+from elunet.train.config import RUNTIME_FIELDS, TrainConfig
+from elunet.train.data import ImageDataset, load_dataset
+from elunet.train.models import build_model, describe_model
+from elunet.train.schedules import lr_at
+
+# Images of the training split on which the per-layer mean activation (the paper's bias-shift signal) is measured.
+ACTIVATION_PROBE_IMAGES = 1000
+NAN_CHECK_EVERY = 50  # steps; checking every step would sync a GPU each step
+
+
+class TrainingDiverged(ElunetError):
+    pass
+
+
+# ---------------------------------------------------------------- processes and devices
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device: str) -> Dist:
+    """One process, or one of `torchrun --nproc_per_node N`'s processes (it sets RANK/WORLD_SIZE)."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise ElunetError(f"unknown --device {device!r}", hint="use auto, cpu or cuda")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ElunetError("--device cuda, but PyTorch sees no CUDA GPU", hint="use --device cpu, or install a CUDA build of torch on a GPU machine")
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return Dist(device=torch.device("cuda" if use_cuda else "cpu"))
+    import torch.distributed as tdist
+
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if use_cuda:
+        torch.cuda.set_device(local)
+    if not tdist.is_initialized():
+        tdist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return Dist(tdist.get_rank(), tdist.get_world_size(), torch.device(f"cuda:{local}" if use_cuda else "cpu"))
+
+
+def _barrier(dist: Dist) -> None:
+    if dist.world > 1:
+        torch.distributed.barrier()
+
+
+def _any_rank(flag: bool, dist: Dist) -> bool:
+    if dist.world == 1:
+        return flag
+    t = torch.tensor([float(flag)], device=dist.device)
+    torch.distributed.all_reduce(t)
+    return bool(t.item())
+
+
+def seed_epoch(seed: int, epoch: int, rank: int) -> torch.Generator:
+    """Seed the global RNG (dropout) and return the data generator (shuffle, augmentation) of one epoch."""
+    torch.manual_seed(seed * 1_000_003 + epoch * 1009 + rank)
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)  # the same on every rank: one shuffle, sharded
+
+
+# ---------------------------------------------------------------- one step, one evaluation
+
+
+def to_input(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    """uint8 NCHW -> float [0, 1] on the device: the network's input contract."""
+    x = images.to(device, non_blocking=True).float().div_(255.0)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
+
+
+def autocast(device: torch.device, amp: bool):
+    if amp and device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return contextlib.nullcontext()
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, scaler, amp_ctx) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward, backward, update. Returns (loss, correct) as tensors so the GPU is never synced here."""
+    with amp_ctx:
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.detach(), (logits.argmax(1) == y).sum()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: ImageDataset, device: torch.device, channels_last: bool, amp: bool, batch_size: int = 1000) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) on a whole split."""
+    model.eval()
+    loss_sum, correct = torch.zeros((), device=device), torch.zeros((), device=device)
+    for i in range(0, len(data), batch_size):
+        x = to_input(data.images[i : i + batch_size], device, channels_last)
+        y = data.targets[i : i + batch_size].to(device)
+        with autocast(device, amp):
+            logits = model(x).float()
+        loss_sum += F.cross_entropy(logits, y, reduction="sum")
+        correct += (logits.argmax(1) == y).sum()
+    return loss_sum.item() / len(data), correct.item() / len(data)
+
+
+@torch.no_grad()
+def mean_activations(model: nn.Module, images: torch.Tensor, device: torch.device, channels_last: bool) -> dict[str, float]:
+    """The mean output of each activation layer on fixed training images: the paper's bias-shift signal."""
+    model.eval()
+    sums: dict[str, torch.Tensor] = {}
+    hooks = []
+    for name, module in model.named_modules():
+        if isinstance(module, ACTIVATION_MODULES):
+            short = name.removeprefix("body.").removesuffix(".act")
+            hooks.append(module.register_forward_hook(lambda _m, _i, out, key=short: sums.__setitem__(key, sums.get(key, 0) + out.float().mean() * len(out))))
+    try:
+        for i in range(0, len(images), 500):
+            model(to_input(images[i : i + 500], device, channels_last))
+    finally:
+        for h in hooks:
+            h.remove()
+    return {k: round(v.item() / len(images), 6) for k, v in sums.items()}
+
+
+# ---------------------------------------------------------------- the run folder
+
+
+def prepare_run_dir(cfg: TrainConfig, resume: bool, force: bool) -> Path | None:
+    """The checkpoint to resume from (or None), after checking what --out holds."""
+    out = Path(cfg.out)
+    ours = [p for p in out.glob("*") if p.name in (METRICS_FILE, LATEST_FILE) or p.name.startswith(CHECKPOINT_PREFIX)] if out.is_dir() else []
+    if resume:
+        if not (out / LATEST_FILE).is_file():
+            raise ElunetError(f"--resume: {out} holds no checkpoint to resume from", hint="start the run without --resume")
+        return resolve_checkpoint(out)
+    if ours and not force:
+        raise ElunetError(
+            f"{out} already holds a training run ({', '.join(sorted(p.name for p in ours)[:4])})",
+            hint="continue it with --resume, replace it with --force, or choose another --out",
+        )
+    for p in ours:
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    return None
+
+
+def check_resume_config(cfg: TrainConfig, saved: dict[str, Any]) -> TrainConfig:
+    """The saved run's config; options given now must agree with it (except how-to-run ones)."""
+    stored = TrainConfig(**{k: v for k, v in saved.items() if k in TrainConfig.__dataclass_fields__})
+    defaults = TrainConfig()
+    differ = [
+        f"--{f.replace('_', '-')} {getattr(cfg, f)} (run has {getattr(stored, f)})"
+        for f in TrainConfig.__dataclass_fields__
+        if f not in RUNTIME_FIELDS and getattr(cfg, f) != getattr(defaults, f) and getattr(cfg, f) != getattr(stored, f)
+    ]
+    if differ:
+        raise ElunetError("--resume continues a run with its own options, but these differ: " + "; ".join(differ), hint="drop those options, or start a new run with --force")
+    return dataclasses.replace(stored, **{f: getattr(cfg, f) for f in RUNTIME_FIELDS})
+
+
+def append_metrics(out: Path, record: dict[str, Any]) -> None:
+    with open(out / METRICS_FILE, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def truncate_metrics(out: Path, epochs_done: int) -> None:
+    """Drop log lines of epochs after the checkpoint being resumed (they will be trained again)."""
+    path = out / METRICS_FILE
+    if path.is_file():
+        lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["epoch"] <= epochs_done]
+        path.write_text("".join(ln + "\n" for ln in lines))
+
+
+# ---------------------------------------------------------------- the run
+
+
+def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    raise ElunetError(f"unknown optimizer {cfg.optimizer!r}", hint="use sgd or adamw")
+
+
+def _subset(data: ImageDataset, n: int, seed: int) -> ImageDataset:
+    if not 0 < n <= len(data):
+        raise ElunetError(f"--limit-train {n} is outside 1..{len(data)} (the size of the train split)")
+    keep = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    return dataclasses.replace(data, images=data.images[keep], targets=data.targets[keep])
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    if enabled and sys.stderr.isatty():
+        from tqdm import tqdm
+
+        return tqdm(total=total, desc=desc, unit="batch", leave=False, dynamic_ncols=True)
+    return None
+
+
+def train(
+    cfg: TrainConfig, resume: bool = False, force: bool = False, log: Callable[[str], None] = print,
+    prepare_model: Callable[[nn.Module], None] | None = None,
+) -> Path:
+    """Run (or continue) a training run; returns the folder of its last checkpoint.
+
+    ``prepare_model`` is called on the freshly initialised model of a new run (not a resumed one)
+    before training; the experiments use it to start every activation of a seed from the same weights.
+    """
+    dist = setup_distributed(cfg.device)
+    resume_from = prepare_run_dir(cfg, resume, force) if dist.is_main else None
+    _barrier(dist)
+    if dist.world > 1 and not dist.is_main and resume:
+        resume_from = resolve_checkpoint(cfg.out)
+    saved_state, optimizer_state = load_train_state(resume_from) if resume_from else ({}, None)
+    if resume_from:
+        cfg = check_resume_config(cfg, saved_state["config"])
+    out = Path(cfg.out)
+
+    # data
+    train_data = load_dataset(cfg.dataset, "train", cfg.data_dir, image_size=cfg.image_size, channels=cfg.channels)
+    test_data = load_dataset(cfg.dataset, "test", cfg.data_dir, image_size=cfg.image_size, channels=cfg.channels)
+    if cfg.limit_train:
+        train_data = _subset(train_data, cfg.limit_train, cfg.seed)
+    probe_images = train_data.images[:ACTIVATION_PROBE_IMAGES]
+
+    # model: the same initial weights on every rank (seeded), normalization fitted on the train split
+    card = describe_model(
+        name=cfg.name or f"{cfg.arch}-{cfg.activation}", architecture=cfg.arch, activation=cfg.activation, alpha=cfg.alpha,
+        batch_norm=cfg.bn, dataset=cfg.dataset, labels=train_data.labels, input_shape=train_data.shape,
+        normalization=train_data.normalization,
+        training={k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUNTIME_FIELDS | {"data_dir", "name"}},
+    )
+    torch.manual_seed(cfg.seed)
+    raw_model = build_model(card, train_data.fit_normalization())
+    if prepare_model is not None and not resume_from:
+        prepare_model(raw_model)
+    if resume_from:
+        from safetensors.torch import load_file
+
+        from elunet.contracts import WEIGHTS_FILE
+
+        load_weights_into(raw_model, load_file(str(resume_from / WEIGHTS_FILE)), resume_from, card)
+    raw_model.to(dist.device)
+    if cfg.channels_last:
+        raw_model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(cfg, raw_model)
+    if optimizer_state:
+        optimizer.load_state_dict(optimizer_state)
+    model: nn.Module = raw_model
+    if dist.world > 1:
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
+    if cfg.compile:
+        model = torch.compile(model)
+    amp = cfg.amp and dist.device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=amp and not torch.cuda.is_bf16_supported()) if amp else torch.amp.GradScaler("cpu", enabled=False)
+
+    per_rank = len(train_data) // dist.world
+    steps_per_epoch = per_rank // cfg.batch_size
+    if steps_per_epoch == 0:
+        raise ElunetError(f"{per_rank} training images per process is less than one batch of {cfg.batch_size}", hint="lower --batch-size")
+    total_steps = cfg.epochs * steps_per_epoch
+    start_epoch = saved_state.get("epoch", 0)
+    step = saved_state.get("step", 0)
+    last_good = resume_from
+    if dist.is_main:
+        truncate_metrics(out, start_epoch)
+        n_params = sum(p.numel() for p in raw_model.parameters())
+        log(
+            f"{card.name}: {cfg.arch}/{cfg.activation}{'' if card.alpha is None else f' alpha={card.alpha}'}{' +bn' if cfg.bn else ''}, "
+            f"{n_params / 1e6:.2f}M parameters | {cfg.dataset}: {len(train_data)} train / {len(test_data)} test images from {train_data.source} | "
+            f"{dist.device}{f' x{dist.world} processes' if dist.world > 1 else ''}, {cfg.epochs} epochs x {steps_per_epoch} steps of {cfg.batch_size}"
+            + (f" | resuming after epoch {start_epoch}" if resume_from else "")
+        )
+
+    for epoch in range(start_epoch, cfg.epochs):
+        # ---- train one epoch
+        gen = seed_epoch(cfg.seed, epoch, dist.rank)
+        order = torch.randperm(len(train_data), generator=gen)[dist.rank :: dist.world][: steps_per_epoch * cfg.batch_size]
+        model.train()
+        loss_sum = torch.zeros((), device=dist.device)
+        correct = torch.zeros((), device=dist.device, dtype=torch.long)
+        bar = _progress(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", dist.is_main)
+        t0 = time.perf_counter()
+        for i in range(steps_per_epoch):
+            lr = lr_at(cfg.schedule, step, total_steps, cfg.lr, steps_per_epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+            images = train_data.images[idx]
+            if cfg.augment:
+                images = augment(images, train_data.augmentation, gen)
+            x = to_input(images, dist.device, cfg.channels_last)
+            y = train_data.targets[idx].to(dist.device, non_blocking=True)
+            loss, hits = train_step(model, optimizer, x, y, scaler, autocast(dist.device, amp))
+            loss_sum += loss
+            correct += hits
+            step += 1
+            if (i + 1) % NAN_CHECK_EVERY == 0 or i + 1 == steps_per_epoch:
+                if _any_rank(not math.isfinite(loss_sum.item()), dist):
+                    raise TrainingDiverged(
+                        f"the training loss became NaN/inf in epoch {epoch + 1} (step {step}); stopped. "
+                        + (f"The last good checkpoint is {last_good}" if last_good else "No checkpoint was written yet."),
+                        hint="lower --lr, add --bn, or use --schedule with a warm-up (onecycle)",
+                    )
+                if bar is not None:
+                    bar.set_postfix(loss=f"{loss_sum.item() / (i + 1):.4f}", lr=f"{lr:.4g}")
+            if bar is not None:
+                bar.update()
+        if bar is not None:
+            bar.close()
+        seconds = time.perf_counter() - t0
+        train_loss, train_acc = loss_sum.item() / steps_per_epoch, correct.item() / (steps_per_epoch * cfg.batch_size)
+        if dist.world > 1:
+            stats = torch.tensor([train_loss, train_acc], device=dist.device)
+            torch.distributed.all_reduce(stats)
+            train_loss, train_acc = (stats / dist.world).tolist()
+
+        # ---- evaluate, log and checkpoint (rank 0)
+        if dist.is_main:
+            test_loss, test_acc = evaluate(raw_model, test_data, dist.device, cfg.channels_last, amp)
+            record = {
+                "epoch": epoch + 1, "step": step, "lr": lr, "train_loss": round(train_loss, 6), "train_acc": round(train_acc, 6),
+                "test_loss": round(test_loss, 6), "test_acc": round(test_acc, 6),
+                "images_per_s": round(dist.world * steps_per_epoch * cfg.batch_size / seconds, 1), "epoch_seconds": round(seconds, 2),
+                "mean_activation": mean_activations(raw_model, probe_images, dist.device, cfg.channels_last),
+            }
+            append_metrics(out, record)
+            card = card.model_copy(update={"metrics": {"test_acc": test_acc, "test_loss": test_loss, "train_loss": train_loss, "train_acc": train_acc, "epochs": float(epoch + 1)}})
+            state = {"epoch": epoch + 1, "step": step, "config": dataclasses.asdict(cfg)}
+            last_good, card = save_run_checkpoint(out, epoch + 1, raw_model, card, optimizer, state, keep=cfg.keep)
+            log(
+                f"epoch {epoch + 1:>3}/{cfg.epochs}  train loss {train_loss:.4f} acc {train_acc:.4f} | test loss {test_loss:.4f} "
+                f"acc {test_acc:.4f} | lr {lr:.4g} | {record['images_per_s']:.0f} img/s, {seconds:.1f}s"
+            )
+        _barrier(dist)
+    if dist.world > 1:
+        torch.distributed.destroy_process_group()
+    return resolve_checkpoint(out)
