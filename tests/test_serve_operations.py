@@ -53,11 +53,18 @@ def test_overload_is_503_with_retry_after_then_the_server_recovers(start_server,
 
 
 def test_request_timeout_is_504_and_triton_timeout_parameter_shortens_it(start_server, synthetic_repository):
-    server = start_server(synthetic_repository, max_batch_size=64, max_queue_delay_ms=3000, request_timeout_s=0.3)
+    server = start_server(synthetic_repository, max_batch_size=64, max_queue_delay_ms=5000, request_timeout_s=1.0)
+    x = np.zeros((1, *SYNTHETIC_SHAPE), np.float32)
     t0 = time.monotonic()
-    status, _, body = infer(server.url, np.zeros((1, *SYNTHETIC_SHAPE), np.float32))
-    assert status == 504 and "0.3 s" in json.loads(body)["error"]
-    assert time.monotonic() - t0 < 2.5
+    status, _, body = infer(server.url, x)
+    assert status == 504 and "within 1 s" in json.loads(body)["error"]
+    assert 0.9 < time.monotonic() - t0 < 4.0
+    # Triton's per-request timeout parameter, in microseconds.
+    header = {"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}], "parameters": {"timeout": 200_000}}
+    t0 = time.monotonic()
+    status, _, body = http("POST", f"{server.url}/v2/models/{LINEAR}/infer", json.dumps(header).encode(), {"Content-Type": "application/json"})
+    assert status == 504 and "within 0.2 s" in json.loads(body)["error"]
+    assert time.monotonic() - t0 < 0.9
     assert 'reason="timeout"' in http("GET", server.url + "/metrics")[2].decode()
     server.stop()
 
