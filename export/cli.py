@@ -11,8 +11,8 @@ from typing import Literal, Optional
 
 import typer
 
-from elunet.export.parity import DEFAULT_BATCH, DEFAULT_IMAGES, DEFAULT_MIN_TOP1, DEFAULT_TOLERANCES, ODD_BATCH
-from elunet.export.runners import BACKENDS, DEVICES
+from elunet.export.parity import DEFAULT_BATCH, DEFAULT_IMAGES, DEFAULT_TOLERANCES, ODD_BATCH
+from elunet.export.runners import BACKENDS, DEFAULT_BACKEND, DEVICES
 from elunet.export.settings import DEFAULT_OPSET, DTYPES, ELU_MODES, EXPORTERS, IO_DTYPE, OPSET_RANGE, ExportSettings
 from elunet.export.triton_config import DEFAULT_MAX_BATCH_SIZE
 from elunet.repository import PARITY_FILE
@@ -81,18 +81,27 @@ def export(
     typer.echo(str(result.model_path))
 
 
+def default_report_path(model: Path, backend: str) -> Path:
+    """parity.json beside the model; other backends get their own file, so that verifying a
+    published version with TensorRT never replaces the certificate it was published with."""
+    if backend == DEFAULT_BACKEND:
+        return model.with_name(PARITY_FILE)
+    stem, suffix = PARITY_FILE.rsplit(".", 1)
+    return model.with_name(f"{stem}.{backend}.{suffix}")
+
+
 def verify(
     model: Path = typer.Argument(..., help="an ONNX file written by `elunet export`"),
     checkpoint: Path = typer.Option(..., "--checkpoint", help="the checkpoint it was exported from (run, checkpoint or version folder)"),
-    backend: Literal[BACKENDS] = typer.Option("onnxruntime", "--backend", help="what runs the model under test (tensorrt: needs the tensorrt package and a GPU)"),
+    backend: Literal[BACKENDS] = typer.Option(DEFAULT_BACKEND, "--backend", help="what runs the model under test (tensorrt: needs the tensorrt package and a GPU)"),
     device: Literal[DEVICES] = typer.Option("auto", "--device", help="ONNX Runtime's execution provider; auto: CUDA when available, else CPU"),
     atol: Optional[float] = typer.Option(None, "--atol", help=f"absolute tolerance (default: {_tolerances(0)})"),
     rtol: Optional[float] = typer.Option(None, "--rtol", help=f"relative tolerance (default: {_tolerances(1)}); an element fails only when both are exceeded"),
-    min_top1: Optional[float] = typer.Option(None, "--min-top1", min=0.0, max=1.0, help=f"required top-1 agreement in every input set (default: {DEFAULT_MIN_TOP1:g})"),
+    min_top1: Optional[float] = typer.Option(None, "--min-top1", min=0.0, max=1.0, help=f"required top-1 agreement in every input set (default: {_tolerances(2)})"),
     images: int = typer.Option(DEFAULT_IMAGES, "--images", min=ODD_BATCH, help="real test images to compare on"),
     batch_size: int = typer.Option(DEFAULT_BATCH, "--batch-size", min=1, help="batch size for the test images"),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="where the dataset is, if not in the default places"),
-    report: Optional[Path] = typer.Option(None, "--report", help=f"where to write the certificate (default: {PARITY_FILE} beside MODEL)"),
+    report: Optional[Path] = typer.Option(None, "--report", help=f"where to write the certificate (default: beside MODEL, {PARITY_FILE} for onnxruntime, parity.<backend>.json for others)"),
 ) -> None:
     """Compare an exported model with its PyTorch checkpoint; write the parity certificate.
 
@@ -119,7 +128,7 @@ def verify(
         data_dir=data_dir,
         model_card=card,
     )
-    path = report or model.with_name(PARITY_FILE)
+    path = report or default_report_path(model, backend)
     result.save(path)
     for line in result.lines():
         typer.echo(line)

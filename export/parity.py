@@ -15,6 +15,11 @@ that would have been needed at the given rtol (and the rtol needed at the
 given atol), and top-1 agreement. A set passes when no element fails, no
 output is NaN/inf where the reference is finite, and top-1 agreement reaches
 ``min_top1``.
+
+fp16 graphs are held to 99 % top-1 agreement, not 100 %: half-precision
+rounding swaps the top two classes of an image whose two best logits are
+nearly tied (the demo's fashion-cnn: 1 of 512 test images), and such a swap
+is within the element-wise tolerance.
 """
 
 from __future__ import annotations
@@ -28,9 +33,9 @@ from elunet.card import ModelCard
 from elunet.contracts import OUTPUT_NAME
 from elunet.errors import ElunetError
 
-# Defaults per graph dtype: fp32 is held to float32 rounding, fp16 to half precision.
-DEFAULT_TOLERANCES = {"fp32": (1e-4, 1e-4), "fp16": (1e-2, 1e-2)}
-DEFAULT_MIN_TOP1 = 1.0
+# Defaults per graph dtype (atol, rtol, min top-1 agreement): fp32 is held to
+# float32 rounding, fp16 to half precision (see the module docstring for top-1).
+DEFAULT_TOLERANCES = {"fp32": (1e-4, 1e-4, 1.0), "fp16": (1e-2, 1e-2, 0.99)}
 DEFAULT_IMAGES = 512
 DEFAULT_BATCH = 64
 ODD_BATCH = 13
@@ -42,15 +47,15 @@ STRESS_IMAGES = 7
 class Tolerance:
     atol: float
     rtol: float
-    min_top1: float = DEFAULT_MIN_TOP1
+    min_top1: float = 1.0
 
     @classmethod
     def for_dtype(cls, dtype: str, atol: float | None = None, rtol: float | None = None, min_top1: float | None = None) -> "Tolerance":
-        d_atol, d_rtol = DEFAULT_TOLERANCES[dtype]
+        d_atol, d_rtol, d_top1 = DEFAULT_TOLERANCES[dtype]
         return cls(
             atol=d_atol if atol is None else atol,
             rtol=d_rtol if rtol is None else rtol,
-            min_top1=DEFAULT_MIN_TOP1 if min_top1 is None else min_top1,
+            min_top1=d_top1 if min_top1 is None else min_top1,
         )
 
 

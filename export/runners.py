@@ -30,7 +30,8 @@ import numpy as np
 from elunet.contracts import INPUT_NAME, OUTPUT_NAME
 from elunet.errors import ElunetError
 
-BACKENDS = ("onnxruntime", "tensorrt")
+DEFAULT_BACKEND = "onnxruntime"  # also what `elunet export` verifies with before publishing
+BACKENDS = (DEFAULT_BACKEND, "tensorrt")
 DEVICES = ("auto", "cpu", "cuda")
 TENSORRT_RUNNER_MODULE = "elunet.plugins.tensorrt_runner"
 
@@ -100,7 +101,7 @@ class OnnxRuntimeRunner(Runner):
 
 def open_runner(backend: str, model_path: Path, *, device: str = "auto", max_batch_size: int) -> Runner:
     """The runner under test for ``model_path``."""
-    if backend == "onnxruntime":
+    if backend == DEFAULT_BACKEND:
         return OnnxRuntimeRunner(model_path, device)
     if backend == "tensorrt":
         try:

@@ -22,7 +22,7 @@ from elunet.card import ModelCard, write_atomic
 from elunet.contracts import OUTPUT_NAME
 from elunet.errors import ElunetError
 from elunet.export.parity import DEFAULT_BATCH, DEFAULT_IMAGES, Tolerance, finite_or_text, parity_inputs, run_set, set_to_json
-from elunet.export.runners import TorchRunner, open_runner
+from elunet.export.runners import DEFAULT_BACKEND, TorchRunner, open_runner
 
 PARITY_FORMAT = 1
 
@@ -89,7 +89,7 @@ def verify_model(
     model_path: Path,
     checkpoint,
     *,
-    backend: str = "onnxruntime",
+    backend: str = DEFAULT_BACKEND,
     device: str = "auto",
     tolerance: Tolerance | None = None,
     images: int = DEFAULT_IMAGES,

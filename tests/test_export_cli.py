@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -68,9 +69,18 @@ def test_cli_writes_out_file_and_verify_passes(checkpoint, tmp_path):
     assert json.loads((tmp_path / "again.json").read_text())["passed"] is True
     # The same --out again is refused without --force, and nothing changes.
     before = out.read_bytes()
-    again = elunet("export", checkpoint, "--out", out, "--skip-verify")
-    assert again.returncode == 2 and "already exist" in again.stderr and "--force" in again.stderr
-    assert "Traceback" not in again.stderr and out.read_bytes() == before
+    with pytest.raises(ElunetError, match="already exist") as err:
+        export_checkpoint(checkpoint, ExportSettings(), out=out, skip_verify=True)
+    assert "--force" in str(err.value) and out.read_bytes() == before
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed: its runner is tested in test_plugins_*")
+def test_verify_with_tensorrt_explains_what_is_missing(tmp_path):
+    from elunet.export.runners import open_runner
+
+    with pytest.raises(ElunetError, match="TensorRT") as err:
+        open_runner("tensorrt", tmp_path / "model.onnx", max_batch_size=8)
+    assert err.value.hint
 
 
 def test_cli_errors_are_one_clear_message(tmp_path):

@@ -1,0 +1,138 @@
+"""Parity: the comparator's rules, and ONNX Runtime vs PyTorch on real Fashion-MNIST for every export flavour."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from elunet.card import CARD_FILE, ModelCard
+from elunet.errors import ElunetError
+from elunet.export.card_metadata import card_from_onnx
+from elunet.export.parity import Tolerance, compare
+from elunet.export.verify import ParityReport, verify_model
+from elunet.repository import PARITY_FILE
+from elunet.train.checkpoint import load_checkpoint
+from fixtures_export import TEST_PARITY_IMAGES
+
+# ------------------------------------------------------------------ the comparator
+
+
+def test_an_element_fails_only_when_both_tolerances_are_exceeded():
+    tol = Tolerance(atol=1e-3, rtol=1e-2)
+    ref = np.array([[0.0, 100.0, 1.0]])
+    assert compare(ref, ref + [[5e-4, 0.0, 0.0]], tol).passed  # abs ok, rel inf
+    assert compare(ref, ref + [[0.0, 0.5, 0.0]], tol).passed  # abs 0.5 > atol, rel 0.005 ok
+    bad = compare(ref, ref + [[0.0, 0.0, 0.05]], tol)  # abs 0.05 and rel 0.05: both over
+    assert not bad.passed and bad.failed_elements == 1
+    assert bad.max_abs_err == pytest.approx(0.05) and bad.max_rel_err == pytest.approx(0.05)
+    assert bad.needed_atol == pytest.approx(0.05)  # at rtol 1e-2 only atol 0.05 passes it
+    assert bad.needed_rtol == pytest.approx(0.05)
+
+
+def test_top1_agreement_is_required():
+    ref = np.array([[1.0, 2.0], [3.0, 1.0]])
+    act = np.array([[1.0, 2.0], [1.0, 3.0]])
+    result = compare(ref, act, Tolerance(atol=10.0, rtol=10.0))  # numerically "close", top-1 differs
+    assert result.top1_agreement == 0.5 and not result.passed
+    assert compare(ref, act, Tolerance(atol=10.0, rtol=10.0, min_top1=0.5)).passed
+
+
+def test_nonfinite_outputs_fail_unless_the_reference_has_them_too():
+    tol = Tolerance(atol=1e-4, rtol=1e-4)
+    ref = np.array([[np.nan, np.inf, 1.0]])
+    assert compare(ref, ref.copy(), tol).passed
+    result = compare(ref, np.array([[np.nan, np.inf, np.inf]]), tol)
+    assert not result.passed and result.nonfinite_mismatches == 1 and math.isinf(result.max_abs_err)
+
+
+def test_default_tolerances_follow_the_graph_dtype():
+    assert Tolerance.for_dtype("fp32") == Tolerance(1e-4, 1e-4, 1.0)
+    assert Tolerance.for_dtype("fp16") == Tolerance(1e-2, 1e-2, 0.99)
+    assert Tolerance.for_dtype("fp16", atol=0.5).atol == 0.5
+
+
+# ------------------------------------------------------------------ real exports
+
+
+FLAVOURS = [("native", "fp32"), ("plugin", "fp32"), ("native", "fp16"), ("plugin", "fp16")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("elu_mode, dtype", FLAVOURS)
+def test_onnx_runtime_matches_pytorch_on_real_fashion_mnist(fashion_export, trained_checkpoint, elu_mode, dtype):
+    result = fashion_export(elu_mode, dtype)
+    report = ParityReport.load(result.model_path.with_name(PARITY_FILE))
+    assert result.passed and report.passed, "\n".join(report.lines())
+    data = report.data
+    tol = Tolerance.for_dtype(dtype)
+    assert (data["tolerance"]["atol"], data["tolerance"]["rtol"]) == (tol.atol, tol.rtol)
+    assert data["model"]["dtype"] == dtype and data["model"]["elu_mode"] == elu_mode
+    names = [s["name"] for s in data["sets"]]
+    assert names[0] == "test-images" and {"batch-1", "batch-13", "large-magnitude", "negative-saturation", "zeros"} <= set(names)
+    assert data["sets"][0]["images"] == TEST_PARITY_IMAGES
+    assert {1, 13} <= {b for s in data["sets"] for b in s["batch_sizes"]}
+    assert data["summary"]["min_top1_agreement"] >= tol.min_top1
+    if dtype == "fp32":
+        assert data["summary"]["min_top1_agreement"] == 1.0 and data["summary"]["max_abs_err"] < 1e-4
+        assert data["accuracy"]["runner"] == data["accuracy"]["reference"]
+    else:
+        assert abs(data["accuracy"]["runner"] - data["accuracy"]["reference"]) <= 1 - tol.min_top1
+    # A trained model is far better than chance on the real test images.
+    assert data["accuracy"]["reference"] > 0.5
+    assert data["runner"].startswith("onnxruntime")
+    assert data["checkpoint"]["weights_sha256"] == load_checkpoint(trained_checkpoint).sha256
+
+
+@pytest.mark.slow
+def test_card_round_trip(fashion_export, trained_checkpoint):
+    """Checkpoint card + export section == card.json beside the model == the card inside the ONNX file."""
+    result = fashion_export("plugin", "fp16")
+    source = load_checkpoint(trained_checkpoint)
+    inside = card_from_onnx(result.model_path)
+    beside = ModelCard.load(result.model_path.with_name(CARD_FILE))
+    assert inside == beside == result.card
+    assert inside.model_dump(exclude={"export"}) == source.card.model_dump(exclude={"export"})
+    e = inside.export
+    assert (e.elu_mode, e.dtype, e.opset, e.parity) == ("plugin", "fp16", 18, "passed")
+    assert e.source_checkpoint_sha256 == source.sha256 and "dynamo" in e.exporter
+
+
+@pytest.mark.slow
+def test_verify_refuses_a_model_tampered_after_export(fashion_export, trained_checkpoint, tmp_path):
+    """One weight changed in the ONNX file: `elunet verify` fails with exit code 1 and says so in parity.json."""
+    proto = onnx.load(str(fashion_export("native", "fp32").model_path))
+    init = max(proto.graph.initializer, key=lambda t: np.prod(t.dims))
+    weights = numpy_helper.to_array(init).copy()
+    weights.flat[0] += 0.05
+    init.CopyFrom(numpy_helper.from_array(weights, init.name))
+    tampered = tmp_path / "model.onnx"
+    onnx.save(proto, str(tampered))
+    run = subprocess.run(
+        [sys.executable, "-m", "elunet", "verify", str(tampered), "--checkpoint", str(trained_checkpoint), "--images", "64"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "parity FAILED" in run.stdout
+    report = json.loads((tmp_path / PARITY_FILE).read_text())
+    assert report["passed"] is False
+    assert report["summary"]["needed_atol"] > 1e-4
+
+
+@pytest.mark.slow
+def test_verify_refuses_a_different_checkpoint(fashion_export, trained_checkpoint, tmp_path):
+    """A model verified against weights it was not exported from is an error, not a comparison."""
+    from elunet.train.checkpoint import save_checkpoint
+
+    other = load_checkpoint(trained_checkpoint)
+    first = next(other.model.parameters())
+    first.data += 0.01
+    save_checkpoint(tmp_path / "other", other.model, other.card)
+    with pytest.raises(ElunetError, match="exported from weights with sha256"):
+        verify_model(fashion_export("native", "fp32").model_path, load_checkpoint(tmp_path / "other"), images=16)
