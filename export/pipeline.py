@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Callable
 
 import onnx
+import torch
 
 from elunet.card import CARD_FILE, ExportInfo, ModelCard
 from elunet.contracts import WEIGHTS_FILE
@@ -116,7 +117,7 @@ def _export_card(ckpt, settings: ExportSettings, name: str, version: int, skip_v
         elu_mode=settings.elu_mode,
         opset=settings.opset,
         dtype=settings.dtype,
-        exporter=f"torch.onnx ({settings.exporter})",
+        exporter=f"torch.onnx ({settings.exporter}), torch {torch.__version__}",
         source_checkpoint_sha256=ckpt.sha256,
         # Written before verification: a model whose parity fails is never written out with this card.
         parity="skipped" if skip_verify else "passed",

@@ -80,7 +80,13 @@ def real_test_pixels(card: ModelCard, count: int, data_dir: Path | None) -> tupl
     from elunet.train.data import load_dataset
 
     p = card.preprocessing
-    data = load_dataset(card.dataset, "test", data_dir, image_size=p.height, channels=p.channels)
+    try:
+        data = load_dataset(card.dataset, "test", data_dir, image_size=p.height, channels=p.channels)
+    except ElunetError as exc:
+        raise ElunetError(
+            f"parity needs real test images of {card.dataset!r}, the model's dataset: {exc.message}",
+            hint=f"{exc.hint + '; ' if exc.hint else ''}or point --data-dir at it (`elunet export` also takes --skip-verify, recorded in the card)",
+        ) from None
     images = data.images[:count].numpy().astype(np.float32) / 255.0
     return images, data.targets[:count].numpy()
 
