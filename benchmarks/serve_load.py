@@ -3,8 +3,9 @@
 N clients each send one binary V2 request of one image, wait for the answer,
 and send the next (closed loop). One run measures:
 
-  (a) raw:       the backend in-process, no HTTP, at the batch size the server formed in (b),
-                 and at batch 1 (raw(b)/raw(1) is the most batching can gain on compute alone)
+  (a) raw:       the backend in-process, no HTTP, opened and driven like the server's (one
+                 thread per worker) at the batch size the server formed in (b), and at batch 1
+                 (raw(b)/raw(1) is the most batching can gain on compute alone)
   (b) batched:   the server with dynamic batching (--max-batch-size)
   (c) unbatched: the same server with max batch size 1
 
@@ -134,22 +135,36 @@ def closed_loop(url: str, model: str, image: np.ndarray, clients: int, warmup_s:
     return Load(len(done) / duration_s, done, images / batches if batches else float("nan"), sum(errors))
 
 
-def raw_backend(version_dir: Path, backend: str, device: str, batch: int, image: np.ndarray, duration_s: float) -> Load:
+def raw_backend(version_dir: Path, backend: str, device: str, batch: int, image: np.ndarray, duration_s: float, workers: int) -> Load:
+    """The backend alone, opened as the server opens it, driven by ``workers`` threads like the server's."""
     from elunet.serve.backends import open_backend
+    from elunet.serve.models import cpu_threads_per_worker
 
     repository = ModelRepository(version_dir.parent.parent)
-    model = open_backend(repository.get(version_dir.parent.name, int(version_dir.name)), backend, device, batch)
+    version = repository.get(version_dir.parent.name, int(version_dir.name))
+    model = open_backend(version, backend, device, batch, cpu_threads_per_worker(workers))
     x = np.repeat(image[None], batch, axis=0)
     for _ in range(3):
         model.infer(x)
-    latencies = []
+    latencies: list[list[float]] = [[] for _ in range(workers)]
     t_end = time.monotonic() + duration_s
-    while time.monotonic() < t_end:
-        t0 = time.monotonic()
-        model.infer(x)
-        latencies.append((time.monotonic() - t0) * 1000)
+
+    def worker(k: int) -> None:
+        while time.monotonic() < t_end:
+            t0 = time.monotonic()
+            model.infer(x)
+            latencies[k].append((time.monotonic() - t0) * 1000)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(workers)]
+    t0 = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.monotonic() - t0
     model.close()
-    return Load(batch * len(latencies) / sum(latencies) * 1000, np.array(latencies), float(batch), 0)
+    done = np.concatenate([np.array(per) for per in latencies])
+    return Load(batch * len(done) / elapsed, done, float(batch), 0)
 
 
 def main() -> int:
@@ -185,8 +200,8 @@ def main() -> int:
             finally:
                 server.stop()
             formed = max(1, round(results["batched"].mean_batch))
-            raw_runs.append(raw_backend(version.path, args.backend, args.device, formed, image, args.duration / 2))
-        results["raw1"] = raw_backend(version.path, args.backend, args.device, 1, image, args.duration / 2)
+            raw_runs.append(raw_backend(version.path, args.backend, args.device, formed, image, args.duration / 2, args.workers))
+        results["raw1"] = raw_backend(version.path, args.backend, args.device, 1, image, args.duration / 2, args.workers)
         results["raw"] = Load(
             float(np.mean([r.images_per_s for r in raw_runs])), np.concatenate([r.latencies_ms for r in raw_runs]), float(formed), 0
         )

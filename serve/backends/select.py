@@ -18,7 +18,8 @@ from elunet.serve.backends.base import Backend
 log = logging.getLogger("elunet.serve")
 
 
-def open_backend(version: ModelVersion, backend: str, device: str | None, max_batch_size: int) -> Backend:
+def open_backend(version: ModelVersion, backend: str, device: str | None, max_batch_size: int, cpu_threads: int = 0) -> Backend:
+    """Open ``version`` on ``backend``; ``cpu_threads`` is each inference's CPU thread count (0: the library's default)."""
     if backend == "auto":
         backend, device, why = _auto(version, device)
         log.info("model %s v%d: auto picked %s on %s: %s", version.name, version.version, backend, device, why)
@@ -27,7 +28,7 @@ def open_backend(version: ModelVersion, backend: str, device: str | None, max_ba
         _check_runs_in_onnxruntime(version)
         from elunet.serve.backends.onnx_runtime import OnnxRuntimeBackend
 
-        return OnnxRuntimeBackend(_model_file(version, "onnxruntime_onnx"), device)
+        return OnnxRuntimeBackend(_model_file(version, "onnxruntime_onnx"), device, cpu_threads)
     if backend == "tensorrt":
         from elunet.serve.backends.tensor_rt import TensorRTBackend
 
@@ -35,7 +36,7 @@ def open_backend(version: ModelVersion, backend: str, device: str | None, max_ba
     if backend == "torch":
         from elunet.serve.backends.torch_checkpoint import TorchBackend
 
-        return TorchBackend(version.path, device)
+        return TorchBackend(version.path, device, cpu_threads)
     raise ElunetError(f"unknown backend {backend!r}", hint="use auto, onnxruntime, tensorrt or torch")
 
 

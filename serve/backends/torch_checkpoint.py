@@ -16,7 +16,7 @@ from elunet.serve.backends.base import Backend
 class TorchBackend(Backend):
     kind = "torch"
 
-    def __init__(self, version_dir: Path, device: str = "cpu"):
+    def __init__(self, version_dir: Path, device: str = "cpu", cpu_threads: int = 0):
         import torch
 
         from elunet.train.checkpoint import load_checkpoint
@@ -29,6 +29,8 @@ class TorchBackend(Backend):
             # Serve float32 as float32: TF32 convolutions/matmuls would break parity with the CPU reference.
             torch.backends.cudnn.allow_tf32 = False
             torch.backends.cuda.matmul.allow_tf32 = False
+        if cpu_threads:
+            torch.set_num_threads(cpu_threads)  # process-wide; every torch model here gets the same share
         self._torch = torch
         self._device = torch.device(device)
         self.model = load_checkpoint(version_dir).model.to(self._device).eval()
