@@ -84,6 +84,9 @@ def test_unknown_names_are_user_errors():
         card_for(activation="gelu")
     with pytest.raises(ElunetError, match="no alpha"):
         card_for(activation="relu", alpha=0.5)
+    with pytest.raises(ElunetError, match="invalid model name"):
+        describe_model(name="../evil", architecture="fashion-cnn", activation="elu", alpha=None, batch_norm=False,
+                       dataset="synthetic", labels=LABELS10, input_shape=(1, 28, 28), normalization="meanstd")
 
 
 # ---------------------------------------------------------------- activations
@@ -251,3 +254,26 @@ def test_damaged_or_missing_files_are_explained(tmp_path):
     (tmp_path / "ck" / CARD_FILE).write_text("{not json")
     with pytest.raises(ElunetError, match="not a valid elunet model card"):
         load_checkpoint(tmp_path / "ck")
+
+
+def test_cli_choices_name_exactly_the_implemented_ones():
+    from elunet.train.config import ACTIVATION_NAMES, ARCHITECTURE_NAMES, DATASET_NAMES
+    from elunet.train.data import DATASETS, IMAGEFOLDER
+
+    assert ARCHITECTURE_NAMES == tuple(ARCHITECTURES)
+    assert ACTIVATION_NAMES == tuple(ACTIVATIONS)
+    assert set(DATASET_NAMES) == {*DATASETS, IMAGEFOLDER}
+
+
+def test_schedules():
+    from elunet.train.schedules import SCHEDULES, lr_at
+
+    assert [lr_at("paper-cifar", s, 165_000, 0.01, 500) for s in (0, 34_999, 35_000, 85_000, 135_000, 164_999)] == pytest.approx(
+        [0.01, 0.01, 0.005, 0.0005, 0.00005, 0.00005]
+    )
+    one = [lr_at("onecycle", s, 1000, 0.1, 100) for s in range(1000)]
+    assert one[0] == pytest.approx(0.1 / 25) and max(one) == pytest.approx(0.1) and one.index(max(one)) == 200 and one[-1] < 1e-5
+    assert [lr_at("step", s, 1000, 0.1, 100) for s in (0, 499, 500, 750)] == pytest.approx([0.1, 0.1, 0.01, 0.001])
+    assert lr_at("constant", 7, 10, 0.3, 1) == 0.3
+    with pytest.raises(ElunetError, match="(?s)unknown schedule.*" + ".*".join(SCHEDULES)):
+        lr_at("warmup", 0, 10, 0.1, 1)

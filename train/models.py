@@ -20,6 +20,7 @@ from torch import nn
 
 from elunet.card import ModelCard, Preprocessing
 from elunet.errors import ElunetError
+from elunet.repository import check_model_name
 from elunet.train.activations import make_activation
 from elunet.train.normalize import make_normalization
 
@@ -222,6 +223,7 @@ def describe_model(
     if architecture not in ARCHITECTURES:
         raise ElunetError(f"unknown architecture {architecture!r}", hint=f"choose one of: {', '.join(ARCHITECTURES)}")
     channels, height, width = input_shape
+    check_model_name(name)
     return ModelCard(
         name=name,
         architecture=architecture,
