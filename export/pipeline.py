@@ -107,6 +107,8 @@ def export_checkpoint(
         for file in (PARITY_FILE, CARD_FILE):
             if (staging / file).exists():
                 (staging / file).replace(out.with_name(file))
+            else:  # --skip-verify over an earlier export: its certificate is not this model's
+                out.with_name(file).unlink(missing_ok=True)
         (staging / ONNX_FILE).replace(out)  # the model last: its presence means the export is complete
     log(f"wrote {out}")
     return ExportResult(card, out, result.report)
@@ -167,7 +169,11 @@ def _check_out_free(out: Path, force: bool) -> None:
 
 @contextlib.contextmanager
 def _staging_beside(out: Path):
-    """A hidden folder beside ``out`` (same file system, so the final moves are renames); always removed."""
+    """A hidden folder beside ``out`` (same file system, so the final moves are renames).
+
+    Always removed, and so are the folders created for it when nothing was written there.
+    """
+    created = [p for p in (out.parent, *out.parent.parents) if not p.exists()]  # deepest first
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.with_name(f".{out.name}.staging-{secrets.token_hex(4)}")
     staging.mkdir()
@@ -175,3 +181,6 @@ def _staging_beside(out: Path):
         yield staging
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        for folder in created:
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
