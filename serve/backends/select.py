@@ -2,8 +2,11 @@
 
 ``auto`` prefers the fastest thing this machine can run: TensorRT (a
 ``model.plan`` engine and the tensorrt package), then ONNX Runtime on CUDA
-(onnxruntime-gpu), then ONNX Runtime on the CPU. It logs what it picked and
-why each better option was passed over.
+(onnxruntime-gpu), then ONNX Runtime on the CPU. Where ONNX Runtime cannot
+run a version (an ELU-plugin export, or an engine-only folder) or a GPU was
+asked for that neither TensorRT nor ONNX Runtime can use, it serves the
+version folder's checkpoint with torch, if torch is installed. It logs what
+it picked and why each better option was passed over.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 
+from elunet.contracts import WEIGHTS_FILE
 from elunet.errors import ElunetError
 from elunet.repository import ModelVersion
 from elunet.serve.backends.base import Backend
@@ -41,7 +45,10 @@ def open_backend(version: ModelVersion, backend: str, device: str | None, max_ba
 
 
 def _auto(version: ModelVersion, device: str | None) -> tuple[str, str, str]:
+    """(backend, device, why): TensorRT > ONNX Runtime CUDA > ONNX Runtime CPU, and torch where ONNX Runtime cannot."""
     passed_over = []
+    ort_obstacle = _onnxruntime_obstacle(version)
+    torch_ok = importlib.util.find_spec("torch") is not None and (version.path / WEIGHTS_FILE).is_file()
     if device == "cpu":
         passed_over.append("GPU backends skipped because --device cpu")
     else:
@@ -54,15 +61,39 @@ def _auto(version: ModelVersion, device: str | None) -> tuple[str, str, str]:
             return "tensorrt", gpu, "model.plan present and tensorrt importable"
         from elunet.serve.backends.onnx_runtime import gpu_providers_available
 
-        if gpu_providers_available():
+        if ort_obstacle:
+            passed_over.append(f"ONNX Runtime: {ort_obstacle}")
+        elif gpu_providers_available():
             return "onnxruntime", gpu, f"onnxruntime has {', '.join(gpu_providers_available())}; " + "; ".join(passed_over)
-        passed_over.append("ONNX Runtime CUDA: this onnxruntime has no CUDA provider (pip install 'elunet[gpu]')")
-        if device is not None:
+        else:
+            passed_over.append("ONNX Runtime CUDA: this onnxruntime has no CUDA provider (pip install 'elunet[gpu]')")
+        if device is not None:  # a GPU was asked for explicitly: torch is the last GPU path
+            if torch_ok:
+                return "torch", gpu, "; ".join(passed_over)
             raise ElunetError(
                 f"--device {device} asked for a GPU, but no GPU backend can run here: " + "; ".join(passed_over),
-                hint="install tensorrt or onnxruntime-gpu, use --backend torch --device cuda, or --device cpu",
+                hint="install tensorrt, onnxruntime-gpu or torch (CUDA build), or use --device cpu",
             )
-    return "onnxruntime", "cpu", "; ".join(passed_over)
+    if not ort_obstacle:
+        return "onnxruntime", "cpu", "; ".join(passed_over)
+    if ort_obstacle not in " ".join(passed_over):
+        passed_over.append(f"ONNX Runtime: {ort_obstacle}")
+    if torch_ok:
+        return "torch", "cpu", "; ".join(passed_over) + f"; the version folder's {WEIGHTS_FILE} runs in torch"
+    raise ElunetError(
+        f"no backend here can run model {version.name} v{version.version}: " + "; ".join(passed_over),
+        hint="install TensorRT on a GPU host, or torch to serve the checkpoint, or leave the model out with --models",
+    )
+
+
+def _onnxruntime_obstacle(version: ModelVersion) -> str | None:
+    """Why ONNX Runtime cannot run this version (None: it can)."""
+    if not version.model_file("onnxruntime_onnx").is_file():
+        return f"no {version.model_file('onnxruntime_onnx').name} in the version folder"
+    export = version.card.export
+    if export is not None and export.elu_mode == "plugin":
+        return "the model uses the custom ELU plugin op, which only TensorRT runs"
+    return None
 
 
 def _model_file(version: ModelVersion, platform: str):
@@ -76,9 +107,9 @@ def _model_file(version: ModelVersion, platform: str):
 
 
 def _check_runs_in_onnxruntime(version: ModelVersion) -> None:
-    export = version.card.export
-    if export is not None and export.elu_mode == "plugin":
+    obstacle = _onnxruntime_obstacle(version)
+    if obstacle:
         raise ElunetError(
-            f"model {version.name} v{version.version} was exported with the custom ELU plugin op, which ONNX Runtime cannot run",
-            hint="serve it with --backend tensorrt, or export with the native Elu op",
+            f"--backend onnxruntime cannot serve model {version.name} v{version.version}: {obstacle}",
+            hint="serve it with --backend tensorrt (or torch, from the version folder's checkpoint), or export with the native Elu op",
         )
