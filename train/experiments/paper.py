@@ -10,6 +10,9 @@ CIFAR100_TEST_ERROR_PERCENT = {
     "relu": (31.56, 0.37),
 }
 
+# How the paper writes each activation's name.
+DISPLAY_NAMES = {"elu": "ELU", "srelu": "SReLU", "lrelu": "LReLU", "relu": "ReLU"}
+
 # The paper's ranking by test error, best first; the same order is its claim for any dataset.
 PAPER_ORDER = ("elu", "srelu", "lrelu", "relu")
 

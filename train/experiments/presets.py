@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from elunet.train.config import TrainConfig
-from elunet.train.experiments.paper import CIFAR100_TEST_ERROR_PERCENT, PAPER_ARCH, PAPER_DATASET, PAPER_ORDER
+from elunet.train.experiments.paper import CIFAR100_TEST_ERROR_PERCENT, DISPLAY_NAMES, PAPER_ARCH, PAPER_DATASET, PAPER_ORDER
 
 
 @dataclass(frozen=True)
@@ -21,7 +21,7 @@ class Preset:
     seeds: int
 
 
-_paper_figures = ", ".join(f"{a.upper() if a == 'elu' else a} {m} ± {s} %" for a, (m, s) in CIFAR100_TEST_ERROR_PERCENT.items())
+_paper_figures = ", ".join(f"{DISPLAY_NAMES[a]} {m} ± {s} %" for a, (m, s) in CIFAR100_TEST_ERROR_PERCENT.items())
 
 ACTIVATIONS = Preset(
     kind="activations",

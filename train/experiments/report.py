@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from elunet.card import write_atomic
+from elunet.train.data import IMAGEFOLDER
 from elunet.train.experiments.plots import BIAS_SHIFT_PNG, CURVES_PNG, SPEED_PNG
 from elunet.train.experiments.stats import smallest_exact_p
 from elunet.train.experiments.summary import REFERENCE
@@ -26,9 +27,15 @@ def _p(value: float | None) -> str:
     return "–" if value is None else f"{value:.4f}"
 
 
+# Settings that only mean something for --dataset imagefolder.
+IMAGEFOLDER_ONLY = ("image_size", "channels")
+
+
 def _settings_table(settings: dict) -> list[str]:
+    """The recipe, without unset options and without the image-folder ones for other datasets."""
+    shown = {k: v for k, v in settings.items() if v is not None and (settings.get("dataset") == IMAGEFOLDER or k not in IMAGEFOLDER_ONLY)}
     lines = ["| setting | value |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in sorted(settings.items())]
+    lines += [f"| {k} | {v} |" for k, v in sorted(shown.items())]
     return lines
 
 
@@ -96,7 +103,8 @@ def _speed_table(summary: dict) -> list[str]:
     lines = [
         f"Threshold: training loss ≤ {summary['loss_threshold']:.4f} (by default the highest final mean training loss "
         "of the variants, so every variant's mean curve gets there; the epoch is the first whose average training "
-        "loss is at or below it, seconds are the training time until the end of that epoch, evaluation excluded).",
+        "loss is at or below it, seconds are the training time until the end of that epoch, evaluation excluded; "
+        "seconds are wall-clock and move with the machine's load, epochs do not).",
         "",
         "| variant | runs that reached it | epochs mean ± std | seconds mean ± std |",
         "|---|---|---|---|",
