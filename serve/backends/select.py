@@ -48,14 +48,14 @@ def _auto(version: ModelVersion, device: str | None) -> tuple[str, str, str]:
     """(backend, device, why): TensorRT > ONNX Runtime CUDA > ONNX Runtime CPU, and torch where ONNX Runtime cannot."""
     passed_over = []
     ort_obstacle = _onnxruntime_obstacle(version)
-    torch_ok = importlib.util.find_spec("torch") is not None and (version.path / WEIGHTS_FILE).is_file()
+    torch_ok = _installed("torch") and (version.path / WEIGHTS_FILE).is_file()
     if device == "cpu":
         passed_over.append("GPU backends skipped because --device cpu")
     else:
         gpu = device or "cuda:0"
         if not version.model_file("tensorrt_plan").is_file():
             passed_over.append("TensorRT: no model.plan in the version folder")
-        elif importlib.util.find_spec("tensorrt") is None:
+        elif not _installed("tensorrt"):
             passed_over.append("TensorRT: the tensorrt package is not installed (pip install 'elunet[tensorrt]')")
         else:
             return "tensorrt", gpu, "model.plan present and tensorrt importable"
@@ -84,6 +84,14 @@ def _auto(version: ModelVersion, device: str | None) -> tuple[str, str, str]:
         f"no backend here can run model {version.name} v{version.version}: " + "; ".join(passed_over),
         hint="install TensorRT on a GPU host, or torch to serve the checkpoint, or leave the model out with --models",
     )
+
+
+def _installed(package: str) -> bool:
+    """Whether ``package`` can be imported, without importing it (a broken install counts as absent)."""
+    try:
+        return importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def _onnxruntime_obstacle(version: ModelVersion) -> str | None:
