@@ -12,6 +12,7 @@ folder (card.json + model.safetensors, which the torch backend loads). Inputs
 are synthetic random pixels (the dataset need not be on the GPU machine).
 
     python benchmarks/serve_gpu_check.py [--duration 10]
+    python benchmarks/serve_gpu_check.py --device cpu   # the same check on the CPU (a dry run)
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ MODEL = "fashion-cnn"
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--device", default="cuda", help="cuda (the check) or cpu (a dry run of the script)")
     args = parser.parse_args()
 
     import torch
@@ -43,7 +45,7 @@ def main() -> int:
     from elunet.train.data import FASHION_MNIST_LABELS
     from elunet.train.models import build_model, describe_model
 
-    if not torch.cuda.is_available():
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("PyTorch sees no CUDA GPU: nothing to check")
         return 1
     with tempfile.TemporaryDirectory(prefix="serve-gpu-") as tmp:
@@ -57,7 +59,7 @@ def main() -> int:
         with torch.inference_mode():
             reference = load_checkpoint(repository / MODEL / "1").model(torch.from_numpy(pixels)).numpy()
 
-        server = ServerProcess(repository, Path(tmp) / "server.log", backend="torch", device="cuda", max_batch_size=64).wait_ready(300)
+        server = ServerProcess(repository, Path(tmp) / "server.log", backend="torch", device=args.device, max_batch_size=64).wait_ready(300)
         try:
             cuts = [0, 1, 8, 21, 85, 149, 213, 256]
             served = []
@@ -71,11 +73,11 @@ def main() -> int:
             server.stop()
         result = compare(reference, np.concatenate(served), Tolerance.for_dtype("fp32"))
         print(f"served on {meta['platform']}")
-        print(f"torch-CUDA served vs torch-CPU reference, 256 synthetic images: max abs err {result.max_abs_err:.2e}, "
+        print(f"torch-{args.device} served vs torch-CPU reference, 256 synthetic images: max abs err {result.max_abs_err:.2e}, "
               f"max rel err {result.max_rel_err:.2e}, top-1 agreement {result.top1_agreement:.4f} -> {'PASSED' if result.passed else 'FAILED'}")
         load = subprocess.run(
             [sys.executable, str(HERE / "serve_load.py"), "--repository", str(repository), "--model", MODEL, "--backend", "torch",
-             "--device", "cuda", "--clients", "64", "--duration", str(args.duration)],
+             "--device", args.device, "--clients", "64", "--duration", str(args.duration)],
             check=False,
         )
     return 0 if result.passed and load.returncode == 0 else 1
