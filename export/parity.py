@@ -145,10 +145,17 @@ def compare(reference: np.ndarray, actual: np.ndarray, tol: Tolerance) -> Output
     )
 
 
-def run_set(reference, runner, inputs: InputSet, tol: Tolerance) -> tuple[SetParity, np.ndarray, np.ndarray]:
-    """Feed one input set to both runners and compare; returns the result and both logits."""
-    ref = np.concatenate([reference.infer(b) for b in inputs.batches])
-    act = np.concatenate([runner.infer(b) for b in inputs.batches])
+def run_set(reference, runner, inputs: InputSet, tol: Tolerance, progress=lambda images: None) -> tuple[SetParity, np.ndarray, np.ndarray]:
+    """Feed one input set to both runners and compare; returns the result and both logits.
+
+    ``progress(n)`` is called after each batch of n images has run through both.
+    """
+    ref_batches, act_batches = [], []
+    for batch in inputs.batches:
+        ref_batches.append(reference.infer(batch))
+        act_batches.append(runner.infer(batch))
+        progress(len(batch))
+    ref, act = np.concatenate(ref_batches), np.concatenate(act_batches)
     result = SetParity(inputs.name, inputs.description, len(ref), [len(b) for b in inputs.batches])
     result.outputs[OUTPUT_NAME] = compare(ref, act, tol)
     return result, ref, act

@@ -123,9 +123,12 @@ def verify_model(
     reference = TorchRunner(checkpoint.model)
     largest = max(len(b) for s in sets for b in s.batches)
     results = []
-    with open_runner(backend, model_path, device=device, max_batch_size=largest) as runner:
-        for inputs in tqdm(sets, desc="verify", unit="set", disable=not sys.stderr.isatty(), leave=False):
-            result, ref, act = run_set(reference, runner, inputs, tol)
+    total = sum(len(b) for s in sets for b in s.batches)
+    with open_runner(backend, model_path, device=device, max_batch_size=largest) as runner, tqdm(
+        total=total, desc="verify", unit="image", disable=not sys.stderr.isatty(), leave=False
+    ) as bar:
+        for inputs in sets:
+            result, ref, act = run_set(reference, runner, inputs, tol, progress=bar.update)
             results.append(result)
             if inputs is sets[0]:  # the real test images: parity in the units users care about
                 accuracy = {
