@@ -11,6 +11,7 @@ the graph like any other layer.
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import logging
 import warnings
@@ -22,7 +23,7 @@ from torch import nn
 from elunet.card import ModelCard
 from elunet.contracts import INPUT_NAME, OUTPUT_NAME
 from elunet.errors import ElunetError
-from elunet.export.settings import ExportSettings
+from elunet.export.settings import IO_DTYPE, ExportSettings
 
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 ONNX_DTYPES = {"fp32": onnx.TensorProto.FLOAT, "fp16": onnx.TensorProto.FLOAT16}
@@ -31,26 +32,24 @@ EXAMPLE_BATCH = 2  # torch.export specialises sizes 0 and 1, so trace with 2
 
 
 class _CastAround(nn.Module):
-    """Runs ``inner`` in ``dtype`` between a float32 input and a float32 output."""
+    """Runs ``inner`` in ``compute`` between an input and an output in ``io`` (two Cast nodes in the graph)."""
 
-    def __init__(self, inner: nn.Module, dtype: torch.dtype):
+    def __init__(self, inner: nn.Module, compute: torch.dtype, io: torch.dtype):
         super().__init__()
-        self.inner = inner.to(dtype)
-        self.dtype = dtype
+        self.inner = inner.to(compute)
+        self.compute, self.io = compute, io
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.inner(x.to(self.dtype)).float()
+        return self.inner(x.to(self.compute)).to(self.io)
 
 
 def torch_to_onnx(model: nn.Module, card: ModelCard, settings: ExportSettings) -> onnx.ModelProto:
     """Trace ``model`` (eval, CPU, float32) into an ONNX graph; ``model`` is left unchanged."""
-    import copy
-
     settings.validate()
-    model = copy.deepcopy(model).eval().float().cpu()
-    if settings.dtype != "fp32":
-        model = _CastAround(model, TORCH_DTYPES[settings.dtype]).eval()
-    example = torch.rand(EXAMPLE_BATCH, *card.input_shape)
+    model = copy.deepcopy(model).eval().to("cpu", TORCH_DTYPES[IO_DTYPE])
+    if settings.dtype != IO_DTYPE:
+        model = _CastAround(model, TORCH_DTYPES[settings.dtype], TORCH_DTYPES[IO_DTYPE]).eval()
+    example = torch.rand(EXAMPLE_BATCH, *card.input_shape, dtype=TORCH_DTYPES[IO_DTYPE])
     with _quiet_exporter(), torch.no_grad():
         if settings.exporter == "dynamo":
             proto = _export_dynamo(model, example, settings.opset)
