@@ -45,7 +45,10 @@ class Preprocessing(_Strict):
 class ExportInfo(_Strict):
     elu_mode: Literal["native", "plugin"]
     opset: int
-    dtype: Literal["fp32", "fp16"]
+    dtype: Literal["fp32", "fp16"]  # what the graph computes in
+    # the element type of the graph's input and output tensors (elunet exports keep them float32
+    # for both dtypes; see export/settings.py)
+    io_dtype: Literal["fp32", "fp16"] = "fp32"
     exporter: str
     source_checkpoint_sha256: str
     parity: Literal["passed", "skipped"]

@@ -119,6 +119,7 @@ def _export_card(ckpt, settings: ExportSettings, name: str, version: int, skip_v
         elu_mode=settings.elu_mode,
         opset=settings.opset,
         dtype=settings.dtype,
+        io_dtype=IO_DTYPE,
         exporter=f"torch.onnx ({settings.exporter}), torch {torch.__version__}",
         source_checkpoint_sha256=ckpt.sha256,
         # Written before verification: a model whose parity fails is never written out with this card.

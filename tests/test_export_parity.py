@@ -100,7 +100,7 @@ def test_card_round_trip(fashion_export, trained_checkpoint):
     assert inside == beside == result.card
     assert inside.model_dump(exclude={"export"}) == source.card.model_dump(exclude={"export"})
     e = inside.export
-    assert (e.elu_mode, e.dtype, e.opset, e.parity) == ("plugin", "fp16", 18, "passed")
+    assert (e.elu_mode, e.dtype, e.io_dtype, e.opset, e.parity) == ("plugin", "fp16", "fp32", 18, "passed")
     assert e.source_checkpoint_sha256 == source.sha256 and "dynamo" in e.exporter
 
 
