@@ -5,13 +5,12 @@ torch is imported inside the command functions: `elunet --help` must work withou
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from elunet.train.config import ACTIVATION_NAMES, ARCHITECTURE_NAMES, DATASET_NAMES, OPTIMIZER_NAMES, TrainConfig
+from elunet.train.config import ACTIVATION_NAMES, ARCHITECTURE_NAMES, DATASET_NAMES, OPTIMIZER_NAMES, TrainConfig, wait_passively_for_openmp
 from elunet.train.schedules import SCHEDULES
 
 D = TrainConfig()  # the defaults, from the one place that defines them
@@ -52,10 +51,7 @@ def train(
     Each epoch appends a line to OUT/metrics.jsonl (train/test loss and accuracy, lr, images/s,
     mean activation per layer) and writes a checkpoint OUT/epoch-NNNN (model.safetensors + card.json).
     """
-    # libgomp's idle threads spin; on a CPU shared with other processes a spinning thread takes
-    # the core its busy sibling needs and every step stalls (measured on this 2-core machine under
-    # load: 64 images/s spinning vs 195 passive). Must be set before torch starts its thread pool.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    wait_passively_for_openmp()
     from elunet.train.loop import train as run_training
 
     cfg = TrainConfig(
