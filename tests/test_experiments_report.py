@@ -111,3 +111,20 @@ def test_diverged_runs_are_listed_not_counted(synthetic_experiment):
     report = write_outputs(synthetic_experiment).read_text()
     assert "relu seed 4: diverged: loss became NaN" in report
     assert "| relu | 4 |" in report
+
+
+def test_verdict_names_the_direction_of_significant_differences():
+    from elunet.train.experiments.report import _verdict
+    from elunet.train.experiments.summary import summarize
+
+    records = []
+    for seed in range(6):
+        for variant in VARIANTS:
+            record = synthetic_record(variant, seed) | {"variant": variant, "seed": seed}
+            if variant == "srelu":  # synthetic: SReLU beats ELU in every seed
+                record["final_test_error"] = 0.05
+            records.append(record)
+    verdict = "\n".join(_verdict(summarize(records, VARIANTS, {})))
+    assert "2/2^6 = 0.0312" in verdict
+    assert "significant at p < 0.05: srelu (ELU worse), lrelu (ELU better), relu (ELU better)" in verdict
+    assert "measured **srelu < elu < lrelu < relu**" in verdict and "did not hold" in verdict

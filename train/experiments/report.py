@@ -78,7 +78,11 @@ def _verdict(summary: dict) -> list[str]:
     if tests:
         n_pairs = max(t["n_pairs"] for t in tests)
         floor = smallest_exact_p(n_pairs)
-        significant = [t["other"] for t in tests if t["p_value"] is not None and t["p_value"] < SIGNIFICANCE]
+        significant = [
+            f"{t['other']} (ELU {'better' if t['mean_difference'] < 0 else 'worse'})"
+            for t in tests
+            if t["p_value"] is not None and t["p_value"] < SIGNIFICANCE
+        ]
         lines.append(
             f"- Strength: with {n_pairs} paired seeds the exact two-sided Wilcoxon signed-rank test cannot give p below "
             f"2/2^{n_pairs} = {floor:.4f} (all seeds agreeing)"

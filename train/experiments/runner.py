@@ -195,7 +195,7 @@ def write_outputs(out: Path) -> Path:
         "planned_runs": len(plan["variants"]) * len(plan["seeds"]),
         "not_finished": [f"{r['variant']} seed {r['seed']}: {r['status']}: {r['message']}" for r in records if r["status"] != "finished"],
         "wall_seconds": round(sum(r["wall_seconds"] for r in records), 1),
-        "host": f"{os.cpu_count()} CPU cores ({platform.machine()}), torch {torch.__version__} with {torch.get_num_threads()} threads",
+        "host": f"{os.cpu_count()} CPU cores ({platform.machine()}), torch {torch.__version__}, intra-op threads: {torch.get_num_threads()}",
         "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
     results = {"schema": RESULTS_SCHEMA, "title": plan["title"], "settings": settings, "meta": meta, "summary": summary, "runs": records}
