@@ -29,7 +29,7 @@ test = load_dataset("fashion-mnist", "test")
 Image.fromarray(test.images[0, 0].numpy(), mode="L").save(sys.argv[1])
 print(f"{sys.argv[1]}: Fashion-MNIST test image 0, true label {test.labels[int(test.targets[0])]!r}")
 PY
-# The native-ELU export: ONNX Runtime runs it (the plugin exports need TensorRT).
+# Serve the native-ELU export (the plugin exports run too: ONNX Runtime executes their ONNX function).
 MODEL=$(python -c 'import sys; from elunet.repository import ModelRepository as R; r = R(sys.argv[1]); print(next(m for m in r.models() if r.get(m).card.export.elu_mode == "native"))' "$REPO")
 elunet serve --repository "$REPO" --models "$MODEL" --port "$PORT" > "$RUN/serve.log" 2>&1 &
 SERVER=$!

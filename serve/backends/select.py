@@ -2,8 +2,9 @@
 
 ``auto`` prefers the fastest thing this machine can run: TensorRT (a
 ``model.plan`` engine and the tensorrt package), then ONNX Runtime on CUDA
-(onnxruntime-gpu), then ONNX Runtime on the CPU. Where ONNX Runtime cannot
-run a version (an ELU-plugin export, or an engine-only folder) or a GPU was
+(onnxruntime-gpu), then ONNX Runtime on the CPU. ELU-plugin exports run in
+ONNX Runtime too, through the ONNX function the exporter attaches to the
+plugin op. Where ONNX Runtime cannot run a version (an engine-only folder) or a GPU was
 asked for that neither TensorRT nor ONNX Runtime can use, it serves the
 version folder's checkpoint with torch, if torch is installed. It logs what
 it picked and why each better option was passed over.
@@ -98,9 +99,6 @@ def _onnxruntime_obstacle(version: ModelVersion) -> str | None:
     """Why ONNX Runtime cannot run this version (None: it can)."""
     if not version.model_file("onnxruntime_onnx").is_file():
         return f"no {version.model_file('onnxruntime_onnx').name} in the version folder"
-    export = version.card.export
-    if export is not None and export.elu_mode == "plugin":
-        return "the model uses the custom ELU plugin op, which only TensorRT runs"
     return None
 
 
@@ -119,5 +117,5 @@ def _check_runs_in_onnxruntime(version: ModelVersion) -> None:
     if obstacle:
         raise ElunetError(
             f"--backend onnxruntime cannot serve model {version.name} v{version.version}: {obstacle}",
-            hint="serve it with --backend tensorrt (or torch, from the version folder's checkpoint), or export with the native Elu op",
+            hint="serve it with --backend tensorrt (or torch, from the version folder's checkpoint), or export it to ONNX with `elunet export`",
         )
