@@ -81,12 +81,14 @@ def test_report_tables_and_verdict(written):
     assert "Smallest mean absolute activation: **elu**" in report
 
 
-def test_learning_speed_uses_the_slowest_final_loss(written):
+def test_learning_speed_at_an_early_and_a_late_threshold(written):
     summary = json.loads((written / RESULTS_FILE).read_text())["summary"]
-    assert summary["loss_threshold"] == pytest.approx(0.6)  # relu's final loss, the highest
-    assert summary["learning_speed"]["elu"]["epochs"]["mean"] == 2  # 0.6 <= 0.6 at epoch 2
-    assert summary["learning_speed"]["relu"]["epochs"]["mean"] == 3
-    assert summary["learning_speed"]["relu"]["reached"] == 5
+    # late: relu's final loss 0.6, the highest; early: sqrt(1.0 * 0.6) with elu's first-epoch loss 1.0, the lowest.
+    assert summary["loss_thresholds"] == pytest.approx([0.6**0.5, 0.6])
+    early, late = ({v: s["epochs"]["mean"] for v, s in entry["variants"].items()} for entry in summary["learning_speed"])
+    assert early == {"elu": 2, "srelu": 2, "lrelu": 3, "relu": 3}  # at epoch 2: srelu 0.7, lrelu 0.8 > 0.7746
+    assert late == {"elu": 2, "srelu": 3, "lrelu": 3, "relu": 3}  # 0.6 <= 0.6 at elu's epoch 2
+    assert summary["learning_speed"][1]["variants"]["relu"]["reached"] == 5
 
 
 def test_plots_are_pngs(written):

@@ -3,7 +3,7 @@
 import pytest
 
 from elunet.train.experiments.stats import (
-    default_loss_threshold,
+    default_loss_thresholds,
     epochs_to_threshold,
     paired_wilcoxon,
     smallest_exact_p,
@@ -71,6 +71,9 @@ def test_epochs_to_threshold():
     assert epochs_to_threshold(losses, seconds, 0.1) is None
 
 
-def test_default_threshold_is_reached_by_every_mean_curve():
-    curves = {"elu": [1.0, 0.5, 0.2], "relu": [1.0, 0.7, 0.4]}
-    assert default_loss_threshold(curves) == 0.4
+def test_default_thresholds_are_reached_by_every_mean_curve():
+    curves = {"elu": [0.9, 0.5, 0.2], "relu": [1.6, 0.7, 0.4]}
+    # late: relu's final 0.4; early: sqrt(0.9 * 0.4) between it and the lowest first-epoch loss.
+    assert default_loss_thresholds(curves) == pytest.approx([0.6, 0.4])
+    # Curves that never fall below their start have only the late threshold.
+    assert default_loss_thresholds({"relu": [2.3, 2.3, 2.3]}) == [2.3]

@@ -36,6 +36,11 @@ def _band(ax, x, curve: dict, variant: str, scale: float = 1.0) -> None:
     ax.fill_between(x, mean - std, mean + std, color=style["color"], alpha=0.15, linewidth=0)
 
 
+def _threshold_lines(ax, summary: dict) -> None:
+    for i, threshold in enumerate(summary["loss_thresholds"]):
+        ax.axhline(threshold, color="black", linewidth=0.8, linestyle=":", label="speed thresholds" if i == 0 else None)
+
+
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -51,8 +56,7 @@ def plot_curves(summary: dict, out: Path, title: str) -> Path:
         _band(error_ax, curve["epoch"], curve["test_error"], variant, scale=100.0)
     loss_ax.set(xlabel="epoch", ylabel="training loss (cross-entropy)", yscale="log", title="training loss")
     error_ax.set(xlabel="epoch", ylabel="test error (%)", title="test error")
-    if summary.get("loss_threshold") is not None:
-        loss_ax.axhline(summary["loss_threshold"], color="black", linewidth=0.8, linestyle=":", label="speed threshold")
+    _threshold_lines(loss_ax, summary)
     for ax in (loss_ax, error_ax):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
@@ -66,8 +70,7 @@ def plot_learning_speed(summary: dict, out: Path, title: str) -> Path:
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for variant, curve in summary["curves"].items():
         _band(ax, curve["train_seconds"]["mean"], curve["train_loss"], variant)
-    if summary.get("loss_threshold") is not None:
-        ax.axhline(summary["loss_threshold"], color="black", linewidth=0.8, linestyle=":", label="speed threshold")
+    _threshold_lines(ax, summary)
     ax.set(xlabel="training time (s, mean over seeds)", ylabel="training loss", yscale="log", title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

@@ -105,16 +105,21 @@ def _verdict(summary: dict) -> list[str]:
 
 def _speed_table(summary: dict) -> list[str]:
     lines = [
-        f"Threshold: training loss ≤ {summary['loss_threshold']:.4f} (by default the highest final mean training loss "
-        "of the variants, so every variant's mean curve gets there; the epoch is the first whose average training "
-        "loss is at or below it, seconds are the training time until the end of that epoch, evaluation excluded; "
-        "seconds are wall-clock and move with the machine's load, epochs do not).",
+        "Epochs (and training seconds) until a run's epoch-mean training loss first reaches a threshold. Unless "
+        "--loss-threshold is given there are two: late, the highest final mean training loss of the variants "
+        "(every variant's mean curve gets there; the slowest at its last epoch), and early, the geometric midpoint "
+        "between that and the lowest first-epoch mean loss. Seconds are the training time until the end of that "
+        "epoch, evaluation excluded; they are wall-clock and move with the machine's load, epochs do not.",
         "",
-        "| variant | runs that reached it | epochs mean ± std | seconds mean ± std |",
-        "|---|---|---|---|",
+        "| variant | threshold | runs that reached it | epochs mean ± std | seconds mean ± std |",
+        "|---|---|---|---|---|",
     ]
-    for variant, speed in summary["learning_speed"].items():
-        lines.append(f"| {variant} | {speed['reached']} / {speed['runs']} | {_pm(speed['epochs'], digits=1)} | {_pm(speed['seconds'], digits=1)} |")
+    for entry in summary["learning_speed"]:
+        for variant, speed in entry["variants"].items():
+            lines.append(
+                f"| {variant} | {entry['threshold']:.4f} | {speed['reached']} / {speed['runs']} | "
+                f"{_pm(speed['epochs'], digits=1)} | {_pm(speed['seconds'], digits=1)} |"
+            )
     return lines
 
 

@@ -54,7 +54,7 @@ class Experiment:
     seeds: tuple[int, ...]
     out: Path
     command: str  # the command line that reproduces it, for the report
-    loss_threshold: float | None = None  # None: chosen from the curves (see stats.default_loss_threshold)
+    loss_threshold: float | None = None  # None: chosen from the curves (see stats.default_loss_thresholds)
 
     def settings(self) -> dict:
         """What every run shares and a resumed experiment must keep."""

@@ -14,7 +14,7 @@ from collections import defaultdict
 import numpy as np
 
 from elunet.train.experiments.paper import CIFAR100_TEST_ERROR_PERCENT, PAPER_ORDER, is_paper_setting
-from elunet.train.experiments.stats import default_loss_threshold, epochs_to_threshold, paired_wilcoxon, spread
+from elunet.train.experiments.stats import default_loss_thresholds, epochs_to_threshold, paired_wilcoxon, spread
 
 REFERENCE = "elu"  # every test compares ELU (without batch norm, as in the paper) with each other variant
 
@@ -88,8 +88,7 @@ def summarize(records: list[dict], variants: list[str], settings: dict, loss_thr
         for variant, runs in grouped.items():
             if variant != REFERENCE:
                 tests.append(paired_wilcoxon(reference, {r["seed"]: r["final_test_error"] for r in runs}, variant).as_dict())
-    if loss_threshold is None and curve:
-        loss_threshold = default_loss_threshold({v: c["train_loss"]["mean"] for v, c in curve.items()})
+    thresholds = [loss_threshold] if loss_threshold is not None else default_loss_thresholds({v: c["train_loss"]["mean"] for v, c in curve.items()})
     final_activation = {
         v: {layer: c["mean_activation"][layer]["mean"][-1] for layer in c["mean_activation"]} for v, c in curve.items()
     }
@@ -103,8 +102,8 @@ def summarize(records: list[dict], variants: list[str], settings: dict, loss_thr
         "final_test_error": final,
         "runs_final_test_error": {v: [r["final_test_error"] for r in runs] for v, runs in grouped.items()},
         "wilcoxon_vs_elu": tests,
-        "loss_threshold": loss_threshold,
-        "learning_speed": learning_speed(grouped, loss_threshold) if loss_threshold is not None else {},
+        "loss_thresholds": thresholds,
+        "learning_speed": [{"threshold": t, "variants": learning_speed(grouped, t)} for t in thresholds],
         "final_mean_activation": final_activation,
         "mean_abs_final_activation": {
             v: float(np.mean([abs(x) for x in layers.values()])) if layers else None for v, layers in final_activation.items()
