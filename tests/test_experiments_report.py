@@ -130,3 +130,22 @@ def test_verdict_names_the_direction_of_significant_differences():
     assert "2/2^6 = 0.0312" in verdict
     assert "significant at p < 0.05: srelu (ELU worse), lrelu (ELU better), relu (ELU better)" in verdict
     assert "measured **srelu < elu < lrelu < relu**" in verdict and "did not hold" in verdict
+
+
+def test_batch_norm_section_pairs_each_activation_with_its_bn_variant():
+    from elunet.train.experiments.report import _batch_norm_section
+    from elunet.train.experiments.summary import summarize
+
+    variants = VARIANTS + [f"{v}+bn" for v in VARIANTS]
+    records = []
+    for seed in range(5):
+        for variant in variants:
+            record = synthetic_record(variant.removesuffix("+bn"), seed) | {"variant": variant, "seed": seed}
+            if variant == "relu+bn":  # synthetic: batch norm helps ReLU in every seed, changes nothing else
+                record["final_test_error"] -= 0.05
+            records.append(record)
+    section = "\n".join(_batch_norm_section(summarize(records, variants, {})))
+    assert "| relu | 13.20 ± 0.16 | 8.20 ± 0.16 | 5 / 0 / 0 | -5.00 | 0.0625 |" in section
+    assert "| elu | 10.20 ± 0.16 | 10.20 ± 0.16 | 0 / 0 / 5 | +0.00 | 1.0000 |" in section
+    assert "lowered the mean error of: relu." in section
+    assert "ELU without batch norm did not beat ReLU with it" in section

@@ -24,7 +24,7 @@ def test_five_seeds_cannot_reach_p_below_0_0625():
     assert smallest_exact_p(10) == pytest.approx(0.001953125)
     # ELU lower in all 5 seeds: the most extreme outcome, p = 2/32.
     test = paired_wilcoxon(ZERO, {0: 1.0, 1: 2.0, 2: 3.0, 3: 4.0, 4: 5.0}, "relu")
-    assert (test.elu_better, test.elu_worse, test.ties) == (5, 0, 0)
+    assert (test.reference_lower, test.reference_higher, test.ties) == (5, 0, 0)
     assert test.p_value == pytest.approx(0.0625)
     assert test.method == "exact signed-rank"
     assert test.mean_difference == pytest.approx(-3.0)
@@ -33,7 +33,7 @@ def test_five_seeds_cannot_reach_p_below_0_0625():
 def test_one_seed_against_elu():
     # Signed ranks -1 -2 -3 -4 +5: W+ = 5; 10 of the 32 sign patterns have W+ <= 5, two-sided p = 20/32.
     test = paired_wilcoxon(ZERO, {0: 1.0, 1: 2.0, 2: 3.0, 3: 4.0, 4: -5.0}, "relu")
-    assert (test.elu_better, test.elu_worse) == (4, 1)
+    assert (test.reference_lower, test.reference_higher) == (4, 1)
     assert test.p_value == pytest.approx(0.625)
 
 
@@ -56,12 +56,12 @@ def test_zero_differences_are_dropped_and_counted():
 def test_float_noise_is_not_a_difference():
     # 0.3 - 0.1 - 0.2 is 5.6e-17 in floats: the same error, a tie.
     test = paired_wilcoxon({0: 0.3, 1: 0.5}, {0: 0.1 + 0.2, 1: 0.4}, "relu")
-    assert (test.ties, test.elu_worse) == (1, 1)
+    assert (test.ties, test.reference_higher) == (1, 1)
 
 
 def test_only_common_seeds_are_paired():
     test = paired_wilcoxon({0: 0.1, 1: 0.2, 2: 0.3}, {1: 0.3, 2: 0.5, 7: 0.0}, "relu")
-    assert test.n_pairs == 2 and test.elu_better == 2
+    assert test.n_pairs == 2 and test.reference_lower == 2
 
 
 def test_epochs_to_threshold():

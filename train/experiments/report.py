@@ -7,6 +7,7 @@ from pathlib import Path
 from elunet.card import write_atomic
 from elunet.train.data import IMAGEFOLDER
 from elunet.train.experiments.plots import BIAS_SHIFT_PNG, CURVES_PNG, SPEED_PNG
+from elunet.train.experiments.runs import variant_name
 from elunet.train.experiments.stats import smallest_exact_p
 from elunet.train.experiments.summary import REFERENCE
 
@@ -60,7 +61,7 @@ def _error_table(summary: dict) -> list[str]:
             row += " (reference) | – | – |"
         else:
             delta = "–" if test["mean_difference"] is None else f"{test['mean_difference'] * 100:+.2f}"
-            row += f" {test['elu_better']} / {test['elu_worse']} / {test['ties']} | {delta} | {_p(test['p_value'])} |"
+            row += f" {test['reference_lower']} / {test['reference_higher']} / {test['ties']} | {delta} | {_p(test['p_value'])} |"
         lines.append(row)
     return lines
 
@@ -97,10 +98,44 @@ def _verdict(summary: dict) -> list[str]:
             direction = "lower" if t["mean_difference"] < 0 else "higher"
             lines.append(
                 f"  - ELU vs {t['other']}: ELU's error was {direction} by {abs(t['mean_difference']) * 100:.2f} pp on average; "
-                f"lower in {t['elu_better']} of {t['n_pairs']} seeds, higher in {t['elu_worse']}, tied in {t['ties']}; "
+                f"lower in {t['reference_lower']} of {t['n_pairs']} seeds, higher in {t['reference_higher']}, tied in {t['ties']}; "
                 f"p = {_p(t['p_value'])} ({t['method']})."
             )
     return lines
+
+
+def _batch_norm_section(summary: dict) -> list[str]:
+    """The paper: batch norm helped ReLU and LReLU, not ELU or SReLU; ELU without it beat ReLU with it."""
+    effects = summary["batch_norm_effect"]
+    if not effects:
+        return []
+    final = summary["final_test_error"]
+    lines = [
+        "## Batch norm",
+        "",
+        "The paper: batch norm helped ReLU and leaky ReLU but not ELU or SReLU, and ELU without batch norm beat ReLU "
+        "with it. Each activation with batch norm against itself without, paired by seed:",
+        "",
+        "| activation | without BN (%) | with BN (%) | BN lower / higher / tied | mean Δ with − without (pp) | Wilcoxon p |",
+        "|---|---|---|---|---|---|",
+    ]
+    for t in effects:
+        with_bn = variant_name(t["other"], True)
+        lines.append(
+            f"| {t['other']} | {_pm(final[t['other']], 100)} | {_pm(final[with_bn], 100)} | "
+            f"{t['reference_lower']} / {t['reference_higher']} / {t['ties']} | {t['mean_difference'] * 100:+.2f} | {_p(t['p_value'])} |"
+        )
+    helped = [t["other"] for t in effects if t["mean_difference"] < 0]
+    lines += ["", f"- Batch norm lowered the mean error of: {', '.join(helped) if helped else 'none'}."]
+    versus = next((t for t in summary["wilcoxon_vs_elu"] if t["other"] == variant_name("relu", True)), None)
+    if versus is not None:
+        verdict = "beat" if versus["mean_difference"] < 0 else "did not beat"
+        lines.append(
+            f"- ELU without batch norm {verdict} ReLU with it ({_pm(final[REFERENCE], 100)} % vs "
+            f"{_pm(final[versus['other']], 100)} %, lower in {versus['reference_lower']} of {versus['n_pairs']} seeds, "
+            f"p = {_p(versus['p_value'])})."
+        )
+    return lines + [""]
 
 
 def _speed_table(summary: dict) -> list[str]:
@@ -171,6 +206,7 @@ def write_report(summary: dict, settings: dict, meta: dict, out: Path, title: st
         "",
         f"![training loss and test error]({CURVES_PNG})",
         "",
+        *_batch_norm_section(summary),
         "## Learning speed",
         "",
         *_speed_table(summary),

@@ -49,14 +49,14 @@ EXACT_ENUMERATION_MAX_PAIRS = 16
 
 @dataclass(frozen=True)
 class PairedTest:
-    """ELU against one other variant, paired by seed (the same initial weights and data order)."""
+    """A reference variant (ELU, or an activation with batch norm) against another, paired by seed."""
 
     other: str
     n_pairs: int  # seeds both variants finished
-    elu_better: int  # seeds where ELU's value was lower
-    elu_worse: int
+    reference_lower: int  # seeds where the reference's value was lower
+    reference_higher: int
     ties: int
-    mean_difference: float | None  # mean of (ELU - other); negative: ELU lower
+    mean_difference: float | None  # mean of (reference - other); negative: the reference lower
     p_value: float | None  # two-sided Wilcoxon signed-rank; None when it cannot be computed
     smallest_possible_p: float  # 2 / 2**(untied pairs): the floor this many seeds allows
     method: str  # how p was computed, or why it was not
@@ -85,8 +85,8 @@ def paired_wilcoxon(reference: dict[int, float], other: dict[int, float], other_
     common = dict(
         other=other_name,
         n_pairs=len(seeds),
-        elu_better=better,
-        elu_worse=worse,
+        reference_lower=better,
+        reference_higher=worse,
         ties=ties,
         mean_difference=mean_difference,
         smallest_possible_p=smallest_exact_p(untied),

@@ -14,6 +14,7 @@ from collections import defaultdict
 import numpy as np
 
 from elunet.train.experiments.paper import CIFAR100_TEST_ERROR_PERCENT, PAPER_ORDER, is_paper_setting
+from elunet.train.experiments.runs import BN_SUFFIX, variant_name
 from elunet.train.experiments.stats import default_loss_thresholds, epochs_to_threshold, paired_wilcoxon, spread
 
 REFERENCE = "elu"  # every test compares ELU (without batch norm, as in the paper) with each other variant
@@ -77,6 +78,17 @@ def ordering(final: dict[str, dict]) -> dict:
     }
 
 
+def batch_norm_effect(grouped: dict[str, list[dict]]) -> list[dict]:
+    """For each activation trained both ways: its batch-norm variant (the reference) against it, paired by seed."""
+    errors = {v: {r["seed"]: r["final_test_error"] for r in runs} for v, runs in grouped.items()}
+    effects = []
+    for activation in errors:
+        with_bn = variant_name(activation, True)
+        if not activation.endswith(BN_SUFFIX) and with_bn in errors:
+            effects.append(paired_wilcoxon(errors[with_bn], errors[activation], activation).as_dict())
+    return effects
+
+
 def summarize(records: list[dict], variants: list[str], settings: dict, loss_threshold: float | None = None) -> dict:
     """Everything the report and plots need, from the finished run records."""
     grouped = _by_variant(records, variants)
@@ -102,6 +114,7 @@ def summarize(records: list[dict], variants: list[str], settings: dict, loss_thr
         "final_test_error": final,
         "runs_final_test_error": {v: [r["final_test_error"] for r in runs] for v, runs in grouped.items()},
         "wilcoxon_vs_elu": tests,
+        "batch_norm_effect": batch_norm_effect(grouped),
         "loss_thresholds": thresholds,
         "learning_speed": [{"threshold": t, "variants": learning_speed(grouped, t)} for t in thresholds],
         "final_mean_activation": final_activation,
