@@ -92,3 +92,27 @@ def test_imagefolder_loads_resized_images_with_folder_labels(tmp_path):
     shutil.rmtree(tmp_path / "dog")
     with pytest.raises(ElunetError, match="needs >= 2 class sub-folders"):
         load_dataset("imagefolder", "train", tmp_path)
+
+
+def test_augmentation_shifts_and_mirrors_whole_images():
+    import torch.nn.functional as F
+
+    from elunet.train.augment import augment
+    from elunet.train.data import Augmentation
+
+    # Synthetic images with distinct pixels, so every shift and mirror is recognisable.
+    images = (torch.arange(64 * 36) % 251).to(torch.uint8).view(64, 1, 6, 6) + 1
+    gen = torch.Generator().manual_seed(0)
+    shifted = augment(images, Augmentation(pad=2), gen)
+    padded = F.pad(images, (2, 2, 2, 2))
+    windows = {(dy, dx) for dy in range(5) for dx in range(5)}
+    seen = set()
+    for i in range(64):
+        match = [(dy, dx) for dy, dx in windows if torch.equal(shifted[i], padded[i, :, dy : dy + 6, dx : dx + 6])]
+        assert match, f"image {i} is not a shifted window of its padded original"
+        seen.update(match)
+    assert len(seen) > 10
+    mirrored = augment(images, Augmentation(flip=True), gen)
+    same = [torch.equal(mirrored[i], images[i]) for i in range(64)]
+    flipped = [torch.equal(mirrored[i], images[i].flip(2)) for i in range(64)]
+    assert all(a or b for a, b in zip(same, flipped)) and 10 < sum(flipped) < 54

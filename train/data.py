@@ -67,7 +67,7 @@ DATASETS: dict[str, DatasetInfo] = {
             ("", "fashion-mnist", "FashionMNIST/raw"),
             {"train": _idx_files("train"), "test": _idx_files("t10k")},
             "meanstd",
-            Augmentation(pad=2, flip=True),
+            Augmentation(pad=0, flip=True),
             "sudo apt-get install dataset-fashion-mnist  (installs /usr/share/datasets/fashion-mnist), "
             "or download the four IDX .gz files from https://github.com/zalandoresearch/fashion-mnist",
         ),
