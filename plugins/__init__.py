@@ -1,4 +1,4 @@
-"""elunet.plugins: the ELU TensorRT plugin and TensorRT engines (see docs/sections/plugins.md).
+"""elunet.plugins: the ELU TensorRT plugin and TensorRT engines (see README.md, section "TensorRT").
 
 - ``plugins/elu/``: the CUDA kernel, the IPluginV3 plugin and its CMake build;
 - ``library``: finding and loading the compiled plugin library into TensorRT;

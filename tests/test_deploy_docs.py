@@ -1,4 +1,4 @@
-"""The commands in the deployment docs are real: every `elunet`, `torchrun` and `docker-compose` line
+"""The commands in the README and the deployment docs are real: every `elunet`, `torchrun` and `docker-compose` line
 names subcommands, options, services and profiles that exist."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import subprocess
 import pytest
 from fixtures_deploy import DEPLOY_DIR, REPO_ROOT, compose_profiles, elunet_command, option_names
 
-DOCS = [REPO_ROOT / "docs" / "sections" / "deploy.md", DEPLOY_DIR / "triton.md"]
+DOCS = [REPO_ROOT / "README.md", DEPLOY_DIR / "triton.md"]
 COMPOSE_SUBCOMMANDS_WITH_SERVICES = {"up", "build", "run", "stop", "ps", "logs"}
 
 
@@ -38,8 +38,13 @@ def words_without_env(line: str) -> list[str]:
 def check_elunet(words: list[str]) -> None:
     command = elunet_command(words[0])
     assert command is not None, f"`elunet {words[0]}` does not exist"
-    unknown = {w.split("=")[0] for w in words[1:] if w.startswith("--")} - option_names(command)
-    assert not unknown, f"`elunet {words[0]}` has no option {unknown}"
+    path, rest = [words[0]], words[1:]
+    while hasattr(command, "commands"):  # a command group: descend into the named subcommand
+        assert rest and rest[0] in command.commands, f"`elunet {' '.join(path)}` has no subcommand {rest[:1]}"
+        command = command.commands[rest[0]]
+        path, rest = path + rest[:1], rest[1:]
+    unknown = {w.split("=")[0] for w in rest if w.startswith("--")} - option_names(command)
+    assert not unknown, f"`elunet {' '.join(path)}` has no option {unknown}"
 
 
 def test_docs_have_commands():

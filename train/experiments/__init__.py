@@ -3,5 +3,5 @@
 `elunet experiment activations` trains one architecture with each activation
 over several seeds (every activation of a seed starts from the same weights);
 `elunet experiment learning-behaviour` is the paper's MNIST MLP figure.
-See docs/sections/experiments.md.
+See README.md, section "Experiments".
 """
