@@ -175,10 +175,8 @@ def cuda_include_dir() -> Path | None:
     return None
 
 
-@needs_cmake
-@needs_cxx
-@pytest.mark.parametrize("source", ["elu_plugin.cpp", "plugin_entry_dynamic.cpp", "plugin_entry_static.cpp"])
-def test_plugin_compiles_against_tensorrt_headers(source: str, tmp_path: Path) -> None:
+def headers_or_skip() -> tuple[Path, Path]:
+    """TensorRT's and CUDA's include folders; the test skips, saying why, without them."""
     trt_include = tensorrt_include_dir()
     if trt_include is None:
         pytest.skip("TensorRT headers not found: set TENSORRT_INCLUDE_DIR to a folder with NvInferRuntime.h "
@@ -186,6 +184,170 @@ def test_plugin_compiles_against_tensorrt_headers(source: str, tmp_path: Path) -
     cuda_include = cuda_include_dir()
     if cuda_include is None:
         pytest.skip("CUDA headers (cuda_runtime_api.h) not found next to nvcc")
+    return trt_include, cuda_include
+
+
+@needs_cmake
+@needs_cxx
+@pytest.mark.parametrize("source", ["elu_plugin.cpp", "plugin_entry_dynamic.cpp", "plugin_entry_static.cpp"])
+def test_plugin_compiles_against_tensorrt_headers(source: str, tmp_path: Path) -> None:
+    trt_include, cuda_include = headers_or_skip()
     header = generate_contract_header(tmp_path)
     run([CXX, "-std=c++17", "-fsyntax-only", "-Wall", "-Wextra", "-Werror", "-Wno-deprecated-declarations",
-         f"-I{ELU_DIR}", f"-I{header.parent}", f"-I{trt_include}", f"-I{cuda_include}", str(ELU_DIR / source)])
+         f"-I{ELU_DIR}", f"-I{header.parent}", "-isystem", str(trt_include), "-isystem", str(cuda_include), str(ELU_DIR / source)])
+
+
+EXCEPTION_PROBE = r"""
+// Makes operator new throw on demand and checks that every entry point that
+// allocates catches the bad_alloc, reports it and returns its failure value
+// (an escaping exception would std::terminate this program).
+#include "elu_plugin.h"
+#include "elu_plugin_contract.h"
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+
+namespace
+{
+bool gFailAllocations = false;
+}
+
+void* operator new(std::size_t size)
+{
+    void* p = gFailAllocations ? nullptr : std::malloc(size != 0 ? size : 1);
+    if (p == nullptr)
+    {
+        throw std::bad_alloc();
+    }
+    return p;
+}
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+
+// What libnvinfer and the kernel library would provide.
+extern "C" nvinfer1::IPluginRegistry* getPluginRegistry() noexcept { return nullptr; }
+extern "C" int elunet_elu_launch(void const*, void*, int64_t, int32_t, float, void*) { return 700; }
+extern "C" nvinfer1::IPluginCreatorInterface* const* getCreators(int32_t& nbCreators) noexcept;
+
+// Stores without allocating: it is called while operator new throws.
+class Recorder : public nvinfer1::IErrorRecorder
+{
+public:
+    int32_t getNbErrors() const noexcept override { return mNbErrors; }
+    nvinfer1::ErrorCode getErrorCode(int32_t) const noexcept override { return mCode; }
+    ErrorDesc getErrorDesc(int32_t) const noexcept override { return mDesc; }
+    bool hasOverflowed() const noexcept override { return false; }
+    void clear() noexcept override { mNbErrors = 0; }
+    bool reportError(nvinfer1::ErrorCode code, ErrorDesc desc) noexcept override
+    {
+        mCode = code;
+        std::snprintf(mDesc, sizeof(mDesc), "%s", desc);
+        ++mNbErrors;
+        return false;
+    }
+    RefCount incRefCount() noexcept override { return ++mRefs; }
+    RefCount decRefCount() noexcept override { return --mRefs; }
+
+    int32_t mNbErrors{0};
+    nvinfer1::ErrorCode mCode{nvinfer1::ErrorCode::kSUCCESS};
+    char mDesc[1024]{};
+    RefCount mRefs{0};
+};
+
+class Context : public nvinfer1::IPluginResourceContext
+{
+public:
+    explicit Context(nvinfer1::IErrorRecorder* recorder) : mRecorder(recorder) {}
+    nvinfer1::IGpuAllocator* getGpuAllocator() const noexcept override { return nullptr; }
+    nvinfer1::IErrorRecorder* getErrorRecorder() const noexcept override { return mRecorder; }
+
+private:
+    nvinfer1::IErrorRecorder* mRecorder;
+};
+
+#define CHECK(condition)                                                                                               \
+    if (!(condition))                                                                                                  \
+    {                                                                                                                  \
+        std::printf("FAILED line %d: %s\n", __LINE__, #condition);                                                    \
+        return 1;                                                                                                      \
+    }
+
+int main()
+{
+    int32_t nbCreators = -1;
+    gFailAllocations = true;
+    CHECK(getCreators(nbCreators) == nullptr && nbCreators == 0);
+    gFailAllocations = false;
+    nvinfer1::IPluginCreatorInterface* const* creators = getCreators(nbCreators);
+    CHECK(creators != nullptr && nbCreators == 1);
+    auto* creator = static_cast<nvinfer1::IPluginCreatorV3One*>(creators[0]);
+
+    float alpha = 0.5f;
+    nvinfer1::PluginField field(elunet::contract::kAlphaField, &alpha, nvinfer1::PluginFieldType::kFLOAT32, 1);
+    nvinfer1::PluginFieldCollection fc{1, &field};
+    gFailAllocations = true;
+    CHECK(creator->createPlugin("elu", &fc, nvinfer1::TensorRTPhase::kBUILD) == nullptr);
+    gFailAllocations = false;
+    nvinfer1::IPluginV3* plugin = creator->createPlugin("elu", &fc, nvinfer1::TensorRTPhase::kBUILD);
+    CHECK(plugin != nullptr);
+    auto* core = static_cast<elunet::EluPlugin*>(plugin);
+
+    gFailAllocations = true;
+    CHECK(core->clone() == nullptr);
+    gFailAllocations = false;
+
+    Recorder recorder;
+    Context context(&recorder);
+    auto* attached = static_cast<elunet::EluPlugin*>(core->attachToContext(&context));
+    CHECK(attached != nullptr && recorder.mRefs == 1);
+
+    gFailAllocations = true;
+    CHECK(attached->getFieldsToSerialize() == nullptr);
+    gFailAllocations = false;
+    CHECK(recorder.mNbErrors == 1 && recorder.mCode == nvinfer1::ErrorCode::kFAILED_ALLOCATION);
+    CHECK(std::strstr(recorder.mDesc, "EluPlugin::getFieldsToSerialize") != nullptr);
+    nvinfer1::PluginFieldCollection const* serialized = attached->getFieldsToSerialize();
+    CHECK(serialized != nullptr && serialized->nbFields == 1
+        && std::strcmp(serialized->fields[0].name, elunet::contract::kAlphaField) == 0);
+
+    // The stub launcher fails, so enqueue builds its message in a std::string.
+    nvinfer1::PluginTensorDesc desc{};
+    desc.dims.nbDims = 1;
+    desc.dims.d[0] = 4;
+    desc.type = nvinfer1::DataType::kFLOAT;
+    desc.format = nvinfer1::TensorFormat::kLINEAR;
+    float data[4]{};
+    void const* inputs[] = {data};
+    void* outputs[] = {data};
+    CHECK(attached->enqueue(&desc, &desc, inputs, outputs, nullptr, nullptr) == -1 && recorder.mNbErrors == 1);
+    gFailAllocations = true;
+    CHECK(attached->enqueue(&desc, &desc, inputs, outputs, nullptr, nullptr) == -1);
+    gFailAllocations = false;
+    CHECK(recorder.mNbErrors == 2 && std::strstr(recorder.mDesc, "EluPlugin::enqueue") != nullptr);
+
+    delete attached;
+    CHECK(recorder.mRefs == 0);
+    delete plugin;
+    std::printf("OK\n");
+    return 0;
+}
+"""
+
+
+@needs_cmake
+@needs_cxx
+def test_plugin_entry_points_catch_exceptions(tmp_path: Path) -> None:
+    trt_include, cuda_include = headers_or_skip()
+    header = generate_contract_header(tmp_path)
+    probe = tmp_path / "exception_probe.cpp"
+    probe.write_text(EXCEPTION_PROBE)
+    exe = tmp_path / "exception_probe"
+    # Stubs stand in for libnvinfer and the kernel, so this links and runs without either.
+    run([CXX, "-std=c++17", "-Wall", "-Wextra", "-Werror", "-Wno-deprecated-declarations", f"-I{ELU_DIR}",
+         f"-I{header.parent}", "-isystem", str(trt_include), "-isystem", str(cuda_include), str(probe),
+         str(ELU_DIR / "elu_plugin.cpp"), str(ELU_DIR / "plugin_entry_dynamic.cpp"), "-o", str(exe)])
+    done = subprocess.run([str(exe)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "OK", f"{done.stdout}\n{done.stderr}"
+    assert "caught exception: std::bad_alloc" in done.stderr, done.stderr

@@ -69,6 +69,32 @@ void logError(char const* message) noexcept
     }
 }
 
+void reportException(char const* where, std::exception const* e, nvinfer1::IErrorRecorder* recorder) noexcept
+{
+    // A buffer on the stack: the exception may be a bad_alloc.
+    char message[1024];
+    if (e != nullptr)
+    {
+        std::snprintf(message, sizeof(message), "%s: caught exception: %s", where, e->what());
+    }
+    else
+    {
+        std::snprintf(message, sizeof(message), "%s: caught an unknown exception", where);
+    }
+    if (recorder == nullptr)
+    {
+        nvinfer1::IPluginRegistry* registry = getPluginRegistry();
+        recorder = registry != nullptr ? registry->getErrorRecorder() : nullptr;
+    }
+    if (recorder != nullptr)
+    {
+        bool const outOfMemory = dynamic_cast<std::bad_alloc const*>(e) != nullptr;
+        recorder->reportError(
+            outOfMemory ? nvinfer1::ErrorCode::kFAILED_ALLOCATION : nvinfer1::ErrorCode::kINTERNAL_ERROR, message);
+    }
+    logError(message);
+}
+
 EluPlugin::EluPlugin(float alpha) noexcept
     : mAlpha(alpha)
 {
@@ -77,6 +103,14 @@ EluPlugin::EluPlugin(float alpha) noexcept
 EluPlugin::EluPlugin(EluPlugin const& other) noexcept
     : mAlpha(other.mAlpha)
 {
+}
+
+EluPlugin::~EluPlugin()
+{
+    if (mErrorRecorder != nullptr)
+    {
+        mErrorRecorder->decRefCount();
+    }
 }
 
 nvinfer1::IPluginCapability* EluPlugin::getCapabilityInterface(nvinfer1::PluginCapabilityType type) noexcept
@@ -92,7 +126,19 @@ nvinfer1::IPluginCapability* EluPlugin::getCapabilityInterface(nvinfer1::PluginC
 
 nvinfer1::IPluginV3* EluPlugin::clone() noexcept
 {
-    return new (std::nothrow) EluPlugin(*this);
+    try
+    {
+        return new EluPlugin(*this);
+    }
+    catch (std::exception const& e)
+    {
+        reportException("EluPlugin::clone", &e, mErrorRecorder);
+    }
+    catch (...)
+    {
+        reportException("EluPlugin::clone", nullptr, mErrorRecorder);
+    }
+    return nullptr;
 }
 
 char const* EluPlugin::getPluginName() const noexcept
@@ -182,26 +228,51 @@ int32_t EluPlugin::onShapeChange(nvinfer1::PluginTensorDesc const* in, int32_t n
 int32_t EluPlugin::enqueue(nvinfer1::PluginTensorDesc const* inputDesc, nvinfer1::PluginTensorDesc const* /*outputDesc*/,
     void const* const* inputs, void* const* outputs, void* /*workspace*/, cudaStream_t stream) noexcept
 {
-    int32_t const dtype = kernelDtype(inputDesc[0].type);
-    if (dtype < 0)
+    try
     {
-        logError("EluPlugin: unsupported data type at enqueue");
-        return -1;
+        int32_t const dtype = kernelDtype(inputDesc[0].type);
+        if (dtype < 0)
+        {
+            logError("EluPlugin: unsupported data type at enqueue");
+            return -1;
+        }
+        int const status
+            = elunet_elu_launch(inputs[0], outputs[0], volume(inputDesc[0].dims), dtype, mAlpha, stream);
+        if (status != 0)
+        {
+            std::string const message = "EluPlugin: kernel launch failed with cudaError " + std::to_string(status);
+            logError(message.c_str());
+            return -1;
+        }
+        return 0;
     }
-    int const status = elunet_elu_launch(inputs[0], outputs[0], volume(inputDesc[0].dims), dtype, mAlpha, stream);
-    if (status != 0)
+    catch (std::exception const& e)
     {
-        std::string const message = "EluPlugin: kernel launch failed with cudaError " + std::to_string(status);
-        logError(message.c_str());
-        return -1;
+        reportException("EluPlugin::enqueue", &e, mErrorRecorder);
     }
-    return 0;
+    catch (...)
+    {
+        reportException("EluPlugin::enqueue", nullptr, mErrorRecorder);
+    }
+    return -1;
 }
 
-nvinfer1::IPluginV3* EluPlugin::attachToContext(nvinfer1::IPluginResourceContext* /*context*/) noexcept
+nvinfer1::IPluginV3* EluPlugin::attachToContext(nvinfer1::IPluginResourceContext* context) noexcept
 {
-    // No per-context resources: each execution context gets its own copy.
-    return clone();
+    // No per-context resources: each execution context gets its own copy, which
+    // reports exceptions to that context's error recorder (TensorRT keeps the
+    // context's resources valid until it deletes the plugin; the reference
+    // count tells the recorder's owner that the plugin still holds it).
+    auto* plugin = static_cast<EluPlugin*>(clone());
+    if (plugin != nullptr && context != nullptr)
+    {
+        plugin->mErrorRecorder = context->getErrorRecorder();
+        if (plugin->mErrorRecorder != nullptr)
+        {
+            plugin->mErrorRecorder->incRefCount();
+        }
+    }
+    return plugin;
 }
 
 nvinfer1::PluginFieldCollection const* EluPlugin::getFieldsToSerialize() noexcept
@@ -210,14 +281,19 @@ nvinfer1::PluginFieldCollection const* EluPlugin::getFieldsToSerialize() noexcep
     {
         mSerialized.assign(
             {nvinfer1::PluginField(contract::kAlphaField, &mAlpha, nvinfer1::PluginFieldType::kFLOAT32, 1)});
+        mSerializedCollection.nbFields = static_cast<int32_t>(mSerialized.size());
+        mSerializedCollection.fields = mSerialized.data();
+        return &mSerializedCollection;
     }
-    catch (std::exception const&)
+    catch (std::exception const& e)
     {
-        return nullptr;
+        reportException("EluPlugin::getFieldsToSerialize", &e, mErrorRecorder);
     }
-    mSerializedCollection.nbFields = static_cast<int32_t>(mSerialized.size());
-    mSerializedCollection.fields = mSerialized.data();
-    return &mSerializedCollection;
+    catch (...)
+    {
+        reportException("EluPlugin::getFieldsToSerialize", nullptr, mErrorRecorder);
+    }
+    return nullptr;
 }
 
 EluPluginCreator::EluPluginCreator()
@@ -230,38 +306,50 @@ EluPluginCreator::EluPluginCreator()
 nvinfer1::IPluginV3* EluPluginCreator::createPlugin(
     char const* /*name*/, nvinfer1::PluginFieldCollection const* fc, nvinfer1::TensorRTPhase /*phase*/) noexcept
 {
-    // The same fields arrive at build time (from the ONNX node attributes) and
-    // at run time (from getFieldsToSerialize), so both phases parse alike.
-    bool found = false;
-    float alpha = 0.0f;
-    for (int32_t i = 0; fc != nullptr && i < fc->nbFields; ++i)
+    try
     {
-        nvinfer1::PluginField const& field = fc->fields[i];
-        if (field.name == nullptr || std::strcmp(field.name, contract::kAlphaField) != 0)
+        // The same fields arrive at build time (from the ONNX node attributes) and
+        // at run time (from getFieldsToSerialize), so both phases parse alike.
+        bool found = false;
+        float alpha = 0.0f;
+        for (int32_t i = 0; fc != nullptr && i < fc->nbFields; ++i)
         {
-            std::string const message = std::string("EluPlugin: unknown field '") + (field.name ? field.name : "")
-                + "'; expected only '" + contract::kAlphaField + "'";
+            nvinfer1::PluginField const& field = fc->fields[i];
+            if (field.name == nullptr || std::strcmp(field.name, contract::kAlphaField) != 0)
+            {
+                std::string const message = std::string("EluPlugin: unknown field '") + (field.name ? field.name : "")
+                    + "'; expected only '" + contract::kAlphaField + "'";
+                logError(message.c_str());
+                return nullptr;
+            }
+            if (field.type != nvinfer1::PluginFieldType::kFLOAT32 || field.length != 1 || field.data == nullptr)
+            {
+                std::string const message
+                    = std::string("EluPlugin: field '") + contract::kAlphaField + "' must be one float32";
+                logError(message.c_str());
+                return nullptr;
+            }
+            alpha = *static_cast<float const*>(field.data);
+            found = true;
+        }
+        if (!found || !std::isfinite(alpha))
+        {
+            std::string const message = std::string("EluPlugin: needs a finite float32 field '") + contract::kAlphaField
+                + "' (the ELU alpha); the exporter writes it as a node attribute";
             logError(message.c_str());
             return nullptr;
         }
-        if (field.type != nvinfer1::PluginFieldType::kFLOAT32 || field.length != 1 || field.data == nullptr)
-        {
-            std::string const message
-                = std::string("EluPlugin: field '") + contract::kAlphaField + "' must be one float32";
-            logError(message.c_str());
-            return nullptr;
-        }
-        alpha = *static_cast<float const*>(field.data);
-        found = true;
+        return new EluPlugin(alpha);
     }
-    if (!found || !std::isfinite(alpha))
+    catch (std::exception const& e)
     {
-        std::string const message = std::string("EluPlugin: needs a finite float32 field '") + contract::kAlphaField
-            + "' (the ELU alpha); the exporter writes it as a node attribute";
-        logError(message.c_str());
-        return nullptr;
+        reportException("EluPluginCreator::createPlugin", &e);
     }
-    return new (std::nothrow) EluPlugin(alpha);
+    catch (...)
+    {
+        reportException("EluPluginCreator::createPlugin", nullptr);
+    }
+    return nullptr;
 }
 
 nvinfer1::PluginFieldCollection const* EluPluginCreator::getFieldNames() noexcept

@@ -8,6 +8,7 @@
 #include <NvInferRuntime.h>
 
 #include <cstdint>
+#include <exception>
 #include <vector>
 
 namespace elunet
@@ -22,7 +23,7 @@ public:
     explicit EluPlugin(float alpha) noexcept;
     EluPlugin(EluPlugin const& other) noexcept;
     EluPlugin& operator=(EluPlugin const&) = delete;
-    ~EluPlugin() override = default;
+    ~EluPlugin() override;
 
     // IPluginV3
     nvinfer1::IPluginCapability* getCapabilityInterface(nvinfer1::PluginCapabilityType type) noexcept override;
@@ -57,6 +58,9 @@ public:
 
 private:
     float mAlpha;
+    // The execution context's error recorder, set (and incRefCount'ed) by
+    // attachToContext; nullptr in other plugins, clones included.
+    nvinfer1::IErrorRecorder* mErrorRecorder{nullptr};
     // What getFieldsToSerialize hands out; it points into this object.
     std::vector<nvinfer1::PluginField> mSerialized;
     nvinfer1::PluginFieldCollection mSerializedCollection{};
@@ -83,5 +87,13 @@ private:
 // dynamically (setLoggerFinder), standard error otherwise.
 void setLoggerFinder(nvinfer1::ILoggerFinder* finder) noexcept;
 void logError(char const* message) noexcept;
+
+// What every catch block of a noexcept entry point calls, so that no exception
+// reaches TensorRT (it would std::terminate the process): reports "where: what"
+// (e is nullptr for an exception not derived from std::exception) to `recorder`,
+// or, without one, to the plugin registry's error recorder if one is set, and
+// always through logError. Allocates nothing, so it also works for bad_alloc.
+void reportException(
+    char const* where, std::exception const* e, nvinfer1::IErrorRecorder* recorder = nullptr) noexcept;
 
 } // namespace elunet

@@ -8,15 +8,31 @@
 // that, in the other library).
 #include "elu_plugin.h"
 
-extern "C" TENSORRTAPI void setLoggerFinder(nvinfer1::ILoggerFinder* finder)
+extern "C" TENSORRTAPI void setLoggerFinder(nvinfer1::ILoggerFinder* finder) noexcept
 {
     elunet::setLoggerFinder(finder);
 }
 
-extern "C" TENSORRTAPI nvinfer1::IPluginCreatorInterface* const* getCreators(int32_t& nbCreators)
+// TensorRT calls this from noexcept code, so nothing may escape: if making the
+// creator throws (bad_alloc), this reports it and returns no creators; the
+// static is then made again on the next call.
+extern "C" TENSORRTAPI nvinfer1::IPluginCreatorInterface* const* getCreators(int32_t& nbCreators) noexcept
 {
-    static elunet::EluPluginCreator creator;
-    static nvinfer1::IPluginCreatorInterface* const creators[] = {&creator};
-    nbCreators = static_cast<int32_t>(sizeof(creators) / sizeof(creators[0]));
-    return creators;
+    nbCreators = 0;
+    try
+    {
+        static elunet::EluPluginCreator creator;
+        static nvinfer1::IPluginCreatorInterface* const creators[] = {&creator};
+        nbCreators = static_cast<int32_t>(sizeof(creators) / sizeof(creators[0]));
+        return creators;
+    }
+    catch (std::exception const& e)
+    {
+        elunet::reportException("getCreators", &e);
+    }
+    catch (...)
+    {
+        elunet::reportException("getCreators", nullptr);
+    }
+    return nullptr;
 }

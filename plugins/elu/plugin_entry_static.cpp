@@ -7,17 +7,35 @@
 // so the registrar passes the creator's own namespace.
 #include "elu_plugin.h"
 
+#include <memory>
+
 namespace
 {
 
+// Runs while the library is opened: an exception escaping it would
+// std::terminate the process, so the creator is made inside the try (a member
+// constructed before the body could not be caught there) and a failure is
+// reported, leaving the plugin unregistered.
 struct EluPluginRegistrar
 {
-    EluPluginRegistrar()
+    EluPluginRegistrar() noexcept
     {
-        getPluginRegistry()->registerCreator(creator, creator.getPluginNamespace());
+        try
+        {
+            creator = std::make_unique<elunet::EluPluginCreator>();
+            getPluginRegistry()->registerCreator(*creator, creator->getPluginNamespace());
+        }
+        catch (std::exception const& e)
+        {
+            elunet::reportException("EluPluginRegistrar", &e);
+        }
+        catch (...)
+        {
+            elunet::reportException("EluPluginRegistrar", nullptr);
+        }
     }
 
-    elunet::EluPluginCreator creator;
+    std::unique_ptr<elunet::EluPluginCreator> creator;
 };
 
 EluPluginRegistrar const gRegistrar;
