@@ -3,8 +3,8 @@
 N clients each send one binary V2 request of one image, wait for the answer,
 and send the next (closed loop). One run measures:
 
-  (a) raw:       the backend in-process, no HTTP, opened and driven like the server's (one
-                 thread per worker) at the batch size the server formed in (b), and at batch 1
+  (a) raw:       the engine in-process, no HTTP, opened and driven like the server's (one
+                 thread per instance) at the batch size the server formed in (b), and at batch 1
                  (raw(b)/raw(1) is the most batching can gain on compute alone)
   (b) batched:   the server with dynamic batching (--max-batch-size)
   (c) unbatched: the same server with max batch size 1
@@ -40,7 +40,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from fixtures_serve import ServerProcess, binary_infer_body  # noqa: E402  (the tests' launcher: one copy)
 
+from elunet.model_config import DEFAULT_MAX_QUEUE_DELAY_US  # noqa: E402
 from elunet.repository import ModelRepository  # noqa: E402
+from elunet.serve.settings import DEFAULT_INSTANCES  # noqa: E402
 
 # What each architecture trains on (input shape, dataset, normalization) when the benchmark makes the model.
 ARCHITECTURES = {
@@ -135,34 +137,57 @@ def closed_loop(url: str, model: str, image: np.ndarray, clients: int, warmup_s:
     return Load(len(done) / duration_s, done, images / batches if batches else float("nan"), sum(errors))
 
 
-def raw_backend(version_dir: Path, backend: str, device: str, batch: int, image: np.ndarray, duration_s: float, workers: int) -> Load:
-    """The backend alone, opened as the server opens it, driven by ``workers`` threads like the server's."""
-    from elunet.serve.backends import open_backend
-    from elunet.serve.models import cpu_threads_per_worker
+def set_scheduling(repository: Path, name: str, *, max_batch_size: int | None = None, instances: int | None = None,
+                   delay_us: int | None = None) -> None:
+    """Rewrite the model's config.pbtxt, as a user tunes a model (it overrides the server's options)."""
+    from elunet.model_config import config_text, model_config_pb2, read_config
+    from elunet.repository import CONFIG_FILE
+
+    path = repository / name / CONFIG_FILE
+    config = read_config(path) if path.is_file() else model_config_pb2().ModelConfig(name=name)  # e.g. a checkpoint-only model
+    config.dynamic_batching.SetInParent()
+    if max_batch_size is not None:
+        config.max_batch_size = max_batch_size
+    if instances is not None:
+        del config.instance_group[:]
+        config.instance_group.add(count=instances)
+    if delay_us is not None:
+        config.dynamic_batching.max_queue_delay_microseconds = delay_us
+    path.write_text(config_text(config))
+
+
+def raw_engine(version_dir: Path, backend: str, device: str, batch: int, image: np.ndarray, duration_s: float, instances: int) -> Load:
+    """The engine alone, opened as the server opens it, each instance driven by its own thread like the server's."""
+    from elunet.runtime import open_engine
+    from elunet.runtime.choose import choose_engine
+    from elunet.runtime.cpus import threads_per_instance
 
     repository = ModelRepository(version_dir.parent.parent)
     version = repository.get(version_dir.parent.name, int(version_dir.name))
-    model = open_backend(version, backend, device, batch, cpu_threads_per_worker(workers))
+    choice = choose_engine(version, backend, device)
+    engine = open_engine(choice.kind, choice.path, device=choice.device, cpu_threads=threads_per_instance(instances), max_batch_size=batch)
+    models = [engine.create_instance() for _ in range(instances)]
     x = np.repeat(image[None], batch, axis=0)
-    for _ in range(3):
-        model.infer(x)
-    latencies: list[list[float]] = [[] for _ in range(workers)]
+    for model in models:
+        for _ in range(3):
+            model.infer(x)
+    latencies: list[list[float]] = [[] for _ in range(instances)]
     t_end = time.monotonic() + duration_s
 
     def worker(k: int) -> None:
         while time.monotonic() < t_end:
             t0 = time.monotonic()
-            model.infer(x)
+            models[k].infer(x)
             latencies[k].append((time.monotonic() - t0) * 1000)
 
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(workers)]
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(instances)]
     t0 = time.monotonic()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     elapsed = time.monotonic() - t0
-    model.close()
+    engine.close()
     done = np.concatenate([np.array(per) for per in latencies])
     return Load(batch * len(done) / elapsed, done, float(batch), 0)
 
@@ -173,8 +198,8 @@ def main() -> int:
     parser.add_argument("--repository", type=Path, help="an existing model repository (default: export a fresh network)")
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--max-batch-size", type=int, default=64)
-    parser.add_argument("--max-queue-delay-ms", type=float, default=2.0)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--max-queue-delay-ms", type=float, default=DEFAULT_MAX_QUEUE_DELAY_US / 1000)
+    parser.add_argument("--instances", type=int, default=DEFAULT_INSTANCES, help="model instances (config.pbtxt instance_group)")
     parser.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "torch", "tensorrt"])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of load before measuring")
@@ -187,30 +212,31 @@ def main() -> int:
         version = ModelRepository(repository).get(args.model)
         card = version.card
         image = np.random.default_rng(0).random(card.input_shape, dtype=np.float32)
-        common = dict(backend=args.backend, device=args.device, max_queue_delay_ms=args.max_queue_delay_ms, workers=args.workers,
-                      max_queue_size=max(1024, 4 * args.clients))
+        common = dict(backend=args.backend, device=args.device, max_queue_size=max(1024, 4 * args.clients))
         results = {}
         raw_runs = []
         # Raw runs right after each server phase, averaged: on a shared host the load of other
         # processes drifts, and (a) must see the same conditions as (b).
         for phase, max_batch in (("batched", args.max_batch_size), ("unbatched", 1)):
-            server = ServerProcess(repository, tmp / f"{phase}.log", max_batch_size=max_batch, **common).wait_ready(300)
+            set_scheduling(repository, args.model, max_batch_size=max_batch, instances=args.instances,
+                           delay_us=round(args.max_queue_delay_ms * 1000))
+            server = ServerProcess(repository, tmp / f"{phase}.log", **common).wait_ready(300)
             try:
                 results[phase] = closed_loop(server.url, args.model, image, args.clients, args.warmup, args.duration)
             finally:
                 server.stop()
             formed = max(1, round(results["batched"].mean_batch))
-            raw_runs.append(raw_backend(version.path, args.backend, args.device, formed, image, args.duration / 2, args.workers))
-        results["raw1"] = raw_backend(version.path, args.backend, args.device, 1, image, args.duration / 2, args.workers)
+            raw_runs.append(raw_engine(version.path, args.backend, args.device, formed, image, args.duration / 2, args.instances))
+        results["raw1"] = raw_engine(version.path, args.backend, args.device, 1, image, args.duration / 2, args.instances)
         results["raw"] = Load(
             float(np.mean([r.images_per_s for r in raw_runs])), np.concatenate([r.latencies_ms for r in raw_runs]), float(formed), 0
         )
 
     print(f"\nmodel {args.model} ({card.architecture}, input {card.input_shape}), backend {args.backend} on {args.device}, "
-          f"{args.clients} clients, 1 image per request, max queue delay {args.max_queue_delay_ms:g} ms, {args.workers} worker(s)")
+          f"{args.clients} clients, 1 image per request, max queue delay {args.max_queue_delay_ms:g} ms, {args.instances} instance(s)")
     print(f"{'phase':<26}{'images/s':>10}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'mean batch':>11}{'errors':>8}")
-    print(results["raw"].row(f"(a) raw backend, batch {formed}") + f"   (runs: {', '.join(f'{r.images_per_s:.1f}' for r in raw_runs)})")
-    print(results["raw1"].row("(a) raw backend, batch 1"))
+    print(results["raw"].row(f"(a) raw engine, batch {formed}") + f"   (runs: {', '.join(f'{r.images_per_s:.1f}' for r in raw_runs)})")
+    print(results["raw1"].row("(a) raw engine, batch 1"))
     print(results["batched"].row(f"(b) server, max batch {args.max_batch_size}"))
     print(results["unbatched"].row("(c) server, max batch 1"))
     served_raw = results["batched"].images_per_s / results["raw"].images_per_s

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from elunet.contracts import INPUT_LAYOUT, INPUT_RANGE, MODEL_NAME_RE, MODEL_NAME_RULE
 from elunet.errors import ElunetError
+from elunet.files import write_atomic
 
 CARD_FORMAT = 1
 CARD_FILE = "card.json"
@@ -108,14 +109,4 @@ class ModelCard(_Strict):
         if not path.is_file():
             raise ElunetError(f"no model card at {path}", hint="point at a checkpoint or model-repository folder that holds card.json")
         return cls.from_json(path.read_text(), source=str(path))
-
-
-def write_atomic(path: Path, data: str | bytes) -> None:
-    """Write a file so that readers see either the old or the whole new content."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    if isinstance(data, str):
-        tmp.write_text(data)
-    else:
-        tmp.write_bytes(data)
-    tmp.replace(path)
 

@@ -12,9 +12,9 @@ from typing import Literal, Optional
 import typer
 
 from elunet.export.parity import DEFAULT_BATCH, DEFAULT_IMAGES, DEFAULT_TOLERANCES, ODD_BATCH
-from elunet.export.runners import BACKENDS, DEFAULT_BACKEND, DEVICES
 from elunet.export.settings import DEFAULT_OPSET, DTYPES, ELU_MODES, EXPORTERS, IO_DTYPE, OPSET_RANGE, ExportSettings
-from elunet.export.triton_config import DEFAULT_MAX_BATCH_SIZE
+from elunet.export.verify import BACKENDS, DEFAULT_BACKEND, DEVICES
+from elunet.model_config import DEFAULT_MAX_BATCH_SIZE
 from elunet.repository import PARITY_FILE
 
 PARITY_EXIT_CODE = 1  # over tolerance; elunet exits 2 for usage errors

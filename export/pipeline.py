@@ -39,7 +39,7 @@ from elunet.export.parity import DEFAULT_IMAGES
 from elunet.export.repository_writer import stage_version
 from elunet.export.settings import IO_DTYPE, ExportSettings
 from elunet.export.to_onnx import torch_to_onnx
-from elunet.export.triton_config import DEFAULT_MAX_BATCH_SIZE
+from elunet.model_config import DEFAULT_MAX_BATCH_SIZE
 from elunet.export.verify import ParityReport, verify_model
 
 PLATFORM = "onnxruntime_onnx"

@@ -26,10 +26,11 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from elunet.card import CARD_FILE, ModelCard, write_atomic
+from elunet.card import CARD_FILE, ModelCard
+from elunet.files import sha256_file, write_atomic
 from elunet.errors import ElunetError
 from elunet.repository import CONFIG_FILE, LABELS_FILE, MODEL_FILES, PARITY_FILE, ModelRepository, ModelVersion
-from elunet.export.triton_config import DEFAULT_MAX_BATCH_SIZE, labels_text, triton_config
+from elunet.model_config import DEFAULT_MAX_BATCH_SIZE, build_config, config_text, labels_text
 
 
 @dataclass
@@ -50,7 +51,7 @@ class StagedVersion:
 
         Call it early (before a long export) to fail fast; publish calls it again.
         """
-        config = triton_config(card, name=self.name, platform=platform, max_batch_size=max_batch_size, io_dtype=io_dtype)
+        config = config_text(build_config(card, name=self.name, platform=platform, max_batch_size=max_batch_size, io_dtype=io_dtype))
         labels = labels_text(card)
         # Both hold for every version of the model: never let a new version silently change
         # them under the versions already there.
@@ -102,7 +103,6 @@ class StagedVersion:
 def check_parity_gate(folder: Path, card: ModelCard, model_file: Path) -> None:
     """Refuse a model whose card claims a parity it has no valid certificate for."""
     from elunet.export.verify import ParityReport
-    from elunet.train.checkpoint import sha256_file
 
     claim = card.export.parity if card.export else None
     if claim == "skipped":

@@ -1,8 +1,9 @@
 """`elunet verify`: compare an exported model with the checkpoint it came from.
 
-The PyTorch network of the checkpoint is the reference; the runner under
-test executes the ONNX file (ONNX Runtime, or TensorRT through the plugins
-stage). Both see the same inputs (parity.py). The result is a parity
+The PyTorch network of the checkpoint is the reference; the model under test
+runs on the engine that serves it (elunet.runtime: ONNX Runtime, or TensorRT),
+opened exactly as `elunet serve` opens it, so the code that earns the
+certificate is the code that serves. Both see the same inputs (parity.py). The result is a parity
 certificate, ``parity.json``, bound to the exact bytes of the model (its
 sha256) and of the checkpoint's weights, so a certificate can never vouch
 for a file that changed after it was verified.
@@ -18,11 +19,17 @@ from pathlib import Path
 
 import numpy as np
 
-from elunet.card import ModelCard, write_atomic
+from elunet.card import ModelCard
+from elunet.files import sha256_file, write_atomic
 from elunet.contracts import OUTPUT_NAME
 from elunet.errors import ElunetError
 from elunet.export.parity import DEFAULT_BATCH, DEFAULT_IMAGES, Tolerance, finite_or_text, parity_inputs, run_set, set_to_json
-from elunet.export.runners import DEFAULT_BACKEND, TorchRunner, open_runner
+from elunet.runtime import open_engine
+
+# What `elunet verify` (and `elunet export` before publishing) runs the model under test on.
+DEFAULT_BACKEND = "onnxruntime"
+BACKENDS = (DEFAULT_BACKEND, "tensorrt")
+DEVICES = ("auto", "cpu", "cuda")
 
 PARITY_FORMAT = 1
 
@@ -111,7 +118,6 @@ def verify_model(
     from tqdm import tqdm
 
     from elunet.export.card_metadata import card_from_onnx
-    from elunet.train.checkpoint import sha256_file
 
     model_path = Path(model_path)
     card = model_card or card_from_onnx(model_path)
@@ -120,13 +126,13 @@ def verify_model(
     tol = tolerance or Tolerance.for_dtype(dtype)
     pixels, targets = real_test_pixels(checkpoint.card, images, data_dir)
     sets = parity_inputs(checkpoint.card, pixels, batch_size)
-    reference = TorchRunner(checkpoint.model)
     largest = max(len(b) for s in sets for b in s.batches)
     results = []
     total = sum(len(b) for s in sets for b in s.batches)
-    with open_runner(backend, model_path, device=device, max_batch_size=largest) as runner, tqdm(
-        total=total, desc="verify", unit="image", disable=not sys.stderr.isatty(), leave=False
-    ) as bar:
+    with open_engine("torch", checkpoint.path, device="cpu") as reference_engine, open_engine(
+        backend, model_path, device=device, max_batch_size=largest
+    ) as engine, tqdm(total=total, desc="verify", unit="image", disable=not sys.stderr.isatty(), leave=False) as bar:
+        reference, runner = reference_engine.create_instance(), engine.create_instance()
         for inputs in sets:
             result, ref, act = run_set(reference, runner, inputs, tol, progress=bar.update)
             results.append(result)

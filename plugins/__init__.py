@@ -4,7 +4,7 @@
 - ``library``: finding and loading the compiled plugin library into TensorRT;
 - ``python_plugin``: the same plugin through ``tensorrt.plugin``, no compiler needed;
 - ``engine_builder``: `elunet build-engine` (ONNX -> model.plan in the model repository);
-- ``tensorrt_runner``: running an engine with cuda-python, no PyTorch.
+- running an engine is elunet.runtime's (``tensorrt_engine``), shared with ONNX Runtime and torch.
 
 TensorRT and cuda-python are imported only when used.
 """

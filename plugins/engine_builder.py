@@ -154,7 +154,7 @@ def build_engine(onnx_path: Path, options: EngineOptions, log=print) -> BuiltEng
                           hint="a larger --workspace or a smaller --max-batch may help")
     plan = bytes(plan)
     if options.timing_cache is not None:
-        from elunet.card import write_atomic
+        from elunet.files import write_atomic
 
         write_atomic(options.timing_cache, bytes(config.get_timing_cache().serialize()))
 

@@ -3,7 +3,7 @@
 ``REPOSITORY/NAME/VERSION/{model.plan, card.json[, parity.json]}`` and
 ``REPOSITORY/NAME/{config.pbtxt (platform tensorrt_plan), labels.txt}``:
 staged, checked and renamed into place by elunet.export.repository_writer,
-config.pbtxt written by elunet.export.triton_config (one writer for both
+config.pbtxt written by elunet.model_config (one writer for both
 platforms). A Triton model has one platform, so the engine is its own model
 (default name ``<card name>-trt``) next to the ONNX one.
 

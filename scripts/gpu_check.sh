@@ -59,11 +59,11 @@ timeout 180 "$PY" "$ROOT/benchmarks/elu_kernel_bandwidth.py" --log2-elements 28 
 
 # ==== SERVING: torch-CUDA backend check (added by the serving stage) ====
 section "serving: torch backend on CUDA (parity vs the CPU reference, served throughput)"
-SERVE_DEPS="fastapi uvicorn pydantic prometheus-client pillow python-multipart typer safetensors"
-if ! "$PY" -c 'import fastapi, uvicorn, pydantic, prometheus_client, PIL, multipart, typer, safetensors' 2>/dev/null && [ -d "$WHEELHOUSE" ]; then
+SERVE_DEPS="fastapi uvicorn pydantic prometheus-client pillow python-multipart typer safetensors tritonclient grpcio protobuf"
+if ! "$PY" -c 'import fastapi, uvicorn, pydantic, prometheus_client, PIL, multipart, typer, safetensors, tritonclient.grpc' 2>/dev/null && [ -d "$WHEELHOUSE" ]; then
   "$PY" -m pip install -q --no-index --find-links "$WHEELHOUSE" $SERVE_DEPS || true
 fi
-if "$PY" -c 'import fastapi, uvicorn, pydantic, prometheus_client, PIL, multipart, typer, safetensors' 2>/dev/null; then
+if "$PY" -c 'import fastapi, uvicorn, pydantic, prometheus_client, PIL, multipart, typer, safetensors, tritonclient.grpc' 2>/dev/null; then
   timeout 360 "$PY" "$ROOT/benchmarks/serve_gpu_check.py" --duration 8 || fail "serving: torch-CUDA parity or throughput"
 else
   fail "serving: needs $SERVE_DEPS (carry wheels: pip download -d .gpu-wheels $SERVE_DEPS)"

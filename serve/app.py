@@ -24,8 +24,9 @@ from starlette.exceptions import HTTPException
 
 import elunet
 from elunet.contracts import INPUT_NAME, OUTPUT_NAME
+from elunet.serve.decoding import Decoder
 from elunet.serve.errors import ServeError, bad_request
-from elunet.serve.images import image_pixels, softmax
+from elunet.serve.images import images_pixels, softmax
 from elunet.serve.metrics import ServeMetrics
 from elunet.serve.middleware import AccessLog, ApiKey, BodyLimit
 from elunet.serve.models import READY, ModelRegistry, ServedModel
@@ -44,7 +45,7 @@ from elunet.serve.protocol import (
     TensorMetadata,
 )
 from elunet.serve.settings import ServeSettings
-from elunet.serve.tensors import input_pixels, read_request, response_body
+from elunet.serve.tensors import decode_infer, requested_timeout_us, response_body
 
 log = logging.getLogger("elunet.serve")
 
@@ -56,16 +57,19 @@ _ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 415, 
 def create_app(settings: ServeSettings) -> FastAPI:
     metrics = ServeMetrics()
     registry = ModelRegistry(settings, metrics)
+    decoder = Decoder()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         loading = asyncio.create_task(registry.load_all())
+        await decoder.start()
         try:
             yield
         finally:
             # Reached after the server stopped accepting and in-flight requests were answered.
             await loading
             await registry.close()
+            decoder.close()
 
     app = FastAPI(
         title="elunet serving",
@@ -78,8 +82,8 @@ def create_app(settings: ServeSettings) -> FastAPI:
     app.state.metrics = metrics
     app.state.draining = False
     _install_error_handlers(app)
-    _add_v2_routes(app, registry, settings)
-    _add_v1_routes(app, registry, settings)
+    _add_v2_routes(app, registry, settings, decoder)
+    _add_v1_routes(app, registry, settings, decoder)
 
     @app.get("/metrics", tags=["operations"], response_class=Response)
     async def prometheus_metrics() -> Response:
@@ -98,7 +102,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
 # --- V2 ---------------------------------------------------------------------------------
 
 
-def _add_v2_routes(app: FastAPI, registry: ModelRegistry, settings: ServeSettings) -> None:
+def _add_v2_routes(app: FastAPI, registry: ModelRegistry, settings: ServeSettings, decoder: Decoder) -> None:
     @app.get("/v2", response_model=ServerMetadata, tags=["v2"])
     async def server_metadata() -> ServerMetadata:
         return ServerMetadata(name=SERVER_NAME, version=elunet.__version__, extensions=EXTENSIONS)
@@ -122,13 +126,19 @@ def _add_v2_routes(app: FastAPI, registry: ModelRegistry, settings: ServeSetting
 
     async def metadata(request: Request, model: str, version: str | None = None) -> ModelMetadata:
         served = registry.resolve(model, version)
-        backend = served.backend
+        engine = served.engine
+        if engine is None:  # not loaded (yet): what the card says
+            inputs = [TensorMetadata(name=INPUT_NAME, datatype=OUTPUT_DATATYPE, shape=[-1, *served.card.input_shape])]
+            outputs = [TensorMetadata(name=OUTPUT_NAME, datatype=OUTPUT_DATATYPE, shape=[-1, served.card.num_classes])]
+        else:
+            inputs = [TensorMetadata(name=engine.input.name, datatype=engine.input.datatype, shape=[-1, *engine.input.dims])]
+            outputs = [TensorMetadata(name=engine.output.name, datatype=engine.output.datatype, shape=[-1, *engine.output.dims])]
         return ModelMetadata(
             name=served.name,
             versions=[str(v) for v in sorted(registry.models[served.name])],
-            platform=f"{backend.kind}:{backend.detail}" if backend else "loading",
-            inputs=[TensorMetadata(name=INPUT_NAME, datatype=backend.datatype if backend else "FP32", shape=[-1, *served.card.input_shape])],
-            outputs=[TensorMetadata(name=OUTPUT_NAME, datatype=OUTPUT_DATATYPE, shape=[-1, served.card.num_classes])],
+            platform=f"{engine.kind}:{engine.name}" if engine else "loading",
+            inputs=inputs,
+            outputs=outputs,
         )
 
     async def ready(request: Request, model: str, version: str | None = None) -> dict:
@@ -142,12 +152,14 @@ def _add_v2_routes(app: FastAPI, registry: ModelRegistry, settings: ServeSetting
         started = time.perf_counter()
         try:
             body = await request.body()
-            parsed, binary = read_request(
-                body, request.headers.get("inference-header-content-length"), request.headers.get("content-encoding"), settings.max_body_bytes
+            # Only raw binary tensors decode without holding the interpreter lock (serve/decoding.py).
+            raw = request.headers.get("inference-header-content-length") is not None and not request.headers.get("content-encoding")
+            parsed, pixels = await decoder.run(
+                len(body), not raw, decode_infer, body, request.headers.get("inference-header-content-length"),
+                request.headers.get("content-encoding"), settings.max_body_bytes, served.card.input_shape,
             )
-            pixels = input_pixels(parsed, binary, served.card.input_shape)
-            logits = await served.predict(pixels, _timeout(parsed, settings))
-            content, headers = response_body(parsed, served.name, served.version, logits)
+            logits = await served.predict(pixels, served.timeout(requested_timeout_us(parsed), settings.request_timeout_s))
+            content, headers = await decoder.run(logits.size * 8, True, response_body, parsed, served.name, served.version, logits)
         except ServeError as exc:
             served.metrics.failed(exc.reason, time.perf_counter() - started)
             raise
@@ -177,18 +189,10 @@ def _add_model_routes(app: FastAPI, prefix: str, suffix: str, handler, **route) 
         app.add_api_route(path, endpoint, **route)
 
 
-def _timeout(request: InferenceRequest, settings: ServeSettings) -> float:
-    """The server's request timeout, shortened by Triton's per-request ``timeout`` parameter (microseconds)."""
-    wanted = (request.parameters or {}).get("timeout")
-    if isinstance(wanted, (int, float)) and not isinstance(wanted, bool) and wanted > 0:
-        return min(settings.request_timeout_s, wanted / 1e6)
-    return settings.request_timeout_s
-
-
 # --- V1 classify ------------------------------------------------------------------------
 
 
-def _add_v1_routes(app: FastAPI, registry: ModelRegistry, settings: ServeSettings) -> None:
+def _add_v1_routes(app: FastAPI, registry: ModelRegistry, settings: ServeSettings, decoder: Decoder) -> None:
     async def classify(request: Request, model: str, version: str | None = None) -> ClassifyResponse:
         """Top-k labels with probabilities for one or many images.
 
@@ -201,8 +205,9 @@ def _add_v1_routes(app: FastAPI, registry: ModelRegistry, settings: ServeSetting
         started = time.perf_counter()
         try:
             named_images, top_k = await _read_images(request)
-            pixels = np.stack([image_pixels(data, served.card.preprocessing, name) for name, data in named_images])
-            logits = await served.predict(pixels, settings.request_timeout_s)
+            size = sum(len(data) for _, data in named_images)
+            pixels = await decoder.run(size, True, images_pixels, named_images, served.card.preprocessing)
+            logits = await served.predict(pixels, served.timeout(None, settings.request_timeout_s))
         except ServeError as exc:
             served.metrics.failed(exc.reason, time.perf_counter() - started)
             raise

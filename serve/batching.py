@@ -1,17 +1,25 @@
-"""Dynamic batching, kept apart from any model code.
+"""Dynamic batching over a model's instances, kept apart from any model code.
 
-Each served model owns one ``DynamicBatcher``. Requests (one or several images
-each) wait in a queue; a batch leaves when it holds ``max_batch_size`` images
-or when its oldest request has waited ``max_queue_delay``. Requests are
-concatenated into one array, computed in a worker thread (so the event loop
-keeps answering health checks and accepting requests), and the result rows are
-split back to their requests. A request never straddles two batches unless it
-alone is larger than the maximum, in which case it is cut into chunks that are
-queued together.
+Each served model version owns one ``DynamicBatcher`` and its instances
+(elunet.runtime.Instance). Requests (one or several images each) wait in a
+queue. Whenever an instance is free, a batch is formed from the oldest
+requests, Triton's way:
 
-A batch is formed only when a worker thread is free: while all workers are
-busy, requests accumulate, so batches grow with load instead of piling up
-behind the workers.
+- a batch never exceeds ``max_batch_size`` images, and a request is never
+  split across batches unless it alone is larger, when it is cut into chunks
+  that are queued together;
+- a batch that is full (the next request would not fit) leaves at once; so
+  does the largest batch of one of the ``preferred_batch_sizes`` that the
+  waiting requests can make;
+- otherwise the batch waits for more requests until its oldest request has
+  waited ``max_queue_delay``, then leaves with what there is;
+- without dynamic batching (``dynamic=False``, a config.pbtxt with no
+  ``dynamic_batching``) every request is its own batch.
+
+The batch is computed on that one instance in a worker thread (the event loop
+keeps answering), and the instance goes back to the free list only when it is
+done: no instance ever computes two batches at once. While every instance is
+busy, requests accumulate, so batches grow with load.
 """
 
 from __future__ import annotations
@@ -22,10 +30,11 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Protocol, Sequence
 
 import numpy as np
 
+from elunet.runtime import Instance
 from elunet.serve.errors import ServeError
 
 log = logging.getLogger("elunet.serve")
@@ -34,15 +43,17 @@ log = logging.getLogger("elunet.serve")
 class BatchObserver(Protocol):
     """What the batcher reports (implemented by the Prometheus metrics)."""
 
-    def queue_depth(self, images: int) -> None: ...
+    def queue_depth(self, requests: int) -> None: ...
 
     def queued(self, seconds: float) -> None: ...
 
     def computed(self, batch_size: int, seconds: float) -> None: ...
 
+    def instance_ran(self, instance: Instance) -> None: ...
+
 
 class BackendFailure(Exception):
-    """The backend raised while computing a batch; every request of that batch fails with it."""
+    """The engine raised while computing a batch; every request of that batch fails with it."""
 
 
 @dataclass
@@ -50,31 +61,39 @@ class _Item:
     inputs: np.ndarray
     future: asyncio.Future
     enqueued: float = field(default_factory=time.monotonic)
-    # Whether its images still count towards the queue depth.
+    # Whether it still counts towards the queue size (the first chunk of a request counts for it).
     counted: bool = True
 
 
 class DynamicBatcher:
     def __init__(
         self,
-        infer: Callable[[np.ndarray], np.ndarray],
+        instances: Sequence[Instance],
         *,
         max_batch_size: int,
         max_queue_delay_s: float,
-        max_queue_size: int,
-        workers: int = 1,
+        max_queue_size: int = 0,
+        preferred_batch_sizes: Sequence[int] = (),
+        dynamic: bool = True,
         observer: BatchObserver | None = None,
         name: str = "model",
     ):
-        self._infer = infer
+        """``max_queue_size``: requests that may wait (0: no limit), as Triton's queue policy counts them."""
+        if not instances:
+            raise ValueError("a batcher needs at least one instance")
+        self.instances = list(instances)
         self.max_batch_size = max_batch_size
         self._delay = max_queue_delay_s
         self._max_queue = max_queue_size
+        self._preferred = frozenset(n for n in preferred_batch_sizes if 0 < n <= max_batch_size)
+        self._dynamic = dynamic
         self._observer = observer
-        self._executor = ThreadPoolExecutor(workers, thread_name_prefix=f"infer-{name}")
-        self._slots = asyncio.Semaphore(workers)
+        self._executor = ThreadPoolExecutor(len(self.instances), thread_name_prefix=f"infer-{name}")
+        self._free: asyncio.Queue[Instance] = asyncio.Queue()
+        for instance in self.instances:
+            self._free.put_nowait(instance)
         self._pending: deque[_Item] = deque()
-        self._pending_images = 0
+        self._pending_requests = 0
         self._wakeup = asyncio.Event()
         self._running: set[asyncio.Task] = set()
         self._closing = False
@@ -82,26 +101,26 @@ class DynamicBatcher:
 
     @property
     def depth(self) -> int:
-        """Images waiting (not yet in a batch)."""
-        return self._pending_images
+        """Requests waiting (not yet in a batch)."""
+        return self._pending_requests
 
     async def submit(self, inputs: np.ndarray) -> np.ndarray:
-        """Queue ``inputs`` [n, ...]; return the backend's output rows for exactly these inputs."""
+        """Queue ``inputs`` [n, ...]; return the engine's output rows for exactly these inputs."""
         if self._closing:
             raise ServeError(503, "server is shutting down", reason="shutting_down", headers={"Retry-After": "1"})
-        n = len(inputs)
-        if self._pending_images + n > self._max_queue:
+        if self._max_queue and self._pending_requests >= self._max_queue:
             raise ServeError(
                 503,
-                f"queue full: {self._pending_images} images waiting, this request adds {n}, the limit is {self._max_queue}",
+                f"queue full: {self._pending_requests} requests waiting, the limit is {self._max_queue}",
                 reason="queue_full",
                 headers={"Retry-After": "1"},
             )
         loop = asyncio.get_running_loop()
+        n = len(inputs)
         chunks = [inputs[i : i + self.max_batch_size] for i in range(0, n, self.max_batch_size)]
-        items = [_Item(chunk, loop.create_future()) for chunk in chunks]
+        items = [_Item(chunk, loop.create_future(), counted=k == 0) for k, chunk in enumerate(chunks)]
         self._pending.extend(items)
-        self._pending_images += n
+        self._pending_requests += 1
         self._report_depth()
         self._wakeup.set()
         try:
@@ -109,7 +128,7 @@ class DynamicBatcher:
                 return await items[0].future
             return np.concatenate(await asyncio.gather(*(item.future for item in items)))
         except asyncio.CancelledError:
-            # The request timed out or its client left: free its queue places at once.
+            # The request timed out or its client left: free its queue place at once.
             for item in items:
                 item.future.cancel()
                 self._uncount(item)
@@ -127,54 +146,71 @@ class DynamicBatcher:
 
     async def _form_batches(self) -> None:
         while True:
-            await self._slots.acquire()
+            instance = await self._free.get()
             batch = await self._next_batch()
-            if batch is None:
-                self._slots.release()
-                return
-            if not batch:  # every waiting request had timed out
-                self._slots.release()
-                continue
-            task = asyncio.get_running_loop().create_task(self._compute(batch))
+            if not batch:
+                self._free.put_nowait(instance)
+                if batch is None:
+                    return
+                continue  # every waiting request had timed out
+            task = asyncio.get_running_loop().create_task(self._compute(instance, batch))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
 
     async def _next_batch(self) -> list[_Item] | None:
-        while not self._pending:
-            if self._closing:
-                return None
-            self._wakeup.clear()
-            await self._wakeup.wait()
-        deadline = self._pending[0].enqueued + self._delay
-        while self._pending_images < self.max_batch_size and not self._closing:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
+        """The next batch by the rules above; None once closing with nothing left."""
+        while True:
+            self._drop_cancelled()
+            if not self._pending:
+                if self._closing:
+                    return None
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            if not self._dynamic:
+                return self._take(1)
+            fits, total, preferred = self._prefix()
+            if total == self.max_batch_size or fits < len(self._pending):  # as full as it can get
+                return self._take(fits)
+            if preferred:
+                return self._take(preferred)
+            remaining = self._pending[0].enqueued + self._delay - time.monotonic()
+            if remaining <= 0 or self._closing:
+                return self._take(fits)
             self._wakeup.clear()
             try:
                 await asyncio.wait_for(self._wakeup.wait(), remaining)
             except TimeoutError:
-                break
-        return self._take()
+                pass
 
-    def _take(self) -> list[_Item]:
-        batch: list[_Item] = []
-        size = 0
-        while self._pending:
-            item = self._pending[0]
-            n = len(item.inputs)
-            if not item.future.done() and size + n > self.max_batch_size:
+    def _prefix(self) -> tuple[int, int, int]:
+        """(how many of the oldest requests fit into one batch, their images, the longest prefix of them
+        whose images make a preferred batch size or 0); one pass that stops at the batch limit."""
+        fits = total = preferred = 0
+        for item in self._pending:
+            if fits and total + len(item.inputs) > self.max_batch_size:
                 break
-            self._pending.popleft()
+            total += len(item.inputs)
+            fits += 1
+            if total in self._preferred:
+                preferred = fits
+        return fits, total, preferred
+
+    def _drop_cancelled(self) -> None:
+        while self._pending and self._pending[0].future.done():
+            self._uncount(self._pending.popleft())
+
+    def _take(self, count: int) -> list[_Item]:
+        batch: list[_Item] = []
+        for _ in range(count):
+            item = self._pending.popleft()
             self._uncount(item)
-            if item.future.done():  # cancelled by its request's timeout
-                continue
-            batch.append(item)
-            size += n
+            if not item.future.done():  # not cancelled by its request's timeout
+                batch.append(item)
         self._report_depth()
         return batch
 
-    async def _compute(self, batch: list[_Item]) -> None:
+    async def _compute(self, instance: Instance, batch: list[_Item]) -> None:
         try:
             start = time.monotonic()
             if self._observer:
@@ -182,12 +218,12 @@ class DynamicBatcher:
                     self._observer.queued(start - item.enqueued)
             inputs = batch[0].inputs if len(batch) == 1 else np.concatenate([item.inputs for item in batch])
             try:
-                outputs = await asyncio.get_running_loop().run_in_executor(self._executor, self._infer, inputs)
+                outputs = await asyncio.get_running_loop().run_in_executor(self._executor, instance.infer, inputs)
                 if len(outputs) != len(inputs):
-                    raise RuntimeError(f"backend returned {len(outputs)} rows for a batch of {len(inputs)}")
-            except Exception as exc:  # noqa: BLE001 - any backend failure fails this batch only
+                    raise RuntimeError(f"engine returned {len(outputs)} rows for a batch of {len(inputs)}")
+            except Exception as exc:  # noqa: BLE001 - any engine failure fails this batch only
                 failure = BackendFailure(f"{type(exc).__name__}: {exc}")
-                log.error("batch of %d images (%d requests) failed: %s", len(inputs), len(batch), failure)
+                log.error("batch of %d images (%d requests) failed on instance %d: %s", len(inputs), len(batch), instance.index, failure)
                 for item in batch:
                     if not item.future.done():
                         item.future.set_exception(failure)
@@ -201,13 +237,15 @@ class DynamicBatcher:
                     item.future.set_result(outputs[offset : offset + n])
                 offset += n
         finally:
-            self._slots.release()
+            if self._observer:
+                self._observer.instance_ran(instance)
+            self._free.put_nowait(instance)
 
     def _uncount(self, item: _Item) -> None:
         if item.counted:
             item.counted = False
-            self._pending_images -= len(item.inputs)
+            self._pending_requests -= 1
 
     def _report_depth(self) -> None:
         if self._observer:
-            self._observer.queue_depth(self._pending_images)
+            self._observer.queue_depth(self._pending_requests)

@@ -35,7 +35,8 @@ def serve(
     max_queue_delay_ms: Optional[float] = _opt("max_queue_delay_ms"),
     max_queue_size: Optional[int] = _opt("max_queue_size"),
     request_timeout_s: Optional[float] = _opt("request_timeout_s", "--request-timeout-s", "--request-timeout"),
-    workers: Optional[int] = _opt("workers"),
+    instances: Optional[int] = _opt("instances"),
+    cpu_threads: Optional[int] = _opt("cpu_threads"),
     api_key: Optional[str] = _opt("api_key"),
     max_body_bytes: Optional[int] = _opt("max_body_bytes"),
     log_level: Optional[str] = _opt("log_level"),
@@ -45,7 +46,9 @@ def serve(
 
     Routes: GET /v2/health/ready, GET /v2/models/NAME, POST /v2/models/NAME/infer (JSON or binary
     tensors; tritonclient works), POST /v1/models/NAME/classify (image files), GET /metrics, docs at /docs.
-    Priority of settings: option > environment variable > --config file > default.
+    Priority of settings: option > environment variable > --config file > default. A model's own
+    config.pbtxt (Triton's ModelConfig) overrides the scheduling options (max batch size, queue delay
+    and size, timeout, instances) for that model wherever it sets them.
 
     Example: elunet serve --repository runs/demo/repository --port 8000 --max-batch-size 64
     """

@@ -14,6 +14,14 @@ class ServeError(Exception):
         self.reason = reason
         self.headers = headers or {}
 
+    def __reduce__(self):
+        # Raised in a decoding process, it must arrive whole in the server process.
+        return _rebuild, (self.status, self.message, self.reason, self.headers)
+
+
+def _rebuild(status: int, message: str, reason: str, headers: dict[str, str]) -> ServeError:
+    return ServeError(status, message, reason=reason, headers=headers)
+
 
 def bad_request(message: str) -> ServeError:
     return ServeError(400, message)

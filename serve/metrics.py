@@ -38,7 +38,22 @@ class ServeMetrics:
             f"{PREFIX}_compute_infer_duration_seconds", "Backend time per batch", MODEL_LABELS, buckets=DURATION_BUCKETS, registry=r
         )
         self.batch_size = Histogram(f"{PREFIX}_batch_size", "Images per computed batch", MODEL_LABELS, buckets=BATCH_BUCKETS, registry=r)
-        self.queue_depth_gauge = Gauge(f"{PREFIX}_queue_depth", "Images waiting to be batched", MODEL_LABELS, registry=r)
+        self.queue_depth_gauge = Gauge(f"{PREFIX}_queue_depth", "Requests waiting to be batched", MODEL_LABELS, registry=r)
+        self.instance_exec_count = Counter(
+            f"{PREFIX}_instance_exec_count", "Batches computed, by model instance", (*MODEL_LABELS, "instance"), registry=r
+        )
+        self.instance_overlaps = Gauge(
+            f"{PREFIX}_instance_overlaps",
+            "Batches refused because their instance was already computing (the scheduler guarantees 0)",
+            (*MODEL_LABELS, "instance"),
+            registry=r,
+        )
+        self.scheduling = Gauge(
+            f"{PREFIX}_scheduling",
+            "How each model version is scheduled (value 1; the settings are labels)",
+            (*MODEL_LABELS, "max_batch_size", "max_queue_delay_us", "preferred_batch_sizes", "max_queue_size", "instances", "dynamic"),
+            registry=r,
+        )
 
     def for_model(self, name: str, version: int) -> "ModelMetrics":
         return ModelMetrics(self, name, str(version))
@@ -62,6 +77,7 @@ class ModelMetrics:
         self._compute = m.compute_duration.labels(*labels)
         self._batch = m.batch_size.labels(*labels)
         self._depth = m.queue_depth_gauge.labels(*labels)
+        self._executions: dict[str, int] = {}
 
     def succeeded(self, images: int, seconds: float) -> None:
         self._success.inc()
@@ -72,8 +88,8 @@ class ModelMetrics:
         self._m.request_failure.labels(*self._labels, reason).inc()
         self._request.observe(seconds)
 
-    def queue_depth(self, images: int) -> None:
-        self._depth.set(images)
+    def queue_depth(self, requests: int) -> None:
+        self._depth.set(requests)
 
     def queued(self, seconds: float) -> None:
         self._queue.observe(seconds)
@@ -82,3 +98,23 @@ class ModelMetrics:
         self._exec.inc()
         self._batch.observe(batch_size)
         self._compute.observe(seconds)
+
+    def instance_ran(self, instance) -> None:
+        """Count the batches ``instance`` computed since it was last seen here, and its overlaps."""
+        index = str(instance.index)
+        done = instance.executions - self._executions.get(index, 0)
+        self._executions[index] = instance.executions
+        self._m.instance_exec_count.labels(*self._labels, index).inc(done)
+        self._m.instance_overlaps.labels(*self._labels, index).set(instance.overlaps)
+
+    def scheduled(self, s) -> None:
+        """Publish the scheduling a version is served with (serve/scheduling.py's Scheduling)."""
+        self._m.scheduling.labels(
+            *self._labels,
+            str(s.max_batch_size),
+            str(round(s.max_queue_delay_s * 1e6)),
+            ",".join(map(str, s.preferred_batch_sizes)),
+            str(s.max_queue_size),
+            str(s.instances),
+            str(s.dynamic).lower(),
+        ).set(1)

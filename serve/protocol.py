@@ -12,13 +12,15 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from elunet.dtypes import BY_NAME, DTYPES
+
 # Parameters may carry any JSON scalar (the binary extension uses
 # binary_data_size, binary_data, binary_data_output; Triton also sends timeout).
 Parameters = dict[str, bool | int | float | str]
 
 # V2 datatype name -> numpy dtype name, for the datatypes this server accepts as input.
-INPUT_DATATYPES = {"FP32": "float32", "FP16": "float16", "UINT8": "uint8"}
-OUTPUT_DATATYPE = "FP32"
+INPUT_DATATYPES = {d.v2: d.numpy for d in DTYPES}
+OUTPUT_DATATYPE = BY_NAME["fp32"].v2
 # UINT8 pixels are scaled by this to reach the model's [0, 1] input range.
 UINT8_SCALE = 1.0 / 255.0
 

@@ -32,9 +32,10 @@ def serve(settings: ServeSettings) -> None:
     configure_logging(settings.log_level)
     app = create_app(settings)
     log.info(
-        "serving %s on http://%s:%d (backend %s, device %s, max batch %d, delay %g ms, queue %d, workers %d)",
+        "serving %s on http://%s:%d (backend %s, device %s; defaults for what config.pbtxt leaves unset: max batch %d, "
+        "delay %g ms, queue %d, %d instance(s))",
         settings.repository, settings.host, settings.port, settings.backend, settings.device or "auto",
-        settings.max_batch_size, settings.max_queue_delay_ms, settings.max_queue_size, settings.workers,
+        settings.max_batch_size, settings.max_queue_delay_ms, settings.max_queue_size, settings.instances,
     )
     config = uvicorn.Config(
         app,

@@ -19,6 +19,7 @@ from typing import Any, Literal, Mapping
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from elunet.errors import ElunetError
+from elunet.model_config import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUE_DELAY_US
 
 ENV_PREFIX = "ELUNET_"
 # The environment variable that names the settings file (it is not a setting itself).
@@ -26,6 +27,8 @@ CONFIG_ENV = f"{ENV_PREFIX}CONFIG"
 DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 
 Backend = Literal["auto", "onnxruntime", "tensorrt", "torch"]
+# Instances per model version when config.pbtxt names none (benchmarks/serve_defaults.py).
+DEFAULT_INSTANCES = 1
 
 
 class ServeSettings(BaseModel):
@@ -41,15 +44,27 @@ class ServeSettings(BaseModel):
         "auto", description="inference backend; auto tries TensorRT, then ONNX Runtime CUDA, then ONNX Runtime CPU"
     )
     device: str | None = Field(None, description="cpu, cuda or cuda:N; unset lets the backend choice decide")
-    max_batch_size: int = Field(32, ge=1, description="largest batch the server forms (capped by the model's own maximum)")
-    max_queue_delay_ms: float = Field(
-        2.0, ge=0, description="a batch leaves once its oldest request has waited this long, even if not full"
+    # The scheduling settings below are defaults: a model's config.pbtxt overrides each one it sets
+    # (precedence in serve/scheduling.py).
+    max_batch_size: int = Field(
+        DEFAULT_MAX_BATCH_SIZE, ge=1, description="largest batch, for models whose config.pbtxt sets no max_batch_size"
     )
-    max_queue_size: int = Field(1024, ge=1, description="images that may wait per model before requests get 503")
+    max_queue_delay_ms: float = Field(
+        DEFAULT_MAX_QUEUE_DELAY_US / 1000,
+        ge=0,
+        description="a batch leaves once its oldest request has waited this long, for models whose config.pbtxt sets no "
+        "dynamic_batching.max_queue_delay_microseconds",
+    )
+    max_queue_size: int = Field(
+        1024, ge=0, description="requests that may wait per model before requests get 503 (0: no limit), unless config.pbtxt sets one"
+    )
     request_timeout_s: float = Field(30.0, gt=0, description="a request not answered within this time gets 504")
-    # Two by default: while one batch computes, the next one forms and the answers of the
-    # previous one go out (measured on fashion-cnn: +50% batched throughput over one).
-    workers: int = Field(2, ge=1, description="inference threads per model (batches computed at the same time)")
+    instances: int = Field(
+        DEFAULT_INSTANCES, ge=1, description="model instances per model version (batches computed at once), unless config.pbtxt has an instance_group"
+    )
+    cpu_threads: int = Field(
+        0, ge=0, description="intra-op CPU threads per instance; 0: the CPUs this process may use, shared out among all instances"
+    )
     api_key: SecretStr | None = Field(None, description="if set, every request except health and metrics needs 'Authorization: Bearer <key>'")
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="request bodies larger than this get 413")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log verbosity")

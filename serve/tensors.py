@@ -10,7 +10,6 @@ all).
 
 from __future__ import annotations
 
-import json
 import math
 import zlib
 
@@ -19,9 +18,27 @@ from pydantic import ValidationError
 
 from elunet.contracts import INPUT_NAME, OUTPUT_NAME
 from elunet.serve.errors import ServeError, bad_request
-from elunet.serve.protocol import INPUT_DATATYPES, OUTPUT_DATATYPE, UINT8_SCALE, InferenceRequest
+from elunet.serve.protocol import INPUT_DATATYPES, OUTPUT_DATATYPE, UINT8_SCALE, InferenceRequest, InferenceResponse, ResponseOutput
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
+
+
+def decode_infer(
+    body: bytes, header_length: str | None, content_encoding: str | None, max_bytes: int, image_shape: tuple[int, int, int]
+) -> tuple[InferenceRequest, np.ndarray]:
+    """The whole decoding of an infer body: the validated request and its input as float32 pixels."""
+    request, binary = read_request(body, header_length, content_encoding, max_bytes)
+    pixels = input_pixels(request, binary, image_shape)
+    request.inputs[0].data = None  # now in ``pixels``; the request travels on without it (maybe between processes)
+    return request, pixels
+
+
+def requested_timeout_us(request: InferenceRequest) -> float | None:
+    """Triton's per-request ``timeout`` parameter (microseconds), when it is a positive number."""
+    wanted = (request.parameters or {}).get("timeout")
+    if isinstance(wanted, (int, float)) and not isinstance(wanted, bool) and wanted > 0:
+        return float(wanted)
+    return None
 
 
 def read_request(
@@ -103,15 +120,16 @@ def response_body(
                 raise bad_request("the classification extension is not supported; use POST /v1/models/{model}/classify for labels")
             binary = bool(params.get("binary_data", binary))
     logits = np.ascontiguousarray(logits, dtype="<f4")
-    output: dict = {"name": OUTPUT_NAME, "datatype": OUTPUT_DATATYPE, "shape": list(logits.shape)}
-    if binary:
-        output["parameters"] = {"binary_data_size": logits.nbytes}
-    else:
-        output["data"] = logits.ravel().tolist()
-    header: dict = {"model_name": model_name, "model_version": str(model_version), "outputs": [output]}
-    if request.id is not None:
-        header["id"] = request.id
-    head = json.dumps(header, separators=(",", ":")).encode()
+    # model_construct: the values are ours and already of the wire types; validating them again costs time.
+    output = ResponseOutput.model_construct(
+        name=OUTPUT_NAME,
+        datatype=OUTPUT_DATATYPE,
+        shape=list(logits.shape),
+        parameters={"binary_data_size": logits.nbytes} if binary else None,
+        data=None if binary else logits.ravel().tolist(),
+    )
+    response = InferenceResponse.model_construct(model_name=model_name, model_version=str(model_version), id=request.id, outputs=[output])
+    head = response.model_dump_json(exclude_none=True).encode()
     if not binary:
         return head, {"Content-Type": "application/json"}
     return head + logits.tobytes(), {"Content-Type": "application/octet-stream", HEADER_LENGTH: str(len(head))}

@@ -80,10 +80,10 @@ def test_cli_writes_out_file_and_verify_passes(checkpoint, tmp_path):
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed: its runner is tested in test_plugins_*")
 def test_verify_with_tensorrt_explains_what_is_missing(tmp_path):
-    from elunet.export.runners import open_runner
+    from elunet.runtime import open_engine
 
     with pytest.raises(ElunetError, match="TensorRT") as err:
-        open_runner("tensorrt", tmp_path / "model.onnx", max_batch_size=8)
+        open_engine("tensorrt", tmp_path / "model.onnx", device="cuda", max_batch_size=8)
     assert err.value.hint
 
 

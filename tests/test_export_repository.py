@@ -18,7 +18,7 @@ from elunet.errors import ElunetError
 from elunet.export.pipeline import export_checkpoint
 from elunet.export.repository_writer import stage_version
 from elunet.export.settings import ExportSettings
-from elunet.export.triton_config import triton_config
+from elunet.model_config import build_config, config_text
 from elunet.export.verify import ParityReport
 from elunet.repository import CONFIG_FILE, LABELS_FILE, PARITY_FILE, ModelRepository
 from elunet.train.checkpoint import load_checkpoint, sha256_file
@@ -126,9 +126,9 @@ def test_the_gate_refuses_a_model_changed_after_verification(exported_repository
 
 def test_tensorrt_plan_config_parses(exported_repository):
     card = ModelRepository(exported_repository).get(only_model(exported_repository)).card
-    text = triton_config(card, name="fashion-trt", platform="tensorrt_plan", max_batch_size=32, io_dtype="fp16")
+    text = config_text(build_config(card, name="fashion-trt", platform="tensorrt_plan", max_batch_size=32, io_dtype="fp16"))
     config = text_format.Parse(text, model_config_pb2.ModelConfig())
     assert config.platform == "tensorrt_plan" and config.max_batch_size == 32
     assert config.input[0].data_type == config.output[0].data_type == model_config_pb2.TYPE_FP16
     with pytest.raises(ElunetError, match="unknown Triton platform"):
-        triton_config(card, name="x", platform="pytorch_libtorch")
+        build_config(card, name="x", platform="pytorch_libtorch")

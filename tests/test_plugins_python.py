@@ -59,12 +59,11 @@ def test_build_engine_without_tensorrt_names_what_is_missing(tmp_path):
 
 
 @pytest.mark.skipif(HAS_TENSORRT, reason="TensorRT is installed here; this checks the error without it")
-def test_tensorrt_runner_without_tensorrt_is_an_elunet_error(tmp_path):
-    runners = pytest.importorskip("elunet.export.runners", reason="the export stage is not installed")
-    open_runner = runners.open_runner
+def test_tensorrt_engine_without_tensorrt_is_an_elunet_error(tmp_path):
+    from elunet.runtime import open_engine
 
-    with pytest.raises(ElunetError, match="tensorrt"):
-        open_runner("tensorrt", tmp_path / "model.plan", max_batch_size=4)
+    with pytest.raises(ElunetError, match="TensorRT"):
+        open_engine("tensorrt", tmp_path / "model.plan", device="cuda")
 
 
 def test_python_plugin_module_imports_without_tensorrt():

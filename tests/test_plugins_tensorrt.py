@@ -74,7 +74,7 @@ def test_plugin_creator_registered_with_contract_strings(trt, plugin_library):
 
 def test_engine_has_plugin_layers_and_matches_numpy(trt, plugin_library, tmp_path):
     from elunet.plugins.engine_builder import EngineOptions, build_engine
-    from elunet.plugins.tensorrt_runner import TensorRTRunner
+    from elunet.runtime import open_engine
 
     onnx_path = elu_plugin_onnx(tmp_path / "model.onnx", alpha=0.7)
     built = build_engine(onnx_path, EngineOptions(min_batch=1, opt_batch=4, max_batch=8,
@@ -83,10 +83,15 @@ def test_engine_has_plugin_layers_and_matches_numpy(trt, plugin_library, tmp_pat
     assert (tmp_path / "timing.cache").stat().st_size > 0
     plan = tmp_path / "model.plan"
     plan.write_bytes(built.plan)
-    with TensorRTRunner(plan, max_batch_size=8) as runner:
+    with open_engine("tensorrt", plan, device="cuda") as engine:
+        assert engine.max_batch_size == 8, "the engine reports its profile's maximum"
+        first, second = engine.create_instance(), engine.create_instance()  # one context, stream and buffers each
         for batch in (1, 3, 8, 13):  # 13 > max: split into chunks
             x = np.random.default_rng(batch).normal(size=(batch, 1, 4, 4)).astype(np.float32) * 3
-            np.testing.assert_allclose(runner.infer(x), numpy_elu(x, 0.7).reshape(batch, 16), rtol=1e-5, atol=1e-6)
+            for instance in (first, second):
+                np.testing.assert_allclose(instance.infer(x), numpy_elu(x, 0.7).reshape(batch, 16), rtol=1e-5, atol=1e-6)
+        first.close()
+        second.close()
 
 
 def test_python_plugin_builds_too(trt, tmp_path):

@@ -9,26 +9,42 @@ import time
 import numpy as np
 import pytest
 
+from elunet.runtime import Engine, Instance, InstanceBusy
 from elunet.serve.batching import BackendFailure, DynamicBatcher
 from elunet.serve.errors import ServeError
 
 
-class Recorder:
-    """A backend stand-in that really computes (row sums) and records every batch it saw."""
+class RecorderEngine(Engine):
+    """Synthetic engine for the batcher alone: instances really compute (row sums x 2) and record every batch."""
+
+    kind, platform, device, name = "synthetic", "synthetic", "cpu", "synthetic recorder"
 
     def __init__(self, delay_s: float = 0.0, fail_on: float | None = None):
         self.batches: list[int] = []
         self.delay_s = delay_s
         self.fail_on = fail_on
         self.threads: set[str] = set()
+        self.created: list[Instance] = []
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        self.threads.add(threading.current_thread().name)
-        self.batches.append(len(x))
-        time.sleep(self.delay_s)
-        if self.fail_on is not None and (x == self.fail_on).any():
+    def create_instance(self) -> Instance:
+        self.created.append(RecorderInstance(self, len(self.created)))
+        return self.created[-1]
+
+
+class RecorderInstance(Instance):
+    def _infer(self, x: np.ndarray) -> np.ndarray:
+        engine = self.engine
+        engine.threads.add(threading.current_thread().name)
+        engine.batches.append(len(x))
+        time.sleep(engine.delay_s)
+        if engine.fail_on is not None and (x == engine.fail_on).any():
             raise RuntimeError("poisoned input")
         return x.reshape(len(x), -1).sum(axis=1, keepdims=True) * 2
+
+
+def Recorder(delay_s: float = 0.0, fail_on: float | None = None, instances: int = 1) -> list[Instance]:
+    engine = RecorderEngine(delay_s, fail_on)
+    return [engine.create_instance() for _ in range(instances)]
 
 
 def run(coro):
@@ -36,22 +52,22 @@ def run(coro):
 
 
 def test_every_request_gets_its_own_rows_and_batches_never_exceed_the_maximum():
-    backend = Recorder(delay_s=0.002)
+    backend = Recorder(delay_s=0.002, instances=2)
     rng = np.random.default_rng(0)
     inputs = [rng.normal(size=(int(rng.integers(1, 6)), 3)).astype(np.float32) for _ in range(300)]
 
     async def main():
-        b = DynamicBatcher(backend, max_batch_size=8, max_queue_delay_s=0.005, max_queue_size=10_000, workers=2)
+        b = DynamicBatcher(backend, max_batch_size=8, max_queue_delay_s=0.005, max_queue_size=10_000)
         outs = await asyncio.gather(*(b.submit(x) for x in inputs))
         await b.close()
         return outs
 
     for x, y in zip(inputs, run(main())):
         np.testing.assert_array_equal(y, x.sum(axis=1, keepdims=True) * 2)
-    assert max(backend.batches) <= 8
-    assert sum(backend.batches) == sum(len(x) for x in inputs)
-    assert np.mean(backend.batches) > 2, "under load, requests should be merged into batches"
-    assert all(name.startswith("infer-") for name in backend.threads), "inference must run off the event loop"
+    assert max(backend[0].engine.batches) <= 8
+    assert sum(backend[0].engine.batches) == sum(len(x) for x in inputs)
+    assert np.mean(backend[0].engine.batches) > 2, "under load, requests should be merged into batches"
+    assert all(name.startswith("infer-") for name in backend[0].engine.threads), "inference must run off the event loop"
 
 
 def test_a_request_larger_than_the_maximum_is_split_and_reassembled_in_order():
@@ -65,7 +81,7 @@ def test_a_request_larger_than_the_maximum_is_split_and_reassembled_in_order():
         return y
 
     np.testing.assert_array_equal(run(main()), x * 2)
-    assert max(backend.batches) <= 6
+    assert max(backend[0].engine.batches) <= 6
 
 
 def test_a_lone_request_leaves_after_the_queue_delay_not_before():
@@ -95,12 +111,12 @@ def test_a_full_batch_leaves_without_waiting_for_the_delay():
         return waited
 
     assert run(main()) < 1.0
-    assert backend.batches == [4]
+    assert backend[0].engine.batches == [4]
 
 
 def test_full_queue_is_refused_with_503_and_places_free_up_when_requests_time_out():
     async def main():
-        b = DynamicBatcher(Recorder(), max_batch_size=64, max_queue_delay_s=0.5, max_queue_size=4)
+        b = DynamicBatcher(Recorder(), max_batch_size=64, max_queue_delay_s=0.5, max_queue_size=1)  # requests, as Triton counts
         first = asyncio.create_task(asyncio.wait_for(b.submit(np.ones((4, 1), np.float32)), 0.05))
         await asyncio.sleep(0.01)
         with pytest.raises(ServeError) as refused:
@@ -151,3 +167,70 @@ def test_close_answers_everything_queued_without_waiting_for_the_delay():
     outs, took = run(main())
     assert [float(o[0, 0]) for o in outs] == [2.0 * i for i in range(10)]
     assert took < 5.0
+
+
+def test_preferred_batch_sizes_leave_at_once_and_the_rest_waits_for_the_delay():
+    backend = Recorder()
+
+    async def main():
+        b = DynamicBatcher(backend, max_batch_size=32, max_queue_delay_s=0.3, preferred_batch_sizes=[4, 8])
+        t0 = time.monotonic()
+        await asyncio.gather(*(b.submit(np.ones((1, 1), np.float32)) for _ in range(4)))  # 4 is preferred
+        preferred = time.monotonic() - t0
+        t0 = time.monotonic()
+        await asyncio.gather(*(b.submit(np.ones((1, 1), np.float32)) for _ in range(3)))  # 3 is not: the delay
+        other = time.monotonic() - t0
+        await b.close()
+        return preferred, other
+
+    preferred, other = run(main())
+    assert backend[0].engine.batches == [4, 3]
+    assert preferred < 0.2 <= 0.25 <= other
+
+
+def test_without_dynamic_batching_every_request_is_its_own_batch():
+    backend = Recorder()
+
+    async def main():
+        b = DynamicBatcher(backend, max_batch_size=32, max_queue_delay_s=0.1, dynamic=False)
+        await asyncio.gather(*(b.submit(np.ones((2, 1), np.float32)) for _ in range(5)))
+        await b.close()
+
+    run(main())
+    assert backend[0].engine.batches == [2] * 5
+
+
+def test_two_instances_share_the_load_and_never_compute_two_batches_at_once():
+    instances = Recorder(delay_s=0.003, instances=2)
+    rng = np.random.default_rng(1)
+    inputs = [rng.normal(size=(int(rng.integers(1, 4)), 3)).astype(np.float32) for _ in range(200)]
+
+    async def main():
+        b = DynamicBatcher(instances, max_batch_size=4, max_queue_delay_s=0.001)
+        outs = await asyncio.gather(*(b.submit(x) for x in inputs))
+        await b.close()
+        return outs
+
+    for x, y in zip(inputs, run(main())):
+        np.testing.assert_allclose(y, x.sum(axis=1, keepdims=True) * 2, rtol=1e-6)
+    assert all(i.executions > 0 for i in instances), "both instances must take batches"
+    assert [i.overlaps for i in instances] == [0, 0]
+
+
+def test_an_instance_refuses_a_second_batch_while_it_computes():
+    (instance,) = Recorder(delay_s=0.2)
+    outcome: list[object] = []
+
+    def call():
+        try:
+            outcome.append(instance.infer(np.ones((1, 1), np.float32)))
+        except Exception as exc:  # noqa: BLE001 - recorded for the assertion
+            outcome.append(exc)
+
+    threads = [threading.Thread(target=call) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    refused = [o for o in outcome if isinstance(o, InstanceBusy)]
+    assert len(refused) == 1 and instance.overlaps == 1 and instance.executions == 1

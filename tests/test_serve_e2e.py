@@ -60,7 +60,7 @@ def reference_logits(trained_checkpoint, fashion_test_images):
 def servers(start_server, exported_repository):
     """One server per backend under test, started once for this module."""
     return {
-        backend: start_server(exported_repository, backend=backend, device="cpu", max_batch_size=32, max_queue_delay_ms=2, workers=2)
+        backend: start_server(exported_repository, backend=backend, device="cpu", max_batch_size=32, max_queue_delay_ms=2, instances=2)
         for backend in ("onnxruntime", "torch")
     }
 
@@ -105,16 +105,27 @@ def test_tritonclient_round_trip_on_the_real_model(servers, real_model, fashion_
     client.close()
 
 
-def test_thousands_of_concurrent_requests_each_get_exactly_their_own_answer(servers, real_model):
-    """2000 requests, 32 clients, random inputs and batch sizes; each answer equals that input run alone."""
-    from elunet.serve.backends.onnx_runtime import OnnxRuntimeBackend
+def instance_metrics(metrics: str, name: str, model: str) -> dict[str, float]:
+    """instance index -> value of elunet_inference_<name>{model=...,instance=...}."""
+    found = {}
+    for line in metrics.splitlines():
+        if line.startswith(f"elunet_inference_{name}") and f'model="{model}"' in line:
+            found[line.split('instance="')[1].split('"')[0]] = float(line.split()[-1])
+    return found
 
-    alone = OnnxRuntimeBackend(real_model.model_file(), "cpu")
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
+def test_thousands_of_concurrent_requests_each_get_exactly_their_own_answer(servers, backend, real_model):
+    """2000 requests, 32 clients, random inputs and batch sizes, 2 model instances; each answer equals that
+    input run alone, and no instance ever computed two batches at once."""
+    from elunet.runtime import open_engine
+
+    alone = open_engine(backend, real_model.model_file() if backend == "onnxruntime" else real_model.path, device="cpu").create_instance()
     rng = np.random.default_rng(5)
     shape = real_model.card.input_shape
     requests = [rng.random((int(rng.integers(1, MAX_IMAGES_PER_REQUEST + 1)), *shape), dtype=np.float32) for _ in range(CONCURRENT_REQUESTS)]
     expected = [alone.infer(x) for x in requests]
-    port = servers["onnxruntime"].port
+    port = servers[backend].port
     path = f"/v2/models/{real_model.name}/infer"
 
     def client(indices: list[int]) -> list[tuple[int, int, np.ndarray | str]]:
@@ -140,9 +151,12 @@ def test_thousands_of_concurrent_requests_each_get_exactly_their_own_answer(serv
     # Identical up to float rounding of different batch compositions; another request's answer would be far off.
     mismatches = [i for i, _, answer in results if not np.allclose(answer, expected[i], atol=1e-5, rtol=1e-5)]
     assert len(results) == CONCURRENT_REQUESTS and not mismatches, f"{len(mismatches)} mismatches, e.g. request {mismatches[:5]}"
-    metrics = http("GET", servers["onnxruntime"].url + "/metrics")[2].decode()
+    metrics = http("GET", servers[backend].url + "/metrics")[2].decode()
+    executions = instance_metrics(metrics, "instance_exec_count_total", real_model.name)
+    assert sorted(executions) == ["0", "1"] and min(executions.values()) > 0, f"both instances must compute: {executions}"
+    assert set(instance_metrics(metrics, "instance_overlaps", real_model.name).values()) == {0.0}
     batches = [line for line in metrics.splitlines() if line.startswith("elunet_inference_batch_size_count")]
-    print(f"{CONCURRENT_REQUESTS} requests from {CONCURRENT_CLIENTS} clients in {elapsed:.1f} s; {batches}")
+    print(f"{backend}: {CONCURRENT_REQUESTS} requests from {CONCURRENT_CLIENTS} clients in {elapsed:.1f} s; {batches}; per instance {executions}")
 
 
 def test_health_answers_while_a_big_request_computes(servers, real_model):

@@ -28,23 +28,24 @@ def queue_depth(url: str) -> float:
     return 0.0
 
 
-def wait_for_depth(url: str, images: int, timeout: float = 20) -> None:
+def wait_for_depth(url: str, requests: int, timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
-    while queue_depth(url) < images:
-        assert time.monotonic() < deadline, f"queue never reached {images} images"
+    while queue_depth(url) < requests:
+        assert time.monotonic() < deadline, f"queue never reached {requests} requests"
         time.sleep(0.02)
 
 
 def test_overload_is_503_with_retry_after_then_the_server_recovers(start_server, synthetic_repository):
     # A long queue delay keeps the first request waiting, so the queue is full for a while.
-    server = start_server(synthetic_repository, max_batch_size=64, max_queue_delay_ms=1500, max_queue_size=8)
+    # Triton's max_queue_size counts requests.
+    server = start_server(synthetic_repository, max_batch_size=64, max_queue_delay_ms=1500, max_queue_size=2)
     x = np.random.default_rng(1).random((8, *SYNTHETIC_SHAPE), dtype=np.float32)
-    with ThreadPoolExecutor(1) as pool:
-        first = pool.submit(infer, server.url, x)
-        wait_for_depth(server.url, 8)
+    with ThreadPoolExecutor(2) as pool:
+        first = [pool.submit(infer, server.url, x[:4]) for _ in range(2)]
+        wait_for_depth(server.url, 2)
         status, headers, body = infer(server.url, x[:1])
         assert status == 503 and headers["Retry-After"] and "queue full" in json.loads(body)["error"]
-        assert first.result()[0] == 200
+        assert [f.result()[0] for f in first] == [200, 200]
     status, headers, body = infer(server.url, x[:2])
     assert status == 200 and parse_infer_response(headers, body).shape == (2, 10)
     metrics = http("GET", server.url + "/metrics")[2].decode()
@@ -75,7 +76,7 @@ def test_sigterm_answers_every_queued_request_then_exits(start_server, synthetic
     inputs = [rng.random((int(rng.integers(1, 4)), *SYNTHETIC_SHAPE), dtype=np.float32) for _ in range(24)]
     with ThreadPoolExecutor(len(inputs)) as pool:
         futures = [pool.submit(infer, server.url, x) for x in inputs]
-        wait_for_depth(server.url, sum(len(x) for x in inputs))
+        wait_for_depth(server.url, len(inputs))
         server.proc.send_signal(signal.SIGTERM)
         results = [f.result(timeout=60) for f in futures]
     assert [r[0] for r in results] == [200] * len(inputs), [r[2][:200] for r in results if r[0] != 200]

@@ -138,7 +138,7 @@ def test_backend_failure_fails_that_batch_only_and_the_server_stays_ready(synthe
     poisoned = pixels(1)
     poisoned[0, 0, 0, 0] = 1.0  # makes the faulty model's Gather index out of range inside ONNX Runtime
     status, _, body = json_infer(url, FAULTY, poisoned)
-    assert status == 500 and "backend failed" in error_of(body)
+    assert status == 500 and "engine failed" in error_of(body)
     assert http("GET", url + "/v2/health/ready")[0] == 200
     fine = pixels(1)
     fine[0, 0, 0, 0] = 0.1

@@ -12,7 +12,7 @@ from elunet.serve.settings import ServeSettings, env_names, load_settings
 
 DOCUMENTED_ENV = {
     "ELUNET_REPOSITORY", "ELUNET_HOST", "ELUNET_PORT", "ELUNET_BACKEND", "ELUNET_DEVICE", "ELUNET_MAX_BATCH_SIZE",
-    "ELUNET_MAX_QUEUE_DELAY_MS", "ELUNET_MAX_QUEUE_SIZE", "ELUNET_REQUEST_TIMEOUT_S", "ELUNET_WORKERS",
+    "ELUNET_MAX_QUEUE_DELAY_MS", "ELUNET_MAX_QUEUE_SIZE", "ELUNET_REQUEST_TIMEOUT_S", "ELUNET_INSTANCES", "ELUNET_CPU_THREADS",
     "ELUNET_API_KEY", "ELUNET_MAX_BODY_BYTES",
 }
 
@@ -23,10 +23,10 @@ def test_every_documented_environment_variable_is_a_setting():
 
 def test_priority_is_option_then_environment_then_file_then_default(tmp_path):
     config = tmp_path / "serve.toml"
-    config.write_text('repository = "/file"\nport = 9001\nmax_batch_size = 4\nworkers = 3\n')
+    config.write_text('repository = "/file"\nport = 9001\nmax_batch_size = 4\ninstances = 3\n')
     env = {"ELUNET_PORT": "9002", "ELUNET_MAX_BATCH_SIZE": "16"}
     s = load_settings({"max_batch_size": 64, "host": None}, config_file=config, environ=env)
-    assert (s.max_batch_size, s.port, s.workers, str(s.repository), s.host) == (64, 9002, 3, "/file", "127.0.0.1")
+    assert (s.max_batch_size, s.port, s.instances, str(s.repository), s.host) == (64, 9002, 3, "/file", "127.0.0.1")
     s = load_settings(environ={"ELUNET_CONFIG": str(config), "ELUNET_API_KEY": "s3cr3t-key"})
     assert s.port == 9001 and s.api_key.get_secret_value() == "s3cr3t-key"
     assert "s3cr3t-key" not in repr(s), "the API key must not leak into logs"

@@ -17,7 +17,6 @@ complete checkpoint behind. A model-repository version folder also holds
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from dataclasses import dataclass
@@ -27,7 +26,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from elunet.card import CARD_FILE, ModelCard, write_atomic
+from elunet.card import CARD_FILE, ModelCard
+from elunet.files import sha256_file, write_atomic
 from elunet.contracts import WEIGHTS_FILE
 from elunet.errors import ElunetError
 from elunet.train.models import build_model
@@ -45,14 +45,6 @@ class LoadedCheckpoint:
     card: ModelCard
     sha256: str  # of the weights file
     path: Path  # the checkpoint (or version) folder
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def unwrap(model: nn.Module) -> nn.Module:

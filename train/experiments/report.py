@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from elunet.card import write_atomic
+from elunet.files import write_atomic
 from elunet.train.data import IMAGEFOLDER
 from elunet.train.experiments.plots import BIAS_SHIFT_PNG, CURVES_PNG, SPEED_PNG
 from elunet.train.experiments.runs import variant_name

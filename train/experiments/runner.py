@@ -25,7 +25,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from elunet.card import write_atomic
+from elunet.files import write_atomic
 from elunet.errors import ElunetError
 from elunet.train.checkpoint import LATEST_FILE, METRICS_FILE
 from elunet.train.config import RUNTIME_FIELDS, TrainConfig

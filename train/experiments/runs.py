@@ -20,7 +20,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from elunet.card import write_atomic
+from elunet.files import write_atomic
 from elunet.errors import ElunetError
 
 RUN_SCHEMA = "elunet.experiment.run/1"

@@ -1,0 +1,79 @@
+"""How one model version is scheduled: its config.pbtxt first, the server's settings for what it leaves unset.
+
+Precedence, per setting: the model's config.pbtxt (as Triton reads it) >
+the server's option / environment variable / settings file > elunet's
+default. A protobuf field that is absent reads as 0 ("unset"), so 0 in
+config.pbtxt also falls back to the server's value.
+
+| config.pbtxt                                         | server setting         |
+|------------------------------------------------------|------------------------|
+| max_batch_size                                       | --max-batch-size       |
+| dynamic_batching.max_queue_delay_microseconds        | --max-queue-delay-ms   |
+| dynamic_batching.preferred_batch_size                | (none)                 |
+| dynamic_batching.default_queue_policy.max_queue_size | --max-queue-size       |
+| ...default_queue_policy.default_timeout_microseconds | --request-timeout-s    |
+| ...default_queue_policy.allow_timeout_override       | (allowed)              |
+| instance_group count (summed over groups)            | --instances            |
+
+As in Triton, a config.pbtxt without ``dynamic_batching`` does not batch
+requests together (each request is a batch); a model folder without any
+config.pbtxt is scheduled by the server settings alone, with dynamic batching.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from elunet.serve.settings import ServeSettings
+
+
+@dataclass(frozen=True)
+class Scheduling:
+    max_batch_size: int
+    dynamic: bool
+    max_queue_delay_s: float
+    preferred_batch_sizes: tuple[int, ...]
+    max_queue_size: int  # requests; 0: no limit
+    timeout_s: float
+    allow_timeout_override: bool
+    instances: int
+    #: setting -> "config.pbtxt" or "server", for the log line
+    source: dict[str, str] = field(default_factory=dict, compare=False)
+
+    def describe(self) -> str:
+        parts = [
+            f"max batch {self.max_batch_size}",
+            f"delay {self.max_queue_delay_s * 1000:g} ms" if self.dynamic else "no dynamic batching",
+            f"preferred {list(self.preferred_batch_sizes)}" if self.preferred_batch_sizes else "",
+            f"queue {self.max_queue_size or 'unbounded'}",
+            f"timeout {self.timeout_s:g} s",
+            f"{self.instances} instance(s)",
+        ]
+        from_config = sorted(k for k, v in self.source.items() if v == "config.pbtxt")
+        return ", ".join(p for p in parts if p) + (f" (from config.pbtxt: {', '.join(from_config)})" if from_config else "")
+
+
+def scheduling(config, settings: ServeSettings) -> Scheduling:
+    """The scheduling of a model whose parsed config.pbtxt is ``config`` (None: it has none)."""
+    source: dict[str, str] = {}
+
+    def pick(name: str, configured, default):
+        source[name] = "config.pbtxt" if configured else "server"
+        return configured if configured else default
+
+    has_config = config is not None
+    batching = config.dynamic_batching if has_config and config.HasField("dynamic_batching") else None
+    policy = batching.default_queue_policy if batching is not None and batching.HasField("default_queue_policy") else None
+    delay_us = batching.max_queue_delay_microseconds if batching is not None else 0
+    instances = sum(group.count or 1 for group in config.instance_group) if has_config else 0
+    return Scheduling(
+        max_batch_size=pick("max_batch_size", config.max_batch_size if has_config else 0, settings.max_batch_size),
+        dynamic=batching is not None or not has_config,
+        max_queue_delay_s=pick("max_queue_delay", delay_us / 1e6, settings.max_queue_delay_ms / 1000),
+        preferred_batch_sizes=tuple(batching.preferred_batch_size) if batching is not None else (),
+        max_queue_size=pick("max_queue_size", policy.max_queue_size if policy else 0, settings.max_queue_size),
+        timeout_s=pick("timeout", policy.default_timeout_microseconds / 1e6 if policy else 0, settings.request_timeout_s),
+        allow_timeout_override=policy.allow_timeout_override if policy else True,
+        instances=pick("instances", instances, settings.instances),
+        source=source,
+    )

@@ -1,0 +1,115 @@
+"""config.pbtxt decides how a model is scheduled (Triton's ModelConfig), and one that contradicts its model is refused.
+
+Real `elunet serve` processes on copies of the synthetic repository, with config.pbtxt files written here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from fixtures_serve import LINEAR, SYNTHETIC_SHAPE, binary_infer_body, http
+
+from elunet.model_config import model_config_pb2
+from elunet.serve.scheduling import scheduling
+from elunet.serve.settings import load_settings
+
+pytestmark = pytest.mark.slow
+
+TUNED = """
+name: "synthetic-linear"
+platform: "onnxruntime_onnx"
+max_batch_size: 16
+input [ { name: "input" data_type: TYPE_FP32 format: FORMAT_NCHW dims: [ 1, 8, 8 ] } ]
+output [ { name: "logits" data_type: TYPE_FP32 dims: [ 10 ] label_filename: "labels.txt" } ]
+dynamic_batching {
+  max_queue_delay_microseconds: 20000
+  preferred_batch_size: [ 4, 8 ]
+  default_queue_policy { max_queue_size: 500 default_timeout_microseconds: 9000000 }
+}
+instance_group [ { count: 2 kind: KIND_CPU }, { count: 1 kind: KIND_CPU } ]
+"""
+
+CONTRADICTING = """
+name: "another-name"
+platform: "tensorrt_plan"
+max_batch_size: 16
+input [ { name: "input" data_type: TYPE_FP16 dims: [ 3, 8, 8 ] } ]
+output [ { name: "probabilities" data_type: TYPE_FP32 dims: [ 10 ] } ]
+"""
+
+
+def repository_with(tmp_path, configs: dict[str, str], synthetic_repository):
+    root = tmp_path / "repository"
+    for name, text in configs.items():
+        shutil.copytree(synthetic_repository / LINEAR, root / name)
+        (root / name / "config.pbtxt").write_text(text)
+    return root
+
+
+def infer(url: str, model: str, n: int = 1):
+    body, headers = binary_infer_body(np.random.default_rng(n).random((n, *SYNTHETIC_SHAPE), dtype=np.float32))
+    return http("POST", f"{url}/v2/models/{model}/infer", body, headers)
+
+
+def test_config_pbtxt_sets_batching_queue_and_instances_over_the_server_defaults(tmp_path, synthetic_repository, start_server):
+    root = repository_with(tmp_path, {LINEAR: TUNED}, synthetic_repository)
+    server = start_server(root, max_batch_size=64, max_queue_delay_ms=0, instances=1, max_queue_size=4)
+    metrics = http("GET", server.url + "/metrics")[2].decode()
+    (line,) = [m for m in metrics.splitlines() if m.startswith("elunet_inference_scheduling{")]
+    for label in ('max_batch_size="16"', 'max_queue_delay_us="20000"', 'preferred_batch_sizes="4,8"', 'max_queue_size="500"', 'instances="3"'):
+        assert label in line, line
+    assert "3 instance(s)" in server.log() and "delay 20 ms" in server.log()
+
+    t0 = time.monotonic()
+    assert infer(server.url, LINEAR)[0] == 200
+    assert time.monotonic() - t0 >= 0.019, "a lone request waits for the 20 ms queue delay of config.pbtxt"
+    with ThreadPoolExecutor(24) as pool:  # more than the server's queue default of 4 requests: config's 500 applies
+        statuses = list(pool.map(lambda k: infer(server.url, LINEAR, 1 + k % 5)[0], range(240)))
+    assert statuses == [200] * 240
+    metrics = http("GET", server.url + "/metrics")[2].decode()
+    used = [m for m in metrics.splitlines() if m.startswith("elunet_inference_instance_exec_count_total") and float(m.split()[-1]) > 0]
+    assert len(used) == 3, used
+    batch_counts = {m.split('le="')[1].split('"')[0]: float(m.split()[-1]) for m in metrics.splitlines() if m.startswith("elunet_inference_batch_size_bucket")}
+    assert batch_counts["16.0"] == batch_counts["+Inf"], f"no batch may exceed config's max_batch_size 16: {batch_counts}"
+
+
+def test_a_config_that_contradicts_its_model_makes_it_unavailable_with_every_difference(tmp_path, synthetic_repository, start_server):
+    root = repository_with(tmp_path, {LINEAR: TUNED, "contradicting": CONTRADICTING,
+                                      "unparsable": "max_batch_size: lots\n"}, synthetic_repository)
+    server = start_server(root, wait=False)
+    deadline = time.monotonic() + 60
+    while True:
+        with contextlib.suppress(OSError):
+            if http("GET", f"{server.url}/v2/models/{LINEAR}/ready")[0] == 200:
+                break
+        assert time.monotonic() < deadline and server.proc.poll() is None, server.log(4000)
+        time.sleep(0.2)
+    index = {m["name"]: m for m in json.loads(http("POST", f"{server.url}/v2/repository/index", b"{}", {"Content-Type": "application/json"})[2])}
+    assert index[LINEAR]["state"] == "READY"
+    bad = index["contradicting"]
+    assert bad["state"] == "UNAVAILABLE"
+    for difference in ("name is 'another-name'", "platform is 'tensorrt_plan'", "data_type is TYPE_FP16", "dims are [3, 8, 8]",
+                       "outputs are ['probabilities']"):
+        assert difference in bad["reason"], bad["reason"]
+    assert index["unparsable"]["state"] == "UNAVAILABLE" and "config.pbtxt" in index["unparsable"]["reason"]
+    assert str(root) not in index["unparsable"]["reason"], "reasons name files relative to the model, not absolute paths"
+    assert infer(server.url, LINEAR)[0] == 200 and infer(server.url, "contradicting")[0] == 503
+    assert http("GET", server.url + "/v2/health/ready")[0] == 503, "not every model is ready"
+
+
+def test_precedence_config_over_server_settings_over_defaults(tmp_path):
+    from google.protobuf import text_format
+
+    settings = load_settings({"repository": tmp_path, "max_batch_size": 8, "instances": 2, "max_queue_delay_ms": 5})
+    tuned = scheduling(text_format.Parse(TUNED, model_config_pb2().ModelConfig()), settings)
+    assert (tuned.max_batch_size, tuned.instances, tuned.max_queue_delay_s, tuned.preferred_batch_sizes) == (16, 3, 0.02, (4, 8))
+    assert (tuned.max_queue_size, tuned.timeout_s, tuned.dynamic) == (500, 9.0, True)
+    bare = scheduling(text_format.Parse('name: "m"', model_config_pb2().ModelConfig()), settings)
+    assert (bare.max_batch_size, bare.instances, bare.dynamic) == (8, 2, False), "no dynamic_batching: Triton does not batch"
+    assert scheduling(None, settings).dynamic and scheduling(None, settings).max_queue_delay_s == 0.005
