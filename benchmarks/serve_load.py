@@ -196,6 +196,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="fashion-cnn", help="architecture to make (without --repository) or model name in it")
     parser.add_argument("--repository", type=Path, help="an existing model repository (default: export a fresh network)")
+    parser.add_argument("--allow-unverified", action="store_true", help="serve --repository's versions without parity certificates too")
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--max-batch-size", type=int, default=64)
     parser.add_argument("--max-queue-delay-ms", type=float, default=DEFAULT_MAX_QUEUE_DELAY_US / 1000)
@@ -212,7 +213,9 @@ def main() -> int:
         version = ModelRepository(repository).get(args.model)
         card = version.card
         image = np.random.default_rng(0).random(card.input_shape, dtype=np.float32)
-        common = dict(backend=args.backend, device=args.device, max_queue_size=max(1024, 4 * args.clients))
+        # The benchmark's freshly initialised networks are exported without verification.
+        common = dict(backend=args.backend, device=args.device, max_queue_size=max(1024, 4 * args.clients),
+                      allow_unverified=args.allow_unverified or args.repository is None)
         results = {}
         raw_runs = []
         # Raw runs right after each server phase, averaged: on a shared host the load of other

@@ -27,9 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from elunet.card import CARD_FILE, ModelCard
-from elunet.files import sha256_file, write_atomic
+from elunet.certificate import certificate_problem
+from elunet.files import write_atomic
 from elunet.errors import ElunetError
-from elunet.repository import CONFIG_FILE, LABELS_FILE, MODEL_FILES, PARITY_FILE, ModelRepository, ModelVersion
+from elunet.repository import CONFIG_FILE, LABELS_FILE, MODEL_FILES, ModelRepository, ModelVersion
 from elunet.model_config import DEFAULT_MAX_BATCH_SIZE, build_config, config_text, labels_text
 
 
@@ -80,7 +81,7 @@ class StagedVersion:
         model_file = self.path / MODEL_FILES.get(platform, "?")
         if platform not in MODEL_FILES or not model_file.is_file():
             raise ElunetError(f"nothing to publish: no {model_file.name} staged for platform {platform!r}", hint=f"platforms: {', '.join(MODEL_FILES)}")
-        check_parity_gate(self.path, card, model_file)
+        check_parity_gate(card, model_file)
         config, labels = self.model_files(card, platform=platform, max_batch_size=max_batch_size, io_dtype=io_dtype)
         model_dir = self.repository.model_dir(self.name)
         card.save(self.path / CARD_FILE)
@@ -100,26 +101,17 @@ class StagedVersion:
         return self.published
 
 
-def check_parity_gate(folder: Path, card: ModelCard, model_file: Path) -> None:
+def check_parity_gate(card: ModelCard, model_file: Path) -> None:
     """Refuse a model whose card claims a parity it has no valid certificate for."""
-    from elunet.export.verify import ParityReport
-
     claim = card.export.parity if card.export else None
     if claim == "skipped":
         return
     if claim != "passed":
         raise ElunetError(f"the card of {card.name} v{card.version} has no export section with a parity result", hint="publish models written by `elunet export`")
-    report_path = folder / PARITY_FILE
-    if not report_path.is_file():
-        raise ElunetError(f"no {PARITY_FILE} for a model whose card says parity passed", hint="run `elunet verify`, or export with --skip-verify")
-    report = ParityReport.load(report_path)
-    if not report.passed:
-        raise ElunetError(f"parity failed for {card.name} v{card.version}: not publishing it", hint=f"see {report_path}")
-    if report.model_sha256 != sha256_file(model_file):
-        raise ElunetError(
-            f"{model_file.name} changed after it was verified (its sha256 differs from the one in {PARITY_FILE})",
-            hint="verify the file you publish: run `elunet verify` on it again",
-        )
+    problem = certificate_problem(model_file)
+    if problem:
+        raise ElunetError(f"not publishing {card.name} v{card.version}: {problem}",
+                          hint="verify the file you publish: run `elunet verify` on it (or export with --skip-verify)")
 
 
 def next_version(repository: ModelRepository, name: str) -> int:

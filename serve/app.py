@@ -23,7 +23,9 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 import elunet
-from elunet.contracts import INPUT_NAME, OUTPUT_NAME
+from elunet.errors import ElunetError
+from elunet.model_config import model_config_pb2
+from elunet.repository import check_model_name
 from elunet.serve.decoding import Decoder
 from elunet.serve.errors import ServeError, bad_request
 from elunet.serve.images import images_pixels, softmax
@@ -31,7 +33,6 @@ from elunet.serve.metrics import ServeMetrics
 from elunet.serve.middleware import AccessLog, ApiKey, BodyLimit
 from elunet.serve.models import READY, ModelRegistry, ServedModel
 from elunet.serve.protocol import (
-    OUTPUT_DATATYPE,
     ClassifyRequest,
     ClassifyResponse,
     ErrorResponse,
@@ -41,6 +42,8 @@ from elunet.serve.protocol import (
     LabelScore,
     ModelMetadata,
     ModelState,
+    RepositoryIndexRequest,
+    RepositoryModelRequest,
     ServerMetadata,
     TensorMetadata,
 )
@@ -50,7 +53,7 @@ from elunet.serve.tensors import decode_infer, requested_timeout_us, response_bo
 log = logging.getLogger("elunet.serve")
 
 SERVER_NAME = "elunet"
-EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics_prometheus"]
+EXTENSIONS = ["binary_tensor_data", "model_repository", "model_repository(unload_dependents)", "statistics_prometheus"]
 _ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 415, 500, 503, 504)}
 
 
@@ -61,12 +64,17 @@ def create_app(settings: ServeSettings) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        loading = asyncio.create_task(registry.load_all())
+        loading = asyncio.create_task(registry.start())
+        polling = asyncio.create_task(registry.poll_forever()) if settings.model_control_mode == "poll" else None
         await decoder.start()
         try:
             yield
         finally:
             # Reached after the server stopped accepting and in-flight requests were answered.
+            if polling is not None:
+                polling.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await polling
             await loading
             await registry.close()
             decoder.close()
@@ -115,30 +123,51 @@ def _add_v2_routes(app: FastAPI, registry: ModelRegistry, settings: ServeSetting
     async def server_ready(request: Request) -> dict:
         if request.app.state.draining:
             raise ServeError(503, "server is shutting down")
-        if not registry.ready:
-            waiting = [f"{m.name} v{m.version}: {m.state} {m.reason}" for m in registry.all() if m.state != READY]
+        ready, waiting = registry.readiness()
+        if not ready:
             raise ServeError(503, "not ready: " + "; ".join(waiting), headers={"Retry-After": "1"})
         return {"ready": True}
 
-    @app.post("/v2/repository/index", response_model=list[ModelState], tags=["v2"])
-    async def repository_index() -> list[ModelState]:
-        return [ModelState(name=m.name, version=str(m.version), state=m.state, reason=m.reason) for m in registry.all()]
+    @app.post("/v2/repository/index", response_model=list[ModelState], tags=["v2"], responses=_ERRORS)
+    async def repository_index(request: Request) -> list[ModelState]:
+        """Every model of the repository, loaded or not, and every version served, with its state and reason."""
+        body = await _repository_body(request, RepositoryIndexRequest)
+        return [ModelState(name=n, version=v, state=s, reason=r) for n, v, s, r in registry.index(ready_only=body.ready)]
+
+    @app.post("/v2/repository/models/{model}/load", tags=["v2"], responses=_ERRORS)
+    async def repository_load(request: Request, model: str) -> Response:
+        """Load or reload a model (``--model-control-mode explicit``); body parameter ``config``: a ModelConfig as JSON."""
+        body = await _repository_body(request, RepositoryModelRequest)
+        params = dict(body.parameters or {})
+        config = params.pop("config", None)
+        files = [k for k in params if k.startswith("file:")]
+        if files or params:
+            raise bad_request(f"load parameters {sorted(params)} are not supported; elunet takes 'config' (a ModelConfig as JSON) only")
+        await registry.load(_model_name(model), _config_from_json(config) if config is not None else None)
+        return Response(status_code=200)
+
+    @app.post("/v2/repository/models/{model}/unload", tags=["v2"], responses=_ERRORS)
+    async def repository_unload(request: Request, model: str) -> Response:
+        """Unload every version of a model (``--model-control-mode explicit``); ``unload_dependents`` is accepted (elunet has no ensembles)."""
+        body = await _repository_body(request, RepositoryModelRequest)
+        unknown = sorted(set(body.parameters or {}) - {"unload_dependents"})
+        if unknown or not isinstance((body.parameters or {}).get("unload_dependents", False), bool):
+            raise bad_request(f"unload takes one parameter, unload_dependents (a boolean); got {body.parameters}")
+        await registry.unload(_model_name(model))
+        return Response(status_code=200)
 
     async def metadata(request: Request, model: str, version: str | None = None) -> ModelMetadata:
         served = registry.resolve(model, version)
         engine = served.engine
-        if engine is None:  # not loaded (yet): what the card says
-            inputs = [TensorMetadata(name=INPUT_NAME, datatype=OUTPUT_DATATYPE, shape=[-1, *served.card.input_shape])]
-            outputs = [TensorMetadata(name=OUTPUT_NAME, datatype=OUTPUT_DATATYPE, shape=[-1, served.card.num_classes])]
-        else:
-            inputs = [TensorMetadata(name=engine.input.name, datatype=engine.input.datatype, shape=[-1, *engine.input.dims])]
-            outputs = [TensorMetadata(name=engine.output.name, datatype=engine.output.datatype, shape=[-1, *engine.output.dims])]
+        if engine is None:
+            raise ServeError(503, f"model {served.name} v{served.version} is {served.state}: {served.reason}", reason="not_ready", headers={"Retry-After": "1"})
         return ModelMetadata(
             name=served.name,
             versions=[str(v) for v in sorted(registry.models[served.name])],
-            platform=f"{engine.kind}:{engine.name}" if engine else "loading",
-            inputs=inputs,
-            outputs=outputs,
+            platform=f"{engine.kind}:{engine.name}",
+            inputs=[TensorMetadata(name=engine.input.name, datatype=engine.input.datatype, shape=[-1, *engine.input.dims])],
+            outputs=[TensorMetadata(name=engine.output.name, datatype=engine.output.datatype, shape=[-1, *engine.output.dims])],
+            parameters={"parity": served.parity},
         )
 
     async def ready(request: Request, model: str, version: str | None = None) -> dict:
@@ -148,9 +177,13 @@ def _add_v2_routes(app: FastAPI, registry: ModelRegistry, settings: ServeSetting
         return {"name": served.name, "version": str(served.version), "ready": True}
 
     async def infer(request: Request, model: str, version: str | None = None) -> Response:
-        served = registry.resolve(model, version)
+        with registry.resolve(model, version) as served:
+            return await _infer(request, served)
+
+    async def _infer(request: Request, served: ServedModel) -> Response:
         started = time.perf_counter()
         try:
+            served.check_ready()
             body = await request.body()
             # Only raw binary tensors decode without holding the interpreter lock (serve/decoding.py).
             raw = request.headers.get("inference-header-content-length") is not None and not request.headers.get("content-encoding")
@@ -172,6 +205,37 @@ def _add_v2_routes(app: FastAPI, registry: ModelRegistry, settings: ServeSetting
         app, "/v2/models/{model}", "/infer", infer, methods=["POST"], tags=["v2"], response_class=Response,
         responses={200: {"model": InferenceResponse}, **_ERRORS}, openapi_extra={"x-elunet-infer-body": True},
     )
+
+
+async def _repository_body(request: Request, model):
+    """The optional JSON body of a model-repository request, validated strictly (400 saying what is wrong)."""
+    body = await request.body()
+    if not body.strip():
+        return model()
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise bad_request(f"invalid {request.url.path.rsplit('/', 1)[-1]} request: {'.'.join(map(str, first['loc'])) or 'body'}: {first['msg']}") from None
+
+
+def _model_name(name: str) -> str:
+    try:
+        return check_model_name(name)
+    except ElunetError as exc:
+        raise bad_request(f"{exc.message}; {exc.hint}") from None
+
+
+def _config_from_json(text) -> object:
+    """Triton's load ``config`` parameter: a ModelConfig in protobuf's JSON form."""
+    from google.protobuf import json_format
+
+    if not isinstance(text, str):
+        raise bad_request("the load parameter 'config' must be a string holding a ModelConfig as JSON")
+    try:
+        return json_format.Parse(text, model_config_pb2().ModelConfig())
+    except json_format.ParseError as exc:
+        raise bad_request(f"the load parameter 'config' is not a ModelConfig in JSON: {exc}") from None
 
 
 def _add_model_routes(app: FastAPI, prefix: str, suffix: str, handler, **route) -> None:
@@ -201,9 +265,13 @@ def _add_v1_routes(app: FastAPI, registry: ModelRegistry, settings: ServeSetting
         Images are decoded with Pillow, converted to the model's channels and resized
         to its input size.
         """
-        served = registry.resolve(model, version)
+        with registry.resolve(model, version) as served:
+            return await _classify(request, served)
+
+    async def _classify(request: Request, served: ServedModel) -> ClassifyResponse:
         started = time.perf_counter()
         try:
+            served.check_ready()
             named_images, top_k = await _read_images(request)
             size = sum(len(data) for _, data in named_images)
             pixels = await decoder.run(size, True, images_pixels, named_images, served.card.preprocessing)

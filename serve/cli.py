@@ -20,13 +20,18 @@ def _help(field: str) -> str:
     return f"{info.description}{default} (env {env_name(field)})"
 
 
-def _opt(field: str, *flags: str):
-    return typer.Option(None, *(flags or (f"--{field.replace('_', '-')}",)), help=_help(field), show_default=False)
+def _opt(field: str, *flags: str, metavar: str | None = None):
+    return typer.Option(None, *(flags or (f"--{field.replace('_', '-')}",)), help=_help(field), show_default=False, metavar=metavar)
 
 
 def serve(
     repository: Optional[Path] = _opt("repository"),
     models: Optional[str] = _opt("models"),
+    model_control_mode: Optional[str] = _opt("model_control_mode", metavar="none|poll|explicit"),
+    repository_poll_secs: Optional[float] = _opt("repository_poll_secs"),
+    load_model: Optional[list[str]] = _opt("load_model", metavar="NAME"),
+    strict_readiness: Optional[str] = _opt("strict_readiness", metavar="true|false"),
+    allow_unverified: Optional[str] = _opt("allow_unverified", metavar="true|false"),
     host: Optional[str] = _opt("host"),
     port: Optional[int] = _opt("port"),
     backend: Optional[str] = _opt("backend"),

@@ -1,27 +1,47 @@
-"""The served models: every version in the repository, its engine, instances, batcher and metrics.
+"""The served models: a live model repository, managed as Triton's model control modes manage one.
 
-Cards are read when the server starts (a broken repository fails at once);
-each model's config.pbtxt is parsed as Triton's ModelConfig and decides how
-the model is scheduled (serve/scheduling.py). Engines are opened, their
-instances created and warmed up afterwards, in a thread, while the server
-already answers liveness. A version is ready only once every instance ran
-its warm-up batch. A config.pbtxt that contradicts its model leaves that
-model UNAVAILABLE, with the differences as its reason.
+Every model version that serves is a ``ServedModel``: its card, its scheduling
+(config.pbtxt, serve/scheduling.py), its engine and instances, its batcher.
+What the registry loads depends on ``--model-control-mode``:
+
+- ``none``: what the repository holds at start;
+- ``poll``: the repository is scanned every ``--repository-poll-secs``: new
+  versions load, removed ones unload, changed ones reload (a fingerprint of
+  the version's files and of the model's config.pbtxt and labels.txt);
+- ``explicit``: only what ``--load-model`` or the load API names.
+
+Which versions of a model serve is its config.pbtxt's ``version_policy``
+(latest N, specific, all; Triton's default: the latest one); a request
+without a version goes to the highest version that is ready.
+
+Loading a version — card read, parity certificate checked (unless
+``--allow-unverified``), engine opened and checked against card.json and
+config.pbtxt, instances created and warmed up — runs in a thread while the
+server answers. A version that replaces another takes traffic only once it is
+ready; the one it replaces answers the requests it already has, then closes and
+frees its memory. A load that fails leaves what served before serving, and its
+reason in the index and the log. One model that fails never stops the others.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import gc
+import hashlib
 import logging
 import time
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 
-from elunet.card import ModelCard
+from elunet.card import CARD_FILE, ModelCard
+from elunet.certificate import certificate_problem
+from elunet.contracts import WEIGHTS_FILE
 from elunet.errors import ElunetError
 from elunet.model_config import TensorSignature, differences, read_config
-from elunet.repository import CONFIG_FILE, MODEL_FILES, ModelRepository, ModelVersion, check_model_name
+from elunet.repository import CONFIG_FILE, LABELS_FILE, MODEL_FILES, ModelRepository, ModelVersion, check_model_name
 from elunet.runtime import Engine, Instance, open_engine
 from elunet.runtime.choose import choose_engine
 from elunet.runtime.cpus import available_cpus, threads_per_instance
@@ -34,21 +54,26 @@ from elunet.serve.settings import ServeSettings
 log = logging.getLogger("elunet.serve")
 
 LOADING, READY, UNAVAILABLE = "LOADING", "READY", "UNAVAILABLE"
+# How long a replaced or unloaded version may take to answer the requests it has, on top of the request timeout.
+RETIRE_SLACK_S = 5.0
 
 
 @dataclass
 class ServedModel:
     source: ModelVersion
-    card: ModelCard
     metrics: ModelMetrics
     config: object | None  # the parsed config.pbtxt (ModelConfig), None without one
-    scheduling: Scheduling | None
+    scheduling: Scheduling
+    fingerprint: str
+    card: ModelCard | None = None
     state: str = LOADING
     reason: str = "loading"
+    parity: str = "passed"  # or "unverified" (served under --allow-unverified)
     engine: Engine | None = None
     instances: list[Instance] = field(default_factory=list)
     batcher: DynamicBatcher | None = None
-    loaded: float = field(default_factory=time.time)
+    active: int = 0  # requests that resolved this version and are not answered yet
+    _idle: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def name(self) -> str:
@@ -60,21 +85,35 @@ class ServedModel:
 
     @property
     def max_batch_size(self) -> int:
-        return self.scheduling.max_batch_size if self.scheduling else 0
+        return self.scheduling.max_batch_size
+
+    def __enter__(self) -> "ServedModel":
+        self.active += 1
+        self._idle.clear()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.active -= 1
+        if self.active == 0:
+            self._idle.set()
 
     def timeout(self, requested_us: float | None, server_timeout_s: float) -> float:
         """Seconds this request may take: the model's queue timeout, shortened by a request's own
         ``timeout`` parameter (microseconds, Triton's) where the queue policy allows that."""
         s = self.scheduling
         timeout = s.timeout_s if s else server_timeout_s
-        if requested_us and (s is None or s.allow_timeout_override):
+        if requested_us and s.allow_timeout_override:
             timeout = min(timeout, requested_us / 1e6)
         return timeout
 
-    async def predict(self, pixels: np.ndarray, timeout_s: float) -> np.ndarray:
-        """Logits for ``pixels`` through the batcher; ServeError 503/504/500 when that fails."""
+    def check_ready(self) -> None:
+        """ServeError 503 unless this version takes requests (checked before any decoding work)."""
         if self.batcher is None or self.state != READY:
             raise ServeError(503, f"model {self.name} v{self.version} is not ready: {self.reason}", reason="not_ready", headers={"Retry-After": "1"})
+
+    async def predict(self, pixels: np.ndarray, timeout_s: float) -> np.ndarray:
+        """Logits for ``pixels`` through the batcher; ServeError 503/504/500 when that fails."""
+        self.check_ready()
         try:
             return await asyncio.wait_for(self.batcher.submit(pixels), timeout_s)
         except TimeoutError:
@@ -82,98 +121,285 @@ class ServedModel:
         except BackendFailure as exc:
             raise ServeError(500, f"the engine failed on the batch holding this request: {exc}", reason="backend_error") from None
 
+    async def retire(self, wait_s: float) -> None:
+        """Answer the requests this version has (new ones no longer reach it), then release it."""
+        if self.active:
+            try:
+                await asyncio.wait_for(self._idle.wait(), wait_s)
+            except TimeoutError:
+                log.warning("model %s v%d: %d request(s) still open after %g s; closing it anyway", self.name, self.version, self.active, wait_s)
+        if self.batcher is not None:
+            await self.batcher.close()
+        self.release()
+        self.state, self.reason = UNAVAILABLE, "unloaded"
+
+    def release(self) -> None:
+        for instance in self.instances:
+            instance.close()
+        self.instances = []
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
+
+
+@dataclass
+class Desired:
+    """What the repository says one model should serve now."""
+
+    config: object | None
+    versions: dict[int, str]  # version -> fingerprint, as the version policy selects them
+    problem: str | None = None
+
 
 class ModelRegistry:
     def __init__(self, settings: ServeSettings, metrics: ServeMetrics):
         self.settings = settings
-        repository = ModelRepository(settings.repository)
-        if not repository.root.is_dir():
-            raise ElunetError(f"model repository {repository.root} does not exist", hint="create it with `elunet export CKPT --repository DIR`")
-        available = repository.models()
-        unknown = sorted(set(settings.models or []) - set(available))
-        if unknown:
+        self.metrics = metrics
+        self.repository = ModelRepository(settings.repository)
+        root = self.repository.root
+        if not root.is_dir():
+            raise ElunetError(f"model repository {root} does not exist", hint="create it with `elunet export CKPT --repository DIR`")
+        self.mode = settings.model_control_mode
+        available = self.repository.models()
+        if self.mode == "explicit":
+            wanted = settings.load_model or []
+            self.requested = set(available if wanted == ["*"] else wanted)
+        else:
+            self.requested = set(settings.models or available)
+        unknown = sorted(self.requested - set(available))
+        if unknown and self.mode != "poll":
+            option = "--load-model" if self.mode == "explicit" else "--models"
             raise ElunetError(
-                f"--models names {unknown}, which model repository {repository.root} does not hold",
-                hint=f"models there: {', '.join(available) or 'none'}",
+                f"{option} names {unknown}, which model repository {root} does not hold", hint=f"models there: {', '.join(available) or 'none'}"
+            )
+        if self.mode == "none" and not self.requested:
+            raise ElunetError(
+                f"model repository {root} holds no model versions",
+                hint="expected ROOT/<name>/<version>/card.json; create them with `elunet export CKPT --repository DIR`, "
+                "or start with --model-control-mode poll to wait for them",
             )
         self.models: dict[str, dict[int, ServedModel]] = {}
-        for name in settings.models or available:
-            config, problem = _read_model_config(repository, name)
-            for version in repository.versions(name):
-                served = ServedModel(
-                    version, version.card, metrics.for_model(name, version.version), config, None if problem else scheduling(config, settings)
-                )
-                if problem:
-                    served.state, served.reason = UNAVAILABLE, problem
-                self.models.setdefault(name, {})[version.version] = served
-        if not self.models:
-            raise ElunetError(
-                f"model repository {repository.root} holds no model versions",
-                hint="expected ROOT/<name>/<version>/card.json; create them with `elunet export CKPT --repository DIR`",
-            )
-        # Every instance of every model shares the CPUs this process may use.
-        self.total_instances = sum(m.scheduling.instances for m in self.all() if m.scheduling)
-        self.cpu_threads = settings.cpu_threads or threads_per_instance(self.total_instances)
+        self.problems: dict[str, str] = {}  # model-level reasons (config.pbtxt unreadable, no versions, ...)
+        self.cpu_threads = settings.cpu_threads or 1
+        self._lock = asyncio.Lock()
+        self._started = False
+        self._retiring: set[asyncio.Task] = set()
+        self._hashes: dict[Path, tuple[tuple, str]] = {}  # file -> (stat stamp, sha256), so unchanged files are not read again
+
+    # --- what serves -----------------------------------------------------------------
 
     def all(self) -> list[ServedModel]:
         return [m for versions in self.models.values() for m in versions.values()]
 
-    @property
-    def ready(self) -> bool:
-        return all(m.state == READY for m in self.all())
+    def readiness(self) -> tuple[bool, list[str]]:
+        """(ready, why not): every requested model ready (``--strict-readiness``), or at least one."""
+        waiting = []
+        ready_models = 0
+        for name in sorted(self.requested):
+            versions = self.models.get(name, {})
+            problems = [f"{name} v{m.version}: {m.state} {m.reason}" for m in versions.values() if m.state != READY]
+            if not versions:
+                problems.append(f"{name}: {self.problems.get(name, 'not loaded')}")
+            waiting += problems
+            ready_models += any(m.state == READY for m in versions.values())
+        if self.settings.strict_readiness:
+            return not waiting, waiting
+        return ready_models > 0 or not self.requested, waiting
 
     def resolve(self, name: str, version: str | None = None) -> ServedModel:
-        """The model version a URL names (the newest when no version is given); 400/404 otherwise."""
+        """The model version a URL names (the highest ready one when no version is given); 400/404/503 otherwise.
+
+        Use the result as a context manager around the request, so that a version being replaced
+        answers it before it closes.
+        """
         try:
             check_model_name(name)
         except ElunetError as exc:
             raise bad_request(f"{exc.message}; {exc.hint}") from None
         versions = self.models.get(name)
         if not versions:
-            raise not_found(f"unknown model {name!r}; served models: {', '.join(sorted(self.models))}")
+            served = f"served models: {', '.join(sorted(self.models)) or 'none'}"
+            if name in self.requested:
+                why = self.problems.get(name, "not loaded yet")
+                raise ServeError(503, f"model {name!r} is not available: {why}; {served}", reason="not_ready", headers={"Retry-After": "1"})
+            if self.repository.model_dir(name).is_dir():
+                raise not_found(f"model {name!r} is in the repository but not loaded ({self._how_to_load(name)}); {served}")
+            raise not_found(f"unknown model {name!r}; {served}")
         if version is None or version == "":
-            return versions[max(versions)]
+            ready = [v for v, m in versions.items() if m.state == READY]
+            return versions[max(ready or versions)]
         if not version.isdigit() or int(version) not in versions:
-            raise not_found(f"model {name!r} has no version {version!r}; versions: {', '.join(map(str, sorted(versions)))}")
+            raise not_found(f"model {name!r} has no version {version!r} being served; versions: {', '.join(map(str, sorted(versions)))}")
         return versions[int(version)]
 
-    async def load_all(self) -> None:
-        """Open, check, warm up and start batching every version; failures leave that version UNAVAILABLE."""
-        log.info("%d instance(s) in all share %d CPU(s): %d intra-op thread(s) each", self.total_instances, available_cpus(), self.cpu_threads)
-        for served in self.all():
-            if served.state == UNAVAILABLE:
-                log.error("model %s v%d is unavailable: %s", served.name, served.version, served.reason)
-                continue
+    def _how_to_load(self, name: str) -> str:
+        if self.mode == "explicit":
+            return f"load it with POST /v2/repository/models/{name}/load"
+        return "the server's --models leaves it out" if self.settings.models else "it was unloaded"
+
+    def index(self, ready_only: bool = False) -> list[tuple[str, str, str, str]]:
+        """(name, version, state, reason) for every model of the repository and every version served."""
+        rows = []
+        for name in sorted(set(self.repository.models()) | set(self.models) | set(self.problems)):
+            versions = self.models.get(name, {})
+            for v, m in sorted(versions.items()):
+                rows.append((name, str(v), m.state, m.reason))
+            if not versions:
+                rows.append((name, "", UNAVAILABLE, self.problems.get(name, "unloaded" if name not in self.requested else "not loaded")))
+        return [r for r in rows if r[2] == READY] if ready_only else rows
+
+    # --- loading and unloading -------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load what the mode asks for at start (every requested model, concurrently with serving liveness)."""
+        desired = {name: await asyncio.to_thread(self._desired, name) for name in sorted(self.requested)}
+        total = sum(self._instances(d) for d in desired.values())
+        self.cpu_threads = self.settings.cpu_threads or threads_per_instance(total)
+        log.info("%d instance(s) in all share %d CPU(s): %d intra-op thread(s) each", total, available_cpus(), self.cpu_threads)
+        async with self._lock:
+            for name, want in desired.items():
+                await self._sync(name, want)
+            self._started = True
+
+    async def poll_forever(self) -> None:
+        """Poll mode: bring the served models in line with the repository every ``repository_poll_secs``."""
+        while True:
+            await asyncio.sleep(self.settings.repository_poll_secs)
             try:
-                await asyncio.to_thread(self._open_and_warm_up, served)
-            except Exception as exc:  # noqa: BLE001 - report any load failure on the model, keep serving the rest
-                reason = exc.message if isinstance(exc, ElunetError) else f"{type(exc).__name__}: {exc}"
-                served.state, served.reason = UNAVAILABLE, reason
-                log.error("model %s v%d failed to load: %s", served.name, served.version, reason)
-                self._release(served)
-                continue
-            s = served.scheduling
-            served.batcher = DynamicBatcher(
-                served.instances,
-                max_batch_size=s.max_batch_size,
-                max_queue_delay_s=s.max_queue_delay_s,
-                max_queue_size=s.max_queue_size,
-                preferred_batch_sizes=s.preferred_batch_sizes,
-                dynamic=s.dynamic,
-                observer=served.metrics,
-                name=f"{served.name}-{served.version}",
+                names = set(self.settings.models or self.repository.models()) | set(self.models)
+                async with self._lock:
+                    for name in sorted(names):
+                        if self.settings.models and name not in self.settings.models:
+                            continue
+                        self.requested.add(name)
+                        await self._sync(name, await asyncio.to_thread(self._desired, name))
+            except Exception:  # noqa: BLE001 - a failed poll must not end polling
+                log.exception("polling the model repository failed; trying again in %g s", self.settings.repository_poll_secs)
+
+    async def load(self, name: str, config_override=None) -> None:
+        """Explicit mode: load or reload every version of ``name`` its policy selects; ServeError 400 if it fails."""
+        self._check_explicit("load")
+        check_model_name(name)
+        async with self._lock:
+            want = await asyncio.to_thread(self._desired, name, config_override)
+            if want.problem and not self.repository.model_dir(name).is_dir():
+                raise bad_request(f"failed to load {name!r}: no such model in the repository; models there: {', '.join(self.repository.models()) or 'none'}")
+            self.requested.add(name)
+            failures = await self._sync(name, want, force=True)
+        if failures:
+            raise bad_request(f"failed to load {name!r}: " + "; ".join(failures))
+
+    async def unload(self, name: str) -> None:
+        """Explicit mode: stop serving every version of ``name``."""
+        self._check_explicit("unload")
+        check_model_name(name)
+        async with self._lock:
+            self.requested.discard(name)
+            self.problems.pop(name, None)
+            for served in self.models.pop(name, {}).values():
+                await self._retire(served, wait=True)
+            log.info("model %s unloaded", name)
+
+    def _check_explicit(self, action: str) -> None:
+        if self.mode != "explicit":
+            # Triton's words (and its 503), so that clients and scripts recognise the refusal.
+            raise ServeError(
+                503,
+                f"explicit model load / unload is not allowed if polling is enabled: this server runs with --model-control-mode "
+                f"{self.mode}; start it with --model-control-mode explicit to {action} models through the API",
+                reason="not_allowed",
             )
-            served.metrics.scheduled(s)
-            served.state, served.reason = READY, ""
-            e = served.engine
-            log.info("model %s v%d ready: %s on %s (%s): %s", served.name, served.version, e.kind, e.device, e.name, s.describe())
+
+    async def _sync(self, name: str, want: Desired, force: bool = False) -> list[str]:
+        """Make ``name`` serve what ``want`` says; returns the reasons of the loads that failed."""
+        current = self.models.get(name, {})
+        if want.problem and not current and not self.repository.model_dir(name).is_dir():
+            self.problems.pop(name, None)  # a model that is gone and never served: forget it
+            self.requested.discard(name)
+            return [want.problem]
+        if want.problem:
+            if self.repository.model_dir(name).is_dir():
+                self.problems[name] = want.problem
+                if current:
+                    log.error("model %s: %s; the versions already loaded keep serving", name, want.problem)
+                    return [want.problem]
+                log.error("model %s is unavailable: %s", name, want.problem)
+                return [want.problem]
+            want = Desired(None, {})  # the model folder is gone: unload it
+        self.problems.pop(name, None)
+        failures = []
+        for version, fingerprint in sorted(want.versions.items()):
+            old = current.get(version)
+            if old is not None and old.fingerprint == fingerprint and old.state == READY and not force:
+                continue
+            served = await self._load_version(name, version, want.config, fingerprint, visible=old is None or old.state != READY)
+            if served.state == READY:
+                self.models.setdefault(name, {})[version] = served
+                if old is not None:
+                    await self._retire(old)
+                    log.info("model %s v%d reloaded: its files or config.pbtxt changed", name, version)
+            elif old is not None and old.state == READY:
+                old.reason = f"reload failed, still serving the version loaded before: {served.reason}"
+                failures.append(f"v{version}: {served.reason}")
+            else:
+                self.models.setdefault(name, {})[version] = served
+                failures.append(f"v{version}: {served.reason}")
+        for version in sorted(set(current) - set(want.versions)):
+            await self._retire(self.models[name].pop(version))
+            log.info("model %s v%d unloaded: no longer in the repository or its version policy", name, version)
+        if name in self.models and not self.models[name]:
+            del self.models[name]
+        return failures
+
+    async def _load_version(self, name: str, version: int, config, fingerprint: str, visible: bool) -> ServedModel:
+        source = ModelVersion(name, version, self.repository.version_dir(name, version))
+        served = ServedModel(source, self.metrics.for_model(name, version), config, scheduling(config, self.settings), fingerprint)
+        if self._started and not self.settings.cpu_threads:  # after start, share with what serves now
+            serving = sum(m.scheduling.instances for m in self.all() if m.state != UNAVAILABLE)
+            self.cpu_threads = threads_per_instance(serving + served.scheduling.instances)
+        if visible:  # a version nobody is served yet: the index shows it loading
+            self.models.setdefault(name, {})[version] = served
+        try:
+            await asyncio.to_thread(self._open_and_warm_up, served)
+        except Exception as exc:  # noqa: BLE001 - any load failure is this version's, reported, never the server's
+            served.release()
+            reason = exc.message if isinstance(exc, ElunetError) else f"{type(exc).__name__}: {exc}"
+            served.state, served.reason = UNAVAILABLE, self._relative(reason)
+            log.error("model %s v%d failed to load: %s", name, version, served.reason)
+            return served
+        s = served.scheduling
+        served.batcher = DynamicBatcher(
+            served.instances,
+            max_batch_size=s.max_batch_size,
+            max_queue_delay_s=s.max_queue_delay_s,
+            max_queue_size=s.max_queue_size,
+            preferred_batch_sizes=s.preferred_batch_sizes,
+            dynamic=s.dynamic,
+            observer=served.metrics,
+            name=f"{name}-{version}",
+        )
+        served.metrics.scheduled(s)
+        served.state, served.reason = READY, ""
+        e = served.engine
+        log.info("model %s v%d ready: %s on %s (%s, parity %s): %s", name, version, e.kind, e.device, e.name, served.parity, s.describe())
+        return served
+
+    async def _retire(self, served: ServedModel, wait: bool = False) -> None:
+        task = asyncio.create_task(served.retire(self.settings.request_timeout_s + RETIRE_SLACK_S))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+        task.add_done_callback(lambda _: _return_memory())
+        if wait:
+            await task
 
     def _open_and_warm_up(self, served: ServedModel) -> None:
         started = time.perf_counter()
         s = self.settings
+        served.card = ModelCard.load(served.source.path / CARD_FILE)
         choice = choose_engine(served.source, s.backend, s.device)
         if choice.why and s.backend == "auto":
             log.info("model %s v%d: auto picked %s on %s: %s", served.name, served.version, choice.kind, choice.device, choice.why)
+        self._check_certificate(served, choice.kind)
         engine = served.engine = open_engine(
             choice.kind, choice.path, device=choice.device, cpu_threads=self.cpu_threads, max_batch_size=served.scheduling.max_batch_size
         )
@@ -192,16 +418,28 @@ class ModelRegistry:
                     )
         log.info("model %s v%d: %d instance(s) warmed up in %.2f s", served.name, served.version, len(served.instances), time.perf_counter() - started)
 
+    def _check_certificate(self, served: ServedModel, kind: str) -> None:
+        """Parity-gated to the end: a version serves only with a passed certificate for what runs."""
+        path = served.source.path
+        if kind == "torch":  # the checkpoint itself runs: its weights must be those the certificate names
+            problem = certificate_problem(path / MODEL_FILES["onnxruntime_onnx"], weights_file=path / WEIGHTS_FILE)
+        else:
+            problem = certificate_problem(path / MODEL_FILES["tensorrt_plan" if kind == "tensorrt" else "onnxruntime_onnx"])
+        if problem is None:
+            return
+        if not self.settings.allow_unverified:
+            raise ElunetError(f"not serving an unverified model: {problem}",
+                              hint="export it with `elunet export` (which verifies), run `elunet verify`, or start the server with --allow-unverified true")
+        served.parity = "unverified"
+        log.warning("model %s v%d is served unverified (--allow-unverified): %s", served.name, served.version, problem)
+
     def _check_agrees(self, served: ServedModel, engine: Engine) -> None:
         """The model file, its card and its config.pbtxt must describe the same model."""
         card, s = served.card, served.scheduling
         found = []
-        for kind, actual, expected in (
-            ("input", engine.input, TensorSignature(engine.input.name, engine.input.datatype, tuple(card.input_shape))),
-            ("output", engine.output, TensorSignature(engine.output.name, engine.output.datatype, (card.num_classes,))),
-        ):
-            if actual.dims != expected.dims:
-                found.append(f"the model file's {kind} dims are {list(actual.dims)}, card.json says {list(expected.dims)}")
+        for kind, actual, dims in (("input", engine.input, tuple(card.input_shape)), ("output", engine.output, (card.num_classes,))):
+            if actual.dims != dims:
+                found.append(f"the model file's {kind} dims are {list(actual.dims)}, card.json says {list(dims)}")
         if served.config is not None:
             held = [p for p, file in MODEL_FILES.items() if (served.source.path / file).is_file()]
             found += differences(served.config, name=served.name, platforms=held, inputs=[engine.input], outputs=[engine.output])
@@ -209,34 +447,90 @@ class ModelRegistry:
             if s.source.get("max_batch_size") == "config.pbtxt":
                 found.append(f"max_batch_size is {s.max_batch_size}, the model file accepts at most {engine.max_batch_size}")
             else:
-                served.scheduling = s = replace(s, max_batch_size=engine.max_batch_size)
+                served.scheduling = replace(s, max_batch_size=engine.max_batch_size)
         if found:
             raise ElunetError(f"{CONFIG_FILE}, card.json and the model file of {served.name} disagree: " + "; ".join(found))
 
+    # --- the repository on disk --------------------------------------------------------------
+
+    def _desired(self, name: str, config_override=None) -> Desired:
+        """What ``name`` should serve by the files now (runs in a thread: it hashes files)."""
+        model_dir = self.repository.model_dir(name)
+        if not model_dir.is_dir():
+            return Desired(None, {}, "no such model in the repository")
+        config = config_override
+        if config is None and (model_dir / CONFIG_FILE).is_file():
+            try:
+                config = read_config(model_dir / CONFIG_FILE)
+            except ElunetError as exc:
+                return Desired(None, {}, f"{CONFIG_FILE}: {self._relative(exc.message)}")
+        available = [v.version for v in self.repository.versions(name)]
+        if not available:
+            return Desired(config, {}, "no version folders (expected <model>/<integer>/)")
+        chosen, problem = select_versions(config, available)
+        if not chosen:
+            return Desired(config, {}, problem)
+        shared = "".join(self._hash(model_dir / f) for f in (CONFIG_FILE, LABELS_FILE) if (model_dir / f).is_file())
+        if config_override is not None:
+            shared += str(config_override)
+        return Desired(config, {v: self._fingerprint(model_dir / str(v), shared) for v in chosen})
+
+    def _fingerprint(self, folder: Path, shared: str) -> str:
+        h = hashlib.sha256(shared.encode())
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            h.update(f"{path.relative_to(folder)}\0{self._hash(path)}\0".encode())
+        return h.hexdigest()
+
+    def _hash(self, path: Path) -> str:
+        stat = path.stat()
+        stamp = (stat.st_size, stat.st_mtime_ns, stat.st_ino)
+        cached = self._hashes.get(path)
+        if cached is None or cached[0] != stamp:
+            from elunet.files import sha256_file
+
+            cached = self._hashes[path] = (stamp, sha256_file(path))
+        return cached[1]
+
+    def _relative(self, text: str) -> str:
+        """Reasons name files relative to the repository: clients see no absolute server paths."""
+        return text.replace(f"{self.repository.root.resolve()}/", "").replace(f"{self.repository.root}/", "")
+
     @staticmethod
-    def _release(served: ServedModel) -> None:
-        for instance in served.instances:
-            instance.close()
-        served.instances = []
-        if served.engine is not None:
-            served.engine.close()
-            served.engine = None
+    def _instances(want: Desired) -> int:
+        count = sum(g.count or 1 for g in want.config.instance_group) if want.config is not None else 0
+        return len(want.versions) * (count or 1)
 
     async def close(self) -> None:
         """Answer everything queued, then release the engines."""
         for served in self.all():
             if served.batcher is not None:
                 await served.batcher.close()
-            self._release(served)
+            served.release()
             served.state, served.reason = UNAVAILABLE, "server stopped"
+        if self._retiring:
+            await asyncio.gather(*self._retiring, return_exceptions=True)
 
 
-def _read_model_config(repository: ModelRepository, name: str):
-    """(parsed config.pbtxt or None, the reason it cannot be used or None)."""
-    path = repository.model_dir(name) / CONFIG_FILE
-    if not path.is_file():
-        return None, None
+def select_versions(config, available: list[int]) -> tuple[list[int], str | None]:
+    """The versions ``config``'s version_policy serves of ``available`` (Triton's default: the latest one)."""
+    policy = config.version_policy if config is not None and config.HasField("version_policy") else None
+    kind = policy.WhichOneof("policy_choice") if policy is not None else None
+    if kind == "all":
+        return sorted(available), None
+    if kind == "specific":
+        wanted = set(policy.specific.versions)
+        chosen = sorted(wanted & set(available))
+        if not chosen:
+            return [], f"version_policy specific {sorted(wanted)}: none of these versions has a folder (folders: {sorted(available)})"
+        return chosen, None
+    count = policy.latest.num_versions if kind == "latest" and policy.latest.num_versions > 0 else 1
+    return sorted(available)[-count:], None
+
+
+def _return_memory() -> None:
+    """Give freed heap back to the operating system after an unload (glibc keeps it otherwise)."""
+    gc.collect()
     try:
-        return read_config(path), None
-    except ElunetError as exc:
-        return None, f"{CONFIG_FILE}: {exc.message.replace(str(path), CONFIG_FILE)}"
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass

@@ -52,6 +52,8 @@ class ModelMetadata(_Wire):
     platform: str
     inputs: list[TensorMetadata]
     outputs: list[TensorMetadata]
+    # elunet's: {"parity": "passed" | "unverified"}
+    parameters: Parameters | None = None
 
 
 class RequestInput(_Wire):
@@ -92,9 +94,24 @@ class InferenceResponse(_Wire):
 
 class ModelState(_Wire):
     name: str
-    version: str
+    version: str = ""
     state: str
     reason: str = ""
+
+
+class _StrictWire(_Wire):
+    # The model-repository extension's request bodies: a misspelt or mistyped field is an error, not ignored.
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class RepositoryIndexRequest(_StrictWire):
+    ready: bool = False
+
+
+class RepositoryModelRequest(_StrictWire):
+    """The load and unload bodies: load takes ``config`` (a ModelConfig as JSON), unload ``unload_dependents``."""
+
+    parameters: Parameters | None = None
 
 
 # --- /v1/models/{model}/classify -------------------------------------------------------

@@ -38,6 +38,21 @@ class ServeSettings(BaseModel):
     models: list[str] | None = Field(
         None, description="serve only these models (comma-separated names); default: every model in the repository"
     )
+    model_control_mode: Literal["none", "poll", "explicit"] = Field(
+        "none",
+        description="none: load the repository at start; poll: also follow its changes while serving; explicit: load only "
+        "what --load-model or the load API names (Triton's model control modes)",
+    )
+    repository_poll_secs: float = Field(15.0, gt=0, description="poll mode: seconds between two scans of the repository")
+    load_model: list[str] | None = Field(
+        None, description="explicit mode: models to load at start (comma-separated, or the option repeated; * for all)"
+    )
+    strict_readiness: bool = Field(
+        True, description="ready only when every model asked for is ready (true), or when at least one is (false)"
+    )
+    allow_unverified: bool = Field(
+        False, description="also serve versions without a passed parity certificate (parity.json), marked unverified in metadata"
+    )
     host: str = Field("127.0.0.1", description="address to listen on (0.0.0.0 inside a container)")
     port: int = Field(8000, ge=0, le=65535, description="TCP port (0 picks a free one)")
     backend: Backend = Field(
@@ -69,12 +84,21 @@ class ServeSettings(BaseModel):
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="request bodies larger than this get 413")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log verbosity")
 
-    @field_validator("models", mode="before")
+    @field_validator("models", "load_model", mode="before")
     @classmethod
-    def _comma_separated(cls, models):
-        if isinstance(models, str):
-            models = [name.strip() for name in models.split(",") if name.strip()]
-        return models or None
+    def _comma_separated(cls, names):
+        if isinstance(names, str):
+            names = [names]
+        if names is not None:
+            names = [name.strip() for value in names for name in str(value).split(",") if name.strip()]
+        return names or None
+
+    @field_validator("load_model")
+    @classmethod
+    def _star_alone(cls, names: list[str] | None) -> list[str] | None:
+        if names and "*" in names and len(names) > 1:
+            raise ValueError("* (every model) must be the only --load-model")
+        return names
 
     @field_validator("device")
     @classmethod

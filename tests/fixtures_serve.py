@@ -43,13 +43,13 @@ def synthetic_card(name: str) -> ModelCard:
     )
 
 
-def _synthetic_onnx(path: Path, faulty: bool) -> None:
+def _synthetic_onnx(path: Path, faulty: bool, seed: int = 7) -> None:
     """logits = Elu(flatten(x) @ W + b). The faulty variant also gathers at index floor(2 * x[0, 0, 0, 0])
     from a 2-element table: a pixel of exactly 1.0 makes ONNX Runtime fail at run time (a real backend error)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    rng = np.random.default_rng(7)
+    rng = np.random.default_rng(seed)
     c, h, w = SYNTHETIC_SHAPE
     classes = len(SYNTHETIC_LABELS)
     inits = [
@@ -91,14 +91,19 @@ def _synthetic_onnx(path: Path, faulty: bool) -> None:
     onnx.save(model, str(path))
 
 
+def add_synthetic_version(root: Path, name: str, version: int, seed: int = 7) -> Path:
+    """ROOT/name/version/ with a synthetic linear model whose weights come from ``seed`` (no parity certificate)."""
+    folder = root / name / str(version)
+    folder.mkdir(parents=True)
+    _synthetic_onnx(folder / "model.onnx", faulty=name == FAULTY, seed=seed)
+    synthetic_card(name).save(folder / CARD_FILE)
+    (root / name / "labels.txt").write_text("\n".join(SYNTHETIC_LABELS) + "\n")
+    return folder
+
+
 def make_synthetic_repository(root: Path, faulty: bool = True) -> Path:
-    names = [LINEAR, FAULTY] if faulty else [LINEAR]
-    for name in names:
-        version = root / name / "1"
-        version.mkdir(parents=True)
-        _synthetic_onnx(version / "model.onnx", faulty=name == FAULTY)
-        synthetic_card(name).save(version / CARD_FILE)
-        (root / name / "labels.txt").write_text("\n".join(SYNTHETIC_LABELS) + "\n")
+    for name in [LINEAR, FAULTY] if faulty else [LINEAR]:
+        add_synthetic_version(root, name, 1)
     return root
 
 
@@ -131,7 +136,7 @@ class ServerProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         args = [sys.executable, "-m", "elunet", "serve", "--repository", str(repository), "--host", "127.0.0.1", "--port", str(self.port)]
         for key, value in options.items():
-            args += [f"--{key.replace('_', '-')}", str(value)]
+            args += [f"--{key.replace('_', '-')}", str(value).lower() if isinstance(value, bool) else str(value)]
         self.log_path = log_path
         self._log = open(log_path, "wb")
         self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
@@ -189,7 +194,7 @@ def start_server(tmp_path_factory):
 @pytest.fixture(scope="session")
 def synthetic_server(start_server, synthetic_repository) -> ServerProcess:
     """One server on the synthetic repository, shared by the protocol tests."""
-    return start_server(synthetic_repository, max_batch_size=8, max_queue_delay_ms=2, max_body_bytes=1 << 20)
+    return start_server(synthetic_repository, max_batch_size=8, max_queue_delay_ms=2, max_body_bytes=1 << 20, allow_unverified=True)
 
 
 def binary_infer_body(pixels: np.ndarray, datatype: str = "FP32", binary_output: bool = True) -> tuple[bytes, dict]:

@@ -29,7 +29,7 @@ SCRIPT = textwrap.dedent(
     from elunet.serve.app import create_app
     from elunet.serve.settings import load_settings
 
-    app = create_app(load_settings({{"repository": {repository!r}, "backend": "auto"}}, environ={{}}))
+    app = create_app(load_settings({{"repository": {repository!r}, "backend": "auto", "allow_unverified": True}}, environ={{}}))
     with TestClient(app) as client:
         for _ in range(200):
             if client.get("/v2/health/ready").status_code == 200:

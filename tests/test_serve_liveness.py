@@ -76,7 +76,7 @@ def p99(values: list[float]) -> float:
 
 @pytest.fixture(scope="module")
 def server(start_server, synthetic_repository):
-    return start_server(synthetic_repository, max_body_bytes=BODY_LIMIT, max_batch_size=64, instances=1)
+    return start_server(synthetic_repository, max_body_bytes=BODY_LIMIT, max_batch_size=64, instances=1, allow_unverified=True)
 
 
 def test_liveness_answers_while_eight_16_mb_json_bodies_are_decoded(server):

@@ -38,7 +38,7 @@ def wait_for_depth(url: str, requests: int, timeout: float = 20) -> None:
 def test_overload_is_503_with_retry_after_then_the_server_recovers(start_server, synthetic_repository):
     # A long queue delay keeps the first request waiting, so the queue is full for a while.
     # Triton's max_queue_size counts requests.
-    server = start_server(synthetic_repository, max_batch_size=64, max_queue_delay_ms=1500, max_queue_size=2)
+    server = start_server(synthetic_repository, allow_unverified=True, max_batch_size=64, max_queue_delay_ms=1500, max_queue_size=2)
     x = np.random.default_rng(1).random((8, *SYNTHETIC_SHAPE), dtype=np.float32)
     with ThreadPoolExecutor(2) as pool:
         first = [pool.submit(infer, server.url, x[:4]) for _ in range(2)]
@@ -54,7 +54,7 @@ def test_overload_is_503_with_retry_after_then_the_server_recovers(start_server,
 
 
 def test_request_timeout_is_504_and_triton_timeout_parameter_shortens_it(start_server, synthetic_repository):
-    server = start_server(synthetic_repository, max_batch_size=64, max_queue_delay_ms=5000, request_timeout_s=1.0)
+    server = start_server(synthetic_repository, allow_unverified=True, max_batch_size=64, max_queue_delay_ms=5000, request_timeout_s=1.0)
     x = np.zeros((1, *SYNTHETIC_SHAPE), np.float32)
     t0 = time.monotonic()
     status, _, body = infer(server.url, x)
@@ -71,7 +71,7 @@ def test_request_timeout_is_504_and_triton_timeout_parameter_shortens_it(start_s
 
 
 def test_sigterm_answers_every_queued_request_then_exits(start_server, synthetic_repository):
-    server = start_server(synthetic_repository, max_batch_size=64, max_queue_delay_ms=2000, request_timeout_s=30)
+    server = start_server(synthetic_repository, allow_unverified=True, max_batch_size=64, max_queue_delay_ms=2000, request_timeout_s=30)
     rng = np.random.default_rng(2)
     inputs = [rng.random((int(rng.integers(1, 4)), *SYNTHETIC_SHAPE), dtype=np.float32) for _ in range(24)]
     with ThreadPoolExecutor(len(inputs)) as pool:
@@ -91,7 +91,7 @@ def test_sigterm_answers_every_queued_request_then_exits(start_server, synthetic
 
 
 def test_api_key_protects_everything_but_health_and_metrics(start_server, synthetic_repository):
-    server = start_server(synthetic_repository, api_key="s3cret")
+    server = start_server(synthetic_repository, allow_unverified=True, api_key="s3cret")
     x = np.zeros((1, *SYNTHETIC_SHAPE), np.float32)
     status, headers, body = infer(server.url, x)
     assert status == 401 and headers["WWW-Authenticate"] == "Bearer" and "Authorization: Bearer" in json.loads(body)["error"]
@@ -114,7 +114,7 @@ def test_readiness_waits_for_warm_up_while_liveness_answers(start_server, synthe
     card = json.loads((repo / "broken" / "1" / "card.json").read_text())
     (repo / "broken" / "1" / "card.json").write_text(json.dumps({**card, "name": "broken"}))
     (repo / "broken" / "1" / "model.onnx").write_bytes(b"not an onnx file")
-    server = start_server(repo, wait=False)
+    server = start_server(repo, wait=False, allow_unverified=True)
     deadline = time.monotonic() + 60
     while True:
         try:
@@ -133,7 +133,7 @@ def test_readiness_waits_for_warm_up_while_liveness_answers(start_server, synthe
 
 
 def test_models_option_serves_only_the_named_models(start_server, synthetic_repository):
-    server = start_server(synthetic_repository, models=LINEAR)
+    server = start_server(synthetic_repository, allow_unverified=True, models=LINEAR)
     assert http("GET", f"{server.url}/v2/models/{LINEAR}")[0] == 200
     status, _, body = http("GET", f"{server.url}/v2/models/synthetic-faulty")
     assert status == 404 and "served models: synthetic-linear" in json.loads(body)["error"]
