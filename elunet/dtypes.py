@@ -31,6 +31,7 @@ DTYPES = (
     DType("uint8", "UINT8", "TYPE_UINT8", "uint8", "tensor(uint8)"),
 )
 BY_NAME = {d.name: d for d in DTYPES}
+BY_V2 = {d.v2: d for d in DTYPES}
 BY_TRITON = {d.triton: d for d in DTYPES}
 BY_NUMPY = {d.numpy: d for d in DTYPES}
 BY_ONNXRUNTIME = {d.onnxruntime: d for d in DTYPES}

@@ -12,7 +12,6 @@ import base64
 import binascii
 import contextlib
 import logging
-import time
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -24,15 +23,18 @@ from starlette.exceptions import HTTPException
 
 import elunet
 from elunet.errors import ElunetError
-from elunet.model_config import model_config_pb2
 from elunet.repository import check_model_name
 from elunet.serve.decoding import Decoder
-from elunet.serve.errors import ServeError, bad_request
+from elunet.serve.extensions import config_from_json, effective_config, proto_json, statistics
+from elunet.serve.inference import infer as infer_core
+from elunet.serve.errors import ServeError, bad_request, not_found
 from elunet.serve.images import images_pixels, softmax
 from elunet.serve.metrics import ServeMetrics
-from elunet.serve.middleware import AccessLog, ApiKey, BodyLimit
+from elunet.serve.middleware import AccessLog, ApiKey, BodyLimit, TrailingSlash
 from elunet.serve.models import READY, ModelRegistry, ServedModel
 from elunet.serve.protocol import (
+    EXTENSIONS,
+    SERVER_NAME,
     ClassifyRequest,
     ClassifyResponse,
     ErrorResponse,
@@ -48,12 +50,10 @@ from elunet.serve.protocol import (
     TensorMetadata,
 )
 from elunet.serve.settings import ServeSettings
-from elunet.serve.tensors import decode_infer, requested_timeout_us, response_body
+from elunet.serve.tensors import decode_infer, requested_timeout_us, response_body, response_encoding
 
 log = logging.getLogger("elunet.serve")
 
-SERVER_NAME = "elunet"
-EXTENSIONS = ["binary_tensor_data", "model_repository", "model_repository(unload_dependents)", "statistics_prometheus"]
 _ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 415, 500, 503, 504)}
 
 
@@ -67,10 +67,20 @@ def create_app(settings: ServeSettings) -> FastAPI:
         loading = asyncio.create_task(registry.start())
         polling = asyncio.create_task(registry.poll_forever()) if settings.model_control_mode == "poll" else None
         await decoder.start()
+        grpc = None
+        if settings.grpc_port:
+            from elunet.serve.grpc_server import grpc_server
+
+            grpc = grpc_server(registry, settings, decoder, metrics, lambda: app.state.draining)
+            await grpc.start()
+            app.state.stop_grpc = lambda: asyncio.ensure_future(grpc.stop(settings.request_timeout_s))
+            log.info("gRPC on %s:%d", settings.host, settings.grpc_port)
         try:
             yield
         finally:
             # Reached after the server stopped accepting and in-flight requests were answered.
+            if grpc is not None:
+                await grpc.stop(settings.request_timeout_s)  # answers the RPCs in flight, refuses new ones
             if polling is not None:
                 polling.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -85,12 +95,14 @@ def create_app(settings: ServeSettings) -> FastAPI:
         description="Batched image classification over the KServe V2 / Open Inference Protocol, "
         "with a /v1 convenience endpoint that takes image files.",
         lifespan=lifespan,
+        redirect_slashes=False,  # /v2/ is answered as /v2 (TrailingSlash), never redirected
     )
     app.state.registry = registry
     app.state.metrics = metrics
     app.state.draining = False
+    app.state.stop_grpc = lambda: None
     _install_error_handlers(app)
-    _add_v2_routes(app, registry, settings, decoder)
+    _add_v2_routes(app, registry, settings, decoder, metrics)
     _add_v1_routes(app, registry, settings, decoder)
 
     @app.get("/metrics", tags=["operations"], response_class=Response)
@@ -104,13 +116,14 @@ def create_app(settings: ServeSettings) -> FastAPI:
         app.add_middleware(ApiKey, key=settings.api_key.get_secret_value())
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(AccessLog)
+    app.add_middleware(TrailingSlash)
     return app
 
 
 # --- V2 ---------------------------------------------------------------------------------
 
 
-def _add_v2_routes(app: FastAPI, registry: ModelRegistry, settings: ServeSettings, decoder: Decoder) -> None:
+def _add_v2_routes(app: FastAPI, registry: ModelRegistry, settings: ServeSettings, decoder: Decoder, metrics: ServeMetrics) -> None:
     @app.get("/v2", response_model=ServerMetadata, tags=["v2"])
     async def server_metadata() -> ServerMetadata:
         return ServerMetadata(name=SERVER_NAME, version=elunet.__version__, extensions=EXTENSIONS)
@@ -143,7 +156,7 @@ def _add_v2_routes(app: FastAPI, registry: ModelRegistry, settings: ServeSetting
         files = [k for k in params if k.startswith("file:")]
         if files or params:
             raise bad_request(f"load parameters {sorted(params)} are not supported; elunet takes 'config' (a ModelConfig as JSON) only")
-        await registry.load(_model_name(model), _config_from_json(config) if config is not None else None)
+        await registry.load(_model_name(model), config_from_json(config) if config is not None else None)
         return Response(status_code=200)
 
     @app.post("/v2/repository/models/{model}/unload", tags=["v2"], responses=_ERRORS)
@@ -164,7 +177,7 @@ def _add_v2_routes(app: FastAPI, registry: ModelRegistry, settings: ServeSetting
         return ModelMetadata(
             name=served.name,
             versions=[str(v) for v in sorted(registry.models[served.name])],
-            platform=f"{engine.kind}:{engine.name}",
+            platform=engine.platform,
             inputs=[TensorMetadata(name=engine.input.name, datatype=engine.input.datatype, shape=[-1, *engine.input.dims])],
             outputs=[TensorMetadata(name=engine.output.name, datatype=engine.output.datatype, shape=[-1, *engine.output.dims])],
             parameters={"parity": served.parity},
@@ -181,23 +194,47 @@ def _add_v2_routes(app: FastAPI, registry: ModelRegistry, settings: ServeSetting
             return await _infer(request, served)
 
     async def _infer(request: Request, served: ServedModel) -> Response:
-        started = time.perf_counter()
-        try:
-            served.check_ready()
-            body = await request.body()
+        served.check_ready()
+        body = await request.body()
+        header_length = request.headers.get("inference-header-content-length")
+        content_encoding = request.headers.get("content-encoding")
+        encoding = response_encoding(request.headers.get("accept-encoding"))
+
+        async def decode():
             # Only raw binary tensors decode without holding the interpreter lock (serve/decoding.py).
-            raw = request.headers.get("inference-header-content-length") is not None and not request.headers.get("content-encoding")
+            holds_gil = header_length is None or bool(content_encoding)
             parsed, pixels = await decoder.run(
-                len(body), not raw, decode_infer, body, request.headers.get("inference-header-content-length"),
-                request.headers.get("content-encoding"), settings.max_body_bytes, served.card.input_shape,
+                len(body), holds_gil, decode_infer, body, header_length, content_encoding, settings.max_body_bytes, served.card.input_shape
             )
-            logits = await served.predict(pixels, served.timeout(requested_timeout_us(parsed), settings.request_timeout_s))
-            content, headers = await decoder.run(logits.size * 8, True, response_body, parsed, served.name, served.version, logits)
-        except ServeError as exc:
-            served.metrics.failed(exc.reason, time.perf_counter() - started)
-            raise
-        served.metrics.succeeded(len(pixels), time.perf_counter() - started)
+            return parsed, pixels, requested_timeout_us(parsed.parameters)
+
+        async def encode(parsed, logits):
+            size = logits.size * 8 + (len(body) if encoding else 0)
+            return await decoder.run(size, True, response_body, parsed, served.name, served.version, logits, served.labels, encoding)
+
+        content, headers = await infer_core(served, decode, encode, settings.request_timeout_s)
         return Response(content, headers=headers)
+
+    async def config(request: Request, model: str, version: str | None = None) -> dict:
+        """The model configuration a version is served with (Triton's ModelConfig as JSON, completed)."""
+        served = registry.resolve(model, version)
+        served.check_ready()
+        return proto_json(effective_config(served))
+
+    async def model_statistics(request: Request, model: str | None = None, version: str | None = None) -> dict:
+        """Triton's statistics extension: counts and cumulative durations per model version, and per batch size."""
+        if model is not None:
+            _model_name(model)
+            if model not in registry.models and not any(n == model for n, _, _ in metrics.stats(model)):
+                raise not_found(f"unknown model {model!r}; served models: {', '.join(sorted(registry.models)) or 'none'}")
+        if version is not None and (not version.isdigit() or len(version) > 18):
+            raise not_found(f"model {model!r} has no version {version!r}")
+        return proto_json(statistics(metrics.stats(model, int(version) if version is not None else None)))
+
+    # Before the {model} routes, so that "stats" is not taken for a model name.
+    app.add_api_route("/v2/models/stats", model_statistics, methods=["GET"], tags=["v2"], responses=_ERRORS)
+    _add_model_routes(app, "/v2/models/{model}", "/stats", model_statistics, methods=["GET"], tags=["v2"], responses=_ERRORS)
+    _add_model_routes(app, "/v2/models/{model}", "/config", config, methods=["GET"], tags=["v2"], responses=_ERRORS)
 
     _add_model_routes(app, "/v2/models/{model}", "", metadata, methods=["GET"], response_model=ModelMetadata, tags=["v2"], responses=_ERRORS)
     _add_model_routes(app, "/v2/models/{model}", "/ready", ready, methods=["GET"], tags=["v2"], responses=_ERRORS)
@@ -224,18 +261,6 @@ def _model_name(name: str) -> str:
         return check_model_name(name)
     except ElunetError as exc:
         raise bad_request(f"{exc.message}; {exc.hint}") from None
-
-
-def _config_from_json(text) -> object:
-    """Triton's load ``config`` parameter: a ModelConfig in protobuf's JSON form."""
-    from google.protobuf import json_format
-
-    if not isinstance(text, str):
-        raise bad_request("the load parameter 'config' must be a string holding a ModelConfig as JSON")
-    try:
-        return json_format.Parse(text, model_config_pb2().ModelConfig())
-    except json_format.ParseError as exc:
-        raise bad_request(f"the load parameter 'config' is not a ModelConfig in JSON: {exc}") from None
 
 
 def _add_model_routes(app: FastAPI, prefix: str, suffix: str, handler, **route) -> None:
@@ -269,22 +294,21 @@ def _add_v1_routes(app: FastAPI, registry: ModelRegistry, settings: ServeSetting
             return await _classify(request, served)
 
     async def _classify(request: Request, served: ServedModel) -> ClassifyResponse:
-        started = time.perf_counter()
-        try:
-            served.check_ready()
+        async def decode():
             named_images, top_k = await _read_images(request)
             size = sum(len(data) for _, data in named_images)
             pixels = await decoder.run(size, True, images_pixels, named_images, served.card.preprocessing)
-            logits = await served.predict(pixels, served.timeout(None, settings.request_timeout_s))
-        except ServeError as exc:
-            served.metrics.failed(exc.reason, time.perf_counter() - started)
-            raise
-        served.metrics.succeeded(len(pixels), time.perf_counter() - started)
-        return ClassifyResponse(
-            model_name=served.name,
-            model_version=str(served.version),
-            predictions=[_top(served, name, p, top_k) for (name, _), p in zip(named_images, softmax(logits))],
-        )
+            return (named_images, top_k), pixels, None
+
+        async def encode(read, logits):
+            named_images, top_k = read
+            return ClassifyResponse(
+                model_name=served.name,
+                model_version=str(served.version),
+                predictions=[_top(served, name, p, top_k) for (name, _), p in zip(named_images, softmax(logits))],
+            )
+
+        return await infer_core(served, decode, encode, settings.request_timeout_s)
 
     body_doc = {
         "requestBody": {

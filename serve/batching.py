@@ -47,7 +47,7 @@ class BatchObserver(Protocol):
 
     def queued(self, seconds: float) -> None: ...
 
-    def computed(self, batch_size: int, seconds: float) -> None: ...
+    def computed(self, batch_size: int, requests: int, input_s: float, infer_s: float, output_s: float) -> None: ...
 
     def instance_ran(self, instance: Instance) -> None: ...
 
@@ -217,6 +217,7 @@ class DynamicBatcher:
                 for item in batch:
                     self._observer.queued(start - item.enqueued)
             inputs = batch[0].inputs if len(batch) == 1 else np.concatenate([item.inputs for item in batch])
+            gathered = time.monotonic()
             try:
                 outputs = await asyncio.get_running_loop().run_in_executor(self._executor, instance.infer, inputs)
                 if len(outputs) != len(inputs):
@@ -228,18 +229,19 @@ class DynamicBatcher:
                     if not item.future.done():
                         item.future.set_exception(failure)
                 return
-            if self._observer:
-                self._observer.computed(len(inputs), time.monotonic() - start)
+            computed = time.monotonic()
             offset = 0
             for item in batch:
                 n = len(item.inputs)
                 if not item.future.done():
                     item.future.set_result(outputs[offset : offset + n])
                 offset += n
+            if self._observer:
+                self._observer.computed(len(inputs), len(batch), gathered - start, computed - gathered, time.monotonic() - computed)
         finally:
+            self._free.put_nowait(instance)  # first: nothing below may keep the instance from the next batch
             if self._observer:
                 self._observer.instance_ran(instance)
-            self._free.put_nowait(instance)
 
     def _uncount(self, item: _Item) -> None:
         if item.counted:

@@ -34,6 +34,7 @@ def serve(
     allow_unverified: Optional[str] = _opt("allow_unverified", metavar="true|false"),
     host: Optional[str] = _opt("host"),
     port: Optional[int] = _opt("port"),
+    grpc_port: Optional[int] = _opt("grpc_port"),
     backend: Optional[str] = _opt("backend"),
     device: Optional[str] = _opt("device"),
     max_batch_size: Optional[int] = _opt("max_batch_size"),
@@ -47,10 +48,12 @@ def serve(
     log_level: Optional[str] = _opt("log_level"),
     config: Optional[Path] = typer.Option(None, "--config", help="TOML settings file; keys are the option names with '_' (env ELUNET_CONFIG)"),
 ) -> None:
-    """Serve every model of a model repository over HTTP (KServe V2 / Open Inference Protocol).
+    """Serve every model of a model repository over HTTP and gRPC (KServe V2 / Triton's protocol).
 
-    Routes: GET /v2/health/ready, GET /v2/models/NAME, POST /v2/models/NAME/infer (JSON or binary
-    tensors; tritonclient works), POST /v1/models/NAME/classify (image files), GET /metrics, docs at /docs.
+    HTTP routes: GET /v2/health/ready, GET /v2/models/NAME (also .../config, .../stats), POST /v2/models/NAME/infer
+    (JSON or binary tensors, classification), POST /v2/repository/index and .../models/NAME/load|unload,
+    POST /v1/models/NAME/classify (image files), GET /metrics, docs at /docs. gRPC on --grpc-port:
+    Triton's GRPCInferenceService and grpc.health.v1 (tritonclient.http and .grpc both work).
     Priority of settings: option > environment variable > --config file > default. A model's own
     config.pbtxt (Triton's ModelConfig) overrides the scheduling options (max batch size, queue delay
     and size, timeout, instances) for that model wherever it sets them.

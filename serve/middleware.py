@@ -27,6 +27,19 @@ async def send_error(send, status: int, message: str, headers: dict[str, str] | 
     await send({"type": "http.response.body", "body": body})
 
 
+class TrailingSlash:
+    """``/v2/`` is ``/v2``: Triton answers paths with a trailing slash as without one, and so do clients' URLs."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        path = scope.get("path", "")
+        if scope["type"] == "http" and len(path) > 1 and path.endswith("/"):
+            scope = {**scope, "path": path.rstrip("/") or "/", "raw_path": scope.get("raw_path", b"").rstrip(b"/") or b"/"}
+        return await self.app(scope, receive, send)
+
+
 class AccessLog:
     def __init__(self, app):
         self.app = app

@@ -66,6 +66,7 @@ class ServedModel:
     scheduling: Scheduling
     fingerprint: str
     card: ModelCard | None = None
+    labels: list[str] = field(default_factory=list)  # labels.txt (Triton's label_filename), else the card's
     state: str = LOADING
     reason: str = "loading"
     parity: str = "passed"  # or "unverified" (served under --allow-unverified)
@@ -396,6 +397,11 @@ class ModelRegistry:
         started = time.perf_counter()
         s = self.settings
         served.card = ModelCard.load(served.source.path / CARD_FILE)
+        labels_file = served.source.path.parent / LABELS_FILE
+        served.labels = labels_file.read_text().splitlines() if labels_file.is_file() else list(served.card.labels)
+        if len(served.labels) != served.card.num_classes:
+            raise ElunetError(f"{LABELS_FILE} has {len(served.labels)} lines, the model has {served.card.num_classes} classes",
+                              hint="one label per line, line i naming class i (elunet export writes it)")
         choice = choose_engine(served.source, s.backend, s.device)
         if choice.why and s.backend == "auto":
             log.info("model %s v%d: auto picked %s on %s: %s", served.name, served.version, choice.kind, choice.device, choice.why)

@@ -14,6 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from elunet.dtypes import BY_NAME, DTYPES
 
+SERVER_NAME = "elunet"
+# Exactly the Triton protocol extensions implemented here, by Triton's names.
+EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration", "model_repository", "model_repository(unload_dependents)", "statistics"]
+
 # Parameters may carry any JSON scalar (the binary extension uses
 # binary_data_size, binary_data, binary_data_output; Triton also sends timeout).
 Parameters = dict[str, bool | int | float | str]
@@ -21,6 +25,10 @@ Parameters = dict[str, bool | int | float | str]
 # V2 datatype name -> numpy dtype name, for the datatypes this server accepts as input.
 INPUT_DATATYPES = {d.v2: d.numpy for d in DTYPES}
 OUTPUT_DATATYPE = BY_NAME["fp32"].v2
+# What a raw binary request (no JSON header) carries: elunet models take float32 pixels.
+RAW_DATATYPE = BY_NAME["fp32"].v2
+# Triton's classification extension answers strings.
+CLASSIFICATION_DATATYPE = "BYTES"
 # UINT8 pixels are scaled by this to reach the model's [0, 1] input range.
 UINT8_SCALE = 1.0 / 255.0
 
@@ -82,7 +90,8 @@ class ResponseOutput(_Wire):
     shape: list[int]
     datatype: str
     parameters: Parameters | None = None
-    data: list[float] | None = None
+    # numbers, or "value:index:label" strings for the classification extension
+    data: list[float] | list[str] | None = None
 
 
 class InferenceResponse(_Wire):

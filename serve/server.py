@@ -24,6 +24,7 @@ DRAIN_SLACK_S = 5.0
 class _DrainingServer(uvicorn.Server):
     def handle_exit(self, sig, frame) -> None:
         self.config.app.state.draining = True
+        self.config.app.state.stop_grpc()
         log.info("signal %s: no new connections; answering the requests already accepted", sig)
         super().handle_exit(sig, frame)
 

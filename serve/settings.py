@@ -54,7 +54,8 @@ class ServeSettings(BaseModel):
         False, description="also serve versions without a passed parity certificate (parity.json), marked unverified in metadata"
     )
     host: str = Field("127.0.0.1", description="address to listen on (0.0.0.0 inside a container)")
-    port: int = Field(8000, ge=0, le=65535, description="TCP port (0 picks a free one)")
+    port: int = Field(8000, ge=0, le=65535, description="HTTP port (0 picks a free one)")
+    grpc_port: int = Field(8001, ge=0, le=65535, description="gRPC port (Triton's GRPCInferenceService and grpc.health.v1); 0: no gRPC")
     backend: Backend = Field(
         "auto", description="inference backend; auto tries TensorRT, then ONNX Runtime CUDA, then ONNX Runtime CPU"
     )

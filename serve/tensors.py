@@ -18,7 +18,18 @@ from pydantic import ValidationError
 
 from elunet.contracts import INPUT_NAME, OUTPUT_NAME
 from elunet.serve.errors import ServeError, bad_request
-from elunet.serve.protocol import INPUT_DATATYPES, OUTPUT_DATATYPE, UINT8_SCALE, InferenceRequest, InferenceResponse, ResponseOutput
+from elunet.serve.extensions import classify, serialize_bytes
+from elunet.serve.protocol import (
+    CLASSIFICATION_DATATYPE,
+    INPUT_DATATYPES,
+    OUTPUT_DATATYPE,
+    RAW_DATATYPE,
+    UINT8_SCALE,
+    InferenceRequest,
+    InferenceResponse,
+    RequestInput,
+    ResponseOutput,
+)
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
@@ -27,24 +38,28 @@ def decode_infer(
     body: bytes, header_length: str | None, content_encoding: str | None, max_bytes: int, image_shape: tuple[int, int, int]
 ) -> tuple[InferenceRequest, np.ndarray]:
     """The whole decoding of an infer body: the validated request and its input as float32 pixels."""
-    request, binary = read_request(body, header_length, content_encoding, max_bytes)
+    request, binary = read_request(body, header_length, content_encoding, max_bytes, image_shape)
     pixels = input_pixels(request, binary, image_shape)
     request.inputs[0].data = None  # now in ``pixels``; the request travels on without it (maybe between processes)
     return request, pixels
 
 
-def requested_timeout_us(request: InferenceRequest) -> float | None:
+def requested_timeout_us(parameters) -> float | None:
     """Triton's per-request ``timeout`` parameter (microseconds), when it is a positive number."""
-    wanted = (request.parameters or {}).get("timeout")
+    wanted = (parameters or {}).get("timeout")
     if isinstance(wanted, (int, float)) and not isinstance(wanted, bool) and wanted > 0:
         return float(wanted)
     return None
 
 
 def read_request(
-    body: bytes, header_length: str | None, content_encoding: str | None, max_bytes: int
+    body: bytes, header_length: str | None, content_encoding: str | None, max_bytes: int, image_shape: tuple[int, int, int]
 ) -> tuple[InferenceRequest, memoryview]:
-    """Split and validate the body: the JSON header and the binary section after it."""
+    """Split and validate the body: the JSON header and the binary section after it.
+
+    ``Inference-Header-Content-Length: 0`` is Triton's raw binary request: no header at all, the
+    body is the model's one input, float32 images of ``image_shape`` (as many as the bytes hold).
+    """
     body = _decompress(body, content_encoding, max_bytes)
     if header_length is None:
         json_part, binary = body, memoryview(b"")
@@ -55,6 +70,8 @@ def read_request(
             raise bad_request(f"{HEADER_LENGTH} must be an integer, got {header_length!r}") from None
         if not 0 <= n <= len(body):
             raise bad_request(f"{HEADER_LENGTH} is {n}, but the body has only {len(body)} bytes")
+        if n == 0:
+            return _raw_request(body, image_shape), memoryview(body)
         json_part, binary = body[:n], memoryview(body)[n:]
     try:
         request = InferenceRequest.model_validate_json(json_part)
@@ -63,19 +80,50 @@ def read_request(
     return request, binary
 
 
-def input_pixels(request: InferenceRequest, binary: memoryview, image_shape: tuple[int, int, int]) -> np.ndarray:
-    """The request's one input as float32 pixels [n, C, H, W] in [0, 1]; 400 saying what is wrong."""
-    names = [i.name for i in request.inputs]
+def _raw_request(body: bytes, image_shape: tuple[int, int, int]) -> InferenceRequest:
+    image_bytes = math.prod(image_shape) * np.dtype(INPUT_DATATYPES[RAW_DATATYPE]).itemsize
+    if not body or len(body) % image_bytes:
+        raise bad_request(
+            f"a raw binary request ({HEADER_LENGTH}: 0) must hold whole {RAW_DATATYPE} images of shape {list(image_shape)} "
+            f"({image_bytes} bytes each); the body has {len(body)} bytes"
+        )
+    tensor = RequestInput(name=INPUT_NAME, shape=[len(body) // image_bytes, *image_shape], datatype=RAW_DATATYPE,
+                          parameters={"binary_data_size": len(body)})
+    return InferenceRequest(inputs=[tensor])
+
+
+def check_input(names: list[str], datatype: str, shape: list[int], image_shape: tuple[int, int, int]) -> np.dtype:
+    """400 unless the request's inputs are this model's one input; the numpy dtype of its elements."""
     if names != [INPUT_NAME]:
         raise bad_request(f"expected exactly one input named {INPUT_NAME!r}, received inputs {names}")
-    tensor = request.inputs[0]
-    if tensor.datatype not in INPUT_DATATYPES:
-        raise bad_request(f"input {INPUT_NAME!r} has datatype {tensor.datatype}; expected one of {', '.join(INPUT_DATATYPES)}")
-    expected = [-1, *image_shape]
-    shape = tensor.shape
+    if datatype not in INPUT_DATATYPES:
+        raise bad_request(f"input {INPUT_NAME!r} has datatype {datatype}; expected one of {', '.join(INPUT_DATATYPES)}")
     if len(shape) != 4 or list(shape[1:]) != list(image_shape) or shape[0] < 1:
-        raise bad_request(f"input {INPUT_NAME!r} has shape {shape}; expected {expected} (batch of at least 1)")
-    dtype = np.dtype(INPUT_DATATYPES[tensor.datatype]).newbyteorder("<")
+        raise bad_request(f"input {INPUT_NAME!r} has shape {list(shape)}; expected {[-1, *image_shape]} (batch of at least 1)")
+    return np.dtype(INPUT_DATATYPES[datatype]).newbyteorder("<")
+
+
+def raw_values(raw, dtype: np.dtype, shape: list[int], datatype: str) -> np.ndarray:
+    """The elements of a tensor sent as raw little-endian bytes; 400 when their number is wrong."""
+    needed = math.prod(shape) * dtype.itemsize
+    if len(raw) != needed:
+        raise bad_request(f"input {INPUT_NAME!r} has {len(raw)} bytes of raw data; shape {list(shape)} of {datatype} needs {needed}")
+    return np.frombuffer(raw, dtype=dtype)
+
+
+def as_pixels(values: np.ndarray, shape: list[int], datatype: str) -> np.ndarray:
+    """float32 pixels [n, C, H, W] in [0, 1] from the elements of an input tensor."""
+    pixels = values.reshape(shape).astype(np.float32)
+    if datatype == "UINT8":
+        pixels *= np.float32(UINT8_SCALE)
+    return pixels
+
+
+def input_pixels(request: InferenceRequest, binary: memoryview, image_shape: tuple[int, int, int]) -> np.ndarray:
+    """The request's one input as float32 pixels [n, C, H, W] in [0, 1]; 400 saying what is wrong."""
+    tensor = request.inputs[0]
+    dtype = check_input([i.name for i in request.inputs], tensor.datatype, tensor.shape, image_shape)
+    shape = tensor.shape
     count = math.prod(shape)
     size = (tensor.parameters or {}).get("binary_data_size")
     if size is not None:
@@ -87,7 +135,7 @@ def input_pixels(request: InferenceRequest, binary: memoryview, image_shape: tup
             )
         if len(binary) != size:
             raise bad_request(f"binary section has {len(binary)} bytes after the JSON header; binary_data_size says {size}")
-        values = np.frombuffer(binary, dtype=dtype)
+        values = raw_values(binary, dtype, shape, tensor.datatype)
     else:
         if binary:
             raise bad_request(f"body has {len(binary)} binary bytes, but no input declares binary_data_size")
@@ -99,17 +147,35 @@ def input_pixels(request: InferenceRequest, binary: memoryview, image_shape: tup
             raise bad_request(f"input {INPUT_NAME!r} data must be a (nested) list of {tensor.datatype} numbers") from None
         if values.size != count:
             raise bad_request(f"input {INPUT_NAME!r} has {values.size} values; shape {shape} needs {count}")
-    pixels = values.reshape(shape).astype(np.float32)
-    if tensor.datatype == "UINT8":
-        pixels *= np.float32(UINT8_SCALE)
-    return pixels
+    return as_pixels(values, shape, tensor.datatype)
+
+
+def classification_count(value) -> int:
+    """The ``classification`` parameter of a requested output: how many classes to answer per image."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise bad_request(f"the classification parameter must be a positive integer (classes per image), got {value!r}")
+    return value
+
+
+def output_tensor(logits: np.ndarray, classes: int | None, labels: list[str]) -> tuple[str, list[int], np.ndarray]:
+    """(datatype, shape, values) of the answer: the logits, or with ``classes`` Triton's classification strings."""
+    if classes is None:
+        return OUTPUT_DATATYPE, list(logits.shape), np.ascontiguousarray(logits, dtype="<f4")
+    values = classify(logits, classes, labels)
+    return CLASSIFICATION_DATATYPE, list(values.shape), values
+
+
+def tensor_bytes(datatype: str, values: np.ndarray) -> bytes:
+    return serialize_bytes(values) if datatype == CLASSIFICATION_DATATYPE else values.tobytes()
 
 
 def response_body(
-    request: InferenceRequest, model_name: str, model_version: int, logits: np.ndarray
+    request: InferenceRequest, model_name: str, model_version: int, logits: np.ndarray, labels: list[str], encoding: str | None = None
 ) -> tuple[bytes, dict[str, str]]:
-    """The V2 response for ``logits``: JSON, or JSON header + binary when the request asked for it."""
+    """The V2 response for ``logits``: JSON, or JSON header + binary when the request asked for it,
+    compressed with ``encoding`` (gzip or deflate) when given."""
     binary = bool((request.parameters or {}).get("binary_data_output", False))
+    classes = None
     if request.outputs is not None:
         names = [o.name for o in request.outputs]
         if names and names != [OUTPUT_NAME]:
@@ -117,22 +183,42 @@ def response_body(
         for output in request.outputs:
             params = output.parameters or {}
             if "classification" in params:
-                raise bad_request("the classification extension is not supported; use POST /v1/models/{model}/classify for labels")
+                classes = classification_count(params["classification"])
             binary = bool(params.get("binary_data", binary))
-    logits = np.ascontiguousarray(logits, dtype="<f4")
+    datatype, shape, values = output_tensor(logits, classes, labels)
+    data = tensor_bytes(datatype, values) if binary else None
     # model_construct: the values are ours and already of the wire types; validating them again costs time.
     output = ResponseOutput.model_construct(
         name=OUTPUT_NAME,
-        datatype=OUTPUT_DATATYPE,
-        shape=list(logits.shape),
-        parameters={"binary_data_size": logits.nbytes} if binary else None,
-        data=None if binary else logits.ravel().tolist(),
+        datatype=datatype,
+        shape=shape,
+        parameters={"binary_data_size": len(data)} if binary else None,
+        data=None if binary else values.ravel().tolist(),
     )
     response = InferenceResponse.model_construct(model_name=model_name, model_version=str(model_version), id=request.id, outputs=[output])
     head = response.model_dump_json(exclude_none=True).encode()
-    if not binary:
-        return head, {"Content-Type": "application/json"}
-    return head + logits.tobytes(), {"Content-Type": "application/octet-stream", HEADER_LENGTH: str(len(head))}
+    if binary:
+        content, headers = head + data, {"Content-Type": "application/octet-stream", HEADER_LENGTH: str(len(head))}
+    else:
+        content, headers = head, {"Content-Type": "application/json"}
+    if encoding:
+        compressor = zlib.compressobj(6, zlib.DEFLATED, _WBITS[encoding])
+        content = compressor.compress(content) + compressor.flush()
+        headers["Content-Encoding"] = encoding
+    return content, headers
+
+
+def response_encoding(accept_encoding: str | None) -> str | None:
+    """gzip or deflate, the one the client accepts (preferring gzip), or None: Triton's response compression."""
+    accepted = {}
+    for part in (accept_encoding or "").split(","):
+        name, _, q = part.strip().partition(";")
+        weight = q.strip().removeprefix("q=") if q else "1"
+        try:
+            accepted[name.strip().lower()] = float(weight)
+        except ValueError:
+            continue
+    return next((e for e in _WBITS if accepted.get(e, accepted.get("*", 0)) > 0), None)
 
 
 # zlib window bits: gzip wrapper, zlib wrapper (HTTP's "deflate").

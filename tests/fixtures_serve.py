@@ -134,7 +134,10 @@ class ServerProcess:
     def __init__(self, repository: Path, log_path: Path, env: dict | None = None, **options):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        args = [sys.executable, "-m", "elunet", "serve", "--repository", str(repository), "--host", "127.0.0.1", "--port", str(self.port)]
+        self.grpc_port = options.pop("grpc_port", None) or free_port()
+        self.grpc_url = f"127.0.0.1:{self.grpc_port}"
+        args = [sys.executable, "-m", "elunet", "serve", "--repository", str(repository), "--host", "127.0.0.1", "--port", str(self.port),
+                "--grpc-port", str(self.grpc_port)]
         for key, value in options.items():
             args += [f"--{key.replace('_', '-')}", str(value).lower() if isinstance(value, bool) else str(value)]
         self.log_path = log_path

@@ -39,7 +39,8 @@ def test_install_serve_script_makes_a_lean_gpu_server(elunet_wheel, synthetic_re
     assert subprocess.run([python, "-c", "import torch"], env=env, capture_output=True).returncode != 0
 
     port = free_port()
-    server_env = {**env, "ELUNET_REPOSITORY": str(synthetic_repository), "ELUNET_ALLOW_UNVERIFIED": "true", "ELUNET_HOST": "127.0.0.1", "ELUNET_PORT": str(port)}
+    server_env = {**env, "ELUNET_REPOSITORY": str(synthetic_repository), "ELUNET_ALLOW_UNVERIFIED": "true", "ELUNET_HOST": "127.0.0.1", "ELUNET_PORT": str(port),
+                  "ELUNET_GRPC_PORT": str(free_port())}
     log = open(tmp_path / "server.log", "wb")
     server = subprocess.Popen([str(venv / "bin" / "elunet"), "serve"], env=server_env, stdout=log, stderr=subprocess.STDOUT)
     try:

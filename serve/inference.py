@@ -1,0 +1,45 @@
+"""The path every inference request takes, whichever front end received it (HTTP or gRPC).
+
+The front end reads its wire format; this core checks the version can take
+the request, has the body decoded (``decode``), queues the pixels for a batch
+on one of the version's instances, has the logits encoded (``encode``), and
+counts every step in the version's metrics and statistics, failures included.
+So both front ends share instances, batcher, errors, timeouts and counts.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Awaitable, Callable, TypeVar
+
+import numpy as np
+
+from elunet.serve.errors import ServeError
+from elunet.serve.models import ServedModel
+
+R = TypeVar("R")
+T = TypeVar("T")
+
+
+async def infer(
+    served: ServedModel,
+    decode: Callable[[], Awaitable[tuple[R, np.ndarray, float | None]]],
+    encode: Callable[[R, np.ndarray], Awaitable[T]],
+    server_timeout_s: float,
+) -> T:
+    """``decode()`` -> (request, pixels, requested timeout in µs or None); ``encode(request, logits)`` -> the answer."""
+    started = time.perf_counter()
+    try:
+        served.check_ready()
+        request, pixels, timeout_us = await decode()
+        decoded = time.perf_counter()
+        served.metrics.decoded(decoded - started)
+        logits = await served.predict(pixels, served.timeout(timeout_us, server_timeout_s))
+        computed = time.perf_counter()
+        answer = await encode(request, logits)
+        served.metrics.encoded(time.perf_counter() - computed)
+    except ServeError as exc:
+        served.metrics.failed(exc.reason, time.perf_counter() - started)
+        raise
+    served.metrics.succeeded(len(pixels), time.perf_counter() - started)
+    return answer
