@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import errno
 import http.client
+import ipaddress
 import json
 import os
 import re
@@ -200,9 +202,46 @@ def multipart(files: list[tuple[str, bytes]], boundary: str = "elunet-deploy-che
     return b"".join(parts), f"multipart/form-data; boundary={boundary}"
 
 
+class ProjectNetwork:
+    """The compose project's network: its bridge on this host and its subnets."""
+
+    device: str | None = None
+    subnets: list = []
+
+    @classmethod
+    def find(cls, project: str) -> None:
+        info = json.loads(podman("network", "inspect", f"{project}_default").stdout)[0]
+        cls.device = info["network_interface"]
+        cls.subnets = [ipaddress.ip_network(s["subnet"]) for s in info["subnets"]]
+        log(f"network {project}_default: bridge {cls.device}, {', '.join(map(str, cls.subnets))}")
+
+
+class Connection(http.client.HTTPConnection):
+    """HTTP to loopback, or to the project network's addresses through its bridge only.
+
+    A container's address is bound to the bridge (SO_BINDTODEVICE): once `down` has removed the
+    network, a connection to it fails here instead of following the default route off the machine."""
+
+    def connect(self) -> None:
+        address = ipaddress.ip_address(self.host)
+        if address.is_loopback:
+            return super().connect()
+        if ProjectNetwork.device is None or not any(address in net for net in ProjectNetwork.subnets):
+            raise OSError(errno.EHOSTUNREACH, f"{address} is not on the project's network: not sent")
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, ProjectNetwork.device.encode())
+            sock.settimeout(self.timeout)
+            sock.connect((self.host, self.port))
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
 def request(host: str, port: int, method: str, path: str, body: bytes | None = None,
             content_type: str = "application/json", timeout: float = 30) -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    conn = Connection(host, port, timeout=timeout)
     try:
         headers = {"Connection": "close"}
         if body is not None:
@@ -285,7 +324,7 @@ class Load:
         while not self.stop.is_set():
             start = time.time()
             # A stopped container's address answers nothing at all: connect gives up after 2 s.
-            conn = http.client.HTTPConnection(host, port, timeout=2)
+            conn = Connection(host, port, timeout=2)
             try:
                 conn.connect()
                 conn.sock.settimeout(60)
@@ -358,6 +397,7 @@ def main() -> int:
     down_done = False
     status = 1
     try:
+        volumes_before = anonymous_volumes()
         check_image(args.image, figures)
         fill_models_volume(args.project, args.repository)
         health.start()
@@ -366,7 +406,7 @@ def main() -> int:
         check_prometheus(ports, replicas, figures)
         check_down(compose, profiles, ports, replicas, figures)
         down_done = True
-        check_nothing_left(args.project)
+        check_nothing_left(args.project, volumes_before)
         status = 0
     except CheckFailed as exc:
         figures["failure"] = str(exc)
@@ -458,6 +498,7 @@ def replica_addresses(compose: Compose) -> dict[str, str]:
 def check_scale_profile(compose: Compose, health: HealthChecks, profiles, ports, figures) -> dict[str, str]:
     log(f"profile scale: up replica lb (lb waits for the replicas to be healthy)")
     compose(*profiles, "up", "-d", "--no-build", "replica", "lb")
+    ProjectNetwork.find(compose.project)
     replicas = replica_addresses(compose)
     require(len(replicas) == figures["replicas"], f"{len(replicas)} replicas running, {figures['replicas']} asked")
     (lb,) = compose.containers("lb")
@@ -661,12 +702,17 @@ def check_down(compose: Compose, profiles, ports, replicas: dict[str, str], figu
     require(not bad, f"containers that did not exit 0 on down: {bad}")
 
 
-def check_nothing_left(project: str) -> None:
+def anonymous_volumes() -> set[str]:
+    return set(podman("volume", "ls", "-q", "--filter", "dangling=true").stdout.split())
+
+
+def check_nothing_left(project: str, volumes_before: set[str]) -> None:
     label = f"label=com.docker.compose.project={project}"
     left = {
         "containers": podman("ps", "-aq", "--filter", label).stdout.split(),
         "networks": podman("network", "ls", "-q", "--filter", label).stdout.split(),
-        "volumes": podman("volume", "ls", "-q", "--filter", label).stdout.split(),
+        "volumes": podman("volume", "ls", "-q", "--filter", label).stdout.split()
+        + sorted(anonymous_volumes() - volumes_before),
     }
     require(not any(left.values()), f"left after down: {left}")
     log("nothing of the project is left (containers, networks, volumes)")
