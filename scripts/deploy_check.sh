@@ -71,9 +71,12 @@ mkdir -p "$CACHE"
 # - runc: crun 1.8 refuses hybrid cgroup hierarchies ("cgroups in hybrid mode not supported");
 # - netavark + aardvark-dns: compose service names resolve on the project network;
 # - events in a file: no journald without systemd.
+nofile=$(ulimit -Hn)
+nproc=$(ulimit -Hu)
+{ [ "$nproc" = unlimited ] || [ "$nproc" -gt 4096 ]; } && nproc=4096
 cat > "$CACHE/containers.conf" <<EOF
 [containers]
-default_ulimits = ["nofile=$(ulimit -Hn):$(ulimit -Hn)", "nproc=4096:4096"]
+default_ulimits = ["nofile=$nofile:$nofile", "nproc=$nproc:$nproc"]
 
 [engine]
 runtime = "runc"
@@ -112,8 +115,13 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # ------------------------------------------------------- 2. images
+# One check at a time on a machine: they share the base and the image tags that
+# docker-compose.yml names (another checkout's build must not retag them mid-run).
 exec 9>"$CACHE/lock"
-flock 9  # one check at a time builds the base and tags the images
+if ! flock -n 9; then
+    log "another deploy check is running here: waiting for it"
+    flock -w 1200 9 || die "another deploy check held the lock for 20 min"
+fi
 BASE=localhost/debian:bookworm
 if ! podman image exists "$BASE"; then
     if [ ! -s "$CACHE/debian-bookworm.tar" ]; then
@@ -156,7 +164,6 @@ done
 # The Dockerfile's serve target, as docker-compose.yml's server-cpu builds it, from the local bases.
 build elunet:serve-cpu serve-cpu -f "$ROOT/Dockerfile" --target serve \
     --build-arg WHEEL_BASE=localhost/elunet-check/python:bookworm --build-arg "SERVE_BASE=$BASE" --build-arg ORT_PACKAGE=onnxruntime
-flock -u 9
 
 # ------------------------------------------------------- 3. a tiny model
 # The run is cached (training is the slow part); the export, with its parity
@@ -180,7 +187,7 @@ fi
 log "exported: $(grep -E '^parity|^published' "$RUN/export.log" | tr '\n' ' ')"
 
 # ------------------------------------------------------- 4. compose
-podman system service --time=0 "unix://$RUN/podman.sock" > "$RUN/podman-service.log" 2>&1 &
+podman system service --time=0 "unix://$RUN/podman.sock" > "$RUN/podman-service.log" 2>&1 9>&- &
 SERVICE_PID=$!
 for _ in $(seq 100); do [ -S "$RUN/podman.sock" ] && break; sleep 0.1; done
 [ -S "$RUN/podman.sock" ] || die "podman's API socket did not come up: $(tail -3 "$RUN/podman-service.log")"
