@@ -21,6 +21,11 @@
 # stage, with the extras it needs, runs as the unprivileged user elunet and
 # reads the model repository from the volume /models (ELUNET_REPOSITORY).
 
+# Every base image is a build argument: the defaults below are the production
+# images; scripts/deploy_check.sh builds the same stages from a local Debian
+# base (no registry there), e.g. --build-arg SERVE_BASE=localhost/debian:bookworm.
+# Python with pip, to build elunet's wheel.
+ARG WHEEL_BASE=python:3.12-slim-bookworm
 # CUDA 13 + cuDNN 9: what the onnxruntime-gpu wheels on PyPI are built against.
 ARG SERVE_BASE=nvidia/cuda:13.0.2-cudnn-runtime-ubuntu24.04
 # onnxruntime-gpu (CUDA and CPU execution providers) or onnxruntime (CPU only).
@@ -32,7 +37,7 @@ ARG TRT_IMAGE=nvcr.io/nvidia/tensorrt:${NGC_RELEASE}-py3
 ARG TRITON_IMAGE=nvcr.io/nvidia/tritonserver:${NGC_RELEASE}-py3
 
 # ---------------------------------------------------------------- wheel
-FROM python:3.12-slim-bookworm AS wheel
+FROM ${WHEEL_BASE} AS wheel
 WORKDIR /src
 COPY . .
 RUN python -m pip wheel --no-cache-dir --no-deps --wheel-dir /dist . \

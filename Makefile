@@ -1,6 +1,7 @@
 # Two commands for a fresh Debian/Ubuntu machine (see README.md):
 #   make demo   install, train the default model briefly, export, serve, classify
 #   make test   install, run the test suite
+#   make deploy-check   build the serve image and run the Compose deployment for real (podman)
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -13,9 +14,11 @@ APT_PACKAGES := dataset-fashion-mnist cmake g++ binutils
 # Debian starts the nginx and prometheus services on install: `make test
 # TEST_APT_PACKAGES=` skips them, and those tests skip with a reason.
 TEST_APT_PACKAGES ?= docker-compose prometheus nginx
+# scripts/deploy_check.sh's own list (it installs them itself when run alone, e.g. by the tests).
+DEPLOY_APT_PACKAGES := podman runc netavark aardvark-dns debootstrap docker-compose
 STAMP := $(VENV)/.elunet-installed
 
-.PHONY: setup system-deps demo test clean
+.PHONY: setup system-deps demo test deploy-check clean
 
 setup: $(STAMP)
 
@@ -42,6 +45,10 @@ demo: setup
 test: setup
 	@$(MAKE) --no-print-directory system-deps EXTRA_APT_PACKAGES="$(TEST_APT_PACKAGES)"
 	$(PY) -m pytest -ra $(PYTEST_ARGS)
+
+deploy-check: setup
+	@$(MAKE) --no-print-directory system-deps EXTRA_APT_PACKAGES="$(DEPLOY_APT_PACKAGES)"
+	$(SUDO) env PATH="$(abspath $(VENV))/bin:$$PATH" bash scripts/deploy_check.sh
 
 clean:
 	rm -rf $(VENV) runs build dist *.egg-info
