@@ -13,6 +13,7 @@ plain integers (such as those temporary ones) are not versions.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,15 @@ CONFIG_FILE = "config.pbtxt"
 LABELS_FILE = "labels.txt"
 PARITY_FILE = "parity.json"
 MODEL_FILES = {"onnxruntime_onnx": "model.onnx", "tensorrt_plan": "model.plan"}
+
+
+# A version is a folder name and a URL segment: ASCII digits only (str.isdigit also takes "²"), 18 at most (int64).
+_VERSION_RE = re.compile(r"[0-9]{1,18}")
+
+
+def parse_version(text: str) -> int | None:
+    """``text`` as a version number, or None when it is not one."""
+    return int(text) if _VERSION_RE.fullmatch(text) else None
 
 
 def check_model_name(name: str) -> str:
@@ -68,7 +78,7 @@ class ModelRepository:
         d = self.model_dir(name)
         if not d.is_dir():
             return []
-        found = [ModelVersion(name, int(p.name), p) for p in d.iterdir() if p.is_dir() and p.name.isdigit()]
+        found = [ModelVersion(name, parse_version(p.name), p) for p in d.iterdir() if p.is_dir() and parse_version(p.name) is not None]
         return sorted(found, key=lambda v: v.version)
 
     def get(self, name: str, version: int | None = None) -> ModelVersion:

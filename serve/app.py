@@ -25,9 +25,9 @@ import elunet
 from elunet.errors import ElunetError
 from elunet.repository import check_model_name
 from elunet.serve.decoding import Decoder
-from elunet.serve.extensions import config_from_json, effective_config, proto_json, statistics
+from elunet.serve.extensions import config_from_json, effective_config, proto_json, statistics_of
 from elunet.serve.inference import infer as infer_core
-from elunet.serve.errors import ServeError, bad_request, not_found
+from elunet.serve.errors import ServeError, bad_request
 from elunet.serve.images import images_pixels, softmax
 from elunet.serve.metrics import ServeMetrics
 from elunet.serve.middleware import AccessLog, ApiKey, BodyLimit, TrailingSlash
@@ -225,11 +225,7 @@ def _add_v2_routes(app: FastAPI, registry: ModelRegistry, settings: ServeSetting
         """Triton's statistics extension: counts and cumulative durations per model version, and per batch size."""
         if model is not None:
             _model_name(model)
-            if model not in registry.models and not any(n == model for n, _, _ in metrics.stats(model)):
-                raise not_found(f"unknown model {model!r}; served models: {', '.join(sorted(registry.models)) or 'none'}")
-        if version is not None and (not version.isdigit() or len(version) > 18):
-            raise not_found(f"model {model!r} has no version {version!r}")
-        return proto_json(statistics(metrics.stats(model, int(version) if version is not None else None)))
+        return proto_json(statistics_of(metrics, set(registry.models), model, version))
 
     # Before the {model} routes, so that "stats" is not taken for a model name.
     app.add_api_route("/v2/models/stats", model_statistics, methods=["GET"], tags=["v2"], responses=_ERRORS)

@@ -24,13 +24,18 @@ kept busy by another process: liveness p99 65 ms at equal priority).
 from __future__ import annotations
 
 import asyncio
+import logging
 import multiprocessing
 import os
 import threading
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Callable, TypeVar
 
 from elunet.runtime.cpus import available_cpus
+from elunet.serve.errors import ServeError
+
+log = logging.getLogger("elunet.serve")
 
 T = TypeVar("T")
 # Payloads below this many bytes are handled on the loop (benchmarks/serve_defaults.py).
@@ -41,9 +46,12 @@ class Decoder:
     def __init__(self, workers: int | None = None, inline_bytes: int = INLINE_BYTES):
         self._workers = workers or available_cpus()
         self._threads = ThreadPoolExecutor(self._workers, thread_name_prefix="decode", initializer=_lower_priority)
-        # forkserver: the server process has threads, which fork must not copy.
-        self._processes = ProcessPoolExecutor(self._workers, mp_context=multiprocessing.get_context("forkserver"), initializer=_lower_priority)
+        self._processes = self._process_pool()
         self._inline = inline_bytes
+
+    def _process_pool(self) -> ProcessPoolExecutor:
+        # forkserver: the server process has threads, which fork must not copy.
+        return ProcessPoolExecutor(self._workers, mp_context=multiprocessing.get_context("forkserver"), initializer=_lower_priority)
 
     async def run(self, size: int, holds_gil: bool, fn: Callable[..., T], *args) -> T:
         """``fn(*args)`` where it costs the event loop least; ``size``: bytes of payload it works on.
@@ -54,7 +62,22 @@ class Decoder:
         if size < self._inline:
             return fn(*args)
         pool = self._processes if holds_gil else self._threads
-        return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+        except BrokenProcessPool:
+            # A worker was killed (out of memory, by hand): its pool is unusable for good. The requests
+            # it held fail once, clearly; a new pool takes the next ones.
+            if self._processes is pool:
+                log.error("a decoding worker process died; starting a new pool")
+                self._processes = self._process_pool()
+                self._restarting = asyncio.ensure_future(self.start())
+            raise ServeError(
+                503,
+                "a decoding worker process died while handling this request (killed, or out of memory); the workers "
+                "were restarted: send it again",
+                reason="decoder_failed",
+                headers={"Retry-After": "1"},
+            ) from None
 
     async def start(self) -> None:
         """Start every worker process now: the pool starts one when a call finds none idle, and that

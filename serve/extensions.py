@@ -15,7 +15,7 @@ from google.protobuf.descriptor import FieldDescriptor
 
 from elunet.dtypes import BY_V2
 from elunet.model_config import model_config_pb2
-from elunet.repository import LABELS_FILE, MODEL_FILES
+from elunet.repository import LABELS_FILE, MODEL_FILES, parse_version
 
 _INT64 = {FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_SINT64, FieldDescriptor.TYPE_FIXED64,
           FieldDescriptor.TYPE_SFIXED64}
@@ -103,6 +103,18 @@ def effective_config(served):
 
 
 # --- statistics --------------------------------------------------------------------------------
+
+
+def statistics_of(metrics, served: set[str], name: str | None, version: str | None):
+    """The statistics extension's answer for every model, one, or one version; 404 for what has no counts."""
+    from elunet.serve.errors import not_found
+
+    if name is not None and name not in served and not metrics.stats(name):
+        raise not_found(f"unknown model {name!r}; served models: {', '.join(sorted(served)) or 'none'}")
+    number = parse_version(version) if version else None
+    if version and number is None:
+        raise not_found(f"model {name!r} has no version {version!r}")
+    return statistics(metrics.stats(name, number))
 
 
 def statistics(entries):

@@ -26,10 +26,10 @@ import elunet
 from elunet.errors import ElunetError
 from elunet.serve.decoding import Decoder
 from elunet.serve.errors import ServeError, bad_request
-from elunet.serve.extensions import config_from_json, effective_config, statistics
+from elunet.serve.extensions import config_from_json, effective_config, statistics_of
 from elunet.serve.inference import infer
 from elunet.serve.metrics import ServeMetrics
-from elunet.serve.models import ModelRegistry, ServedModel
+from elunet.serve.models import READY, ModelRegistry, ServedModel
 from elunet.serve.protocol import EXTENSIONS, INPUT_DATATYPES, SERVER_NAME
 from elunet.serve.settings import ServeSettings
 from elunet.serve.tensors import as_pixels, check_input, classification_count, output_tensor, raw_values, requested_timeout_us, tensor_bytes
@@ -108,7 +108,7 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
                 if exc.status == 400:
                     raise
                 return self._pb2.ModelReadyResponse(ready=False)
-            return self._pb2.ModelReadyResponse(ready=served.state == "READY")
+            return self._pb2.ModelReadyResponse(ready=served.state == READY)
 
         return await self._call("ModelReady", context, work)
 
@@ -139,12 +139,7 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def ModelStatistics(self, request, context):  # noqa: N802
         async def work():
-            name = request.name or None
-            if name is not None and name not in self._registry.models and not self._metrics.stats(name):
-                raise ServeError(404, f"unknown model {name!r}")
-            if request.version and not request.version.isdigit():
-                raise ServeError(404, f"model {name!r} has no version {request.version!r}")
-            return statistics(self._metrics.stats(name, int(request.version) if request.version else None))
+            return statistics_of(self._metrics, set(self._registry.models), request.name or None, request.version or None)
 
         return await self._call("ModelStatistics", context, work)
 
@@ -282,7 +277,7 @@ class HealthService(health_pb2_grpc.HealthServicer):
             versions = self._registry.models.get(service)
             if versions is None and service not in self._registry.repository.models():
                 return health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
-            ready = bool(versions) and any(m.state == "READY" for m in versions.values())
+            ready = bool(versions) and any(m.state == READY for m in versions.values())
         return health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
 
     async def Check(self, request, context):  # noqa: N802

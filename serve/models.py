@@ -41,7 +41,7 @@ from elunet.certificate import certificate_problem
 from elunet.contracts import WEIGHTS_FILE
 from elunet.errors import ElunetError
 from elunet.model_config import TensorSignature, differences, read_config
-from elunet.repository import CONFIG_FILE, LABELS_FILE, MODEL_FILES, ModelRepository, ModelVersion, check_model_name
+from elunet.repository import CONFIG_FILE, LABELS_FILE, MODEL_FILES, ModelRepository, ModelVersion, check_model_name, parse_version
 from elunet.runtime import Engine, Instance, open_engine
 from elunet.runtime.choose import choose_engine
 from elunet.runtime.cpus import available_cpus, threads_per_instance
@@ -229,9 +229,10 @@ class ModelRegistry:
         if version is None or version == "":
             ready = [v for v, m in versions.items() if m.state == READY]
             return versions[max(ready or versions)]
-        if not version.isdigit() or int(version) not in versions:
+        number = parse_version(version)
+        if number not in versions:
             raise not_found(f"model {name!r} has no version {version!r} being served; versions: {', '.join(map(str, sorted(versions)))}")
-        return versions[int(version)]
+        return versions[number]
 
     def _how_to_load(self, name: str) -> str:
         if self.mode == "explicit":

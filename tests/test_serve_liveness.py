@@ -74,6 +74,20 @@ def p99(values: list[float]) -> float:
     return float(np.percentile(values, 99))
 
 
+def assert_live_while(port: int, path: str, body: bytes, content_type: str, *, concurrent: int, requests: int) -> None:
+    """``requests`` POSTs of ``body``, ``concurrent`` at a time, all answered 200, while liveness keeps its p99."""
+
+    def load():
+        with ThreadPoolExecutor(concurrent) as pool:
+            return list(pool.map(lambda _: post(port, path, body, content_type), range(requests)))
+
+    statuses, latencies = liveness_while(port, load)
+    assert statuses == [200] * requests
+    assert len(latencies) >= 20, "the load ended before the probe could measure it"
+    print(f"liveness p99 {p99(latencies) * 1000:.1f} ms over {len(latencies)} probes")
+    assert p99(latencies) < P99_LIMIT_S, f"liveness p99 {p99(latencies) * 1000:.1f} ms over {len(latencies)} probes"
+
+
 @pytest.fixture(scope="module")
 def server(start_server, synthetic_repository):
     return start_server(synthetic_repository, max_body_bytes=BODY_LIMIT, max_batch_size=64, instances=1, allow_unverified=True)
@@ -87,15 +101,8 @@ def test_liveness_answers_while_eight_16_mb_json_bodies_are_decoded(server):
     body = json.dumps({"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]}).encode()
     assert 15 * 1024 * 1024 < len(body) <= BODY_LIMIT
 
-    def load():  # two rounds of 8 concurrent bodies
-        with ThreadPoolExecutor(8) as pool:
-            return list(pool.map(lambda _: post(server.port, f"/v2/models/{LINEAR}/infer", body, "application/json"), range(16)))
-
-    statuses, latencies = liveness_while(server.port, load)
-    assert statuses == [200] * 16
-    assert len(latencies) >= 20, "the load ended before the probe could measure it"
-    print(f"liveness p99 {p99(latencies) * 1000:.1f} ms over {len(latencies)} probes")
-    assert p99(latencies) < P99_LIMIT_S, f"liveness p99 {p99(latencies) * 1000:.1f} ms over {len(latencies)} probes"
+    # two rounds of 8 concurrent bodies
+    assert_live_while(server.port, f"/v2/models/{LINEAR}/infer", body, "application/json", concurrent=8, requests=16)
 
 
 def test_liveness_answers_while_large_pngs_are_decoded(server):
@@ -112,15 +119,8 @@ def test_liveness_answers_while_large_pngs_are_decoded(server):
     )
     body = parts + f"--{boundary}--\r\n".encode()
 
-    def load():  # two rounds of 3 concurrent requests
-        with ThreadPoolExecutor(3) as pool:
-            return list(pool.map(lambda _: post(server.port, f"/v1/models/{LINEAR}/classify", body, f"multipart/form-data; boundary={boundary}"), range(6)))
-
-    statuses, latencies = liveness_while(server.port, load)
-    assert statuses == [200] * 6
-    assert len(latencies) >= 20, "the load ended before the probe could measure it"
-    print(f"liveness p99 {p99(latencies) * 1000:.1f} ms over {len(latencies)} probes")
-    assert p99(latencies) < P99_LIMIT_S, f"liveness p99 {p99(latencies) * 1000:.1f} ms over {len(latencies)} probes"
+    # two rounds of 3 concurrent requests
+    assert_live_while(server.port, f"/v1/models/{LINEAR}/classify", body, f"multipart/form-data; boundary={boundary}", concurrent=3, requests=6)
 
 
 def test_errors_found_while_decoding_in_another_process_keep_their_status(server):
@@ -131,3 +131,20 @@ def test_errors_found_while_decoding_in_another_process_keep_their_status(server
     response = conn.getresponse()
     answer = json.loads(response.read())
     assert response.status == 400 and "expected [-1, 1, 8, 8]" in answer["error"], answer
+
+
+def test_a_killed_decoding_worker_fails_its_request_once_then_the_pool_is_back(start_server, synthetic_repository):
+    server = start_server(synthetic_repository, allow_unverified=True)
+    x = np.round(np.random.default_rng(4).random((300, *SYNTHETIC_SHAPE)), 6)
+    body = json.dumps({"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]}).encode()
+    assert len(body) > 64 * 1024  # decoded in the process pool
+    path = f"/v2/models/{LINEAR}/infer"
+    assert post(server.port, path, body, "application/json") == 200
+    forkservers = subprocess.run(["pgrep", "-P", str(server.proc.pid)], capture_output=True, text=True).stdout.split()
+    workers = [w for f in forkservers for w in subprocess.run(["pgrep", "-P", f], capture_output=True, text=True).stdout.split()]
+    assert workers, "the decoding pool's worker processes"
+    for pid in workers:
+        subprocess.run(["kill", "-9", pid], check=True)
+    time.sleep(0.5)
+    statuses = [post(server.port, path, body, "application/json") for _ in range(3)]
+    assert statuses[0] in (200, 503) and statuses[1:] == [200, 200], statuses

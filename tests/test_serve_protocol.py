@@ -166,3 +166,11 @@ def test_access_log_lines_are_structured_json(synthetic_server):
     lines = [json.loads(line) for line in synthetic_server.log().splitlines() if line.startswith("{")]
     access = [entry for entry in lines if entry["logger"] == "elunet.serve.access"]
     assert access and {"method", "path", "status", "duration_ms", "client"} <= set(access[-1])
+
+
+@pytest.mark.parametrize("version", ["%C2%B2", "%E2%91%A0", "9" * 4400, "-1", "1.0"])
+def test_versions_that_are_digits_only_to_unicode_or_too_long_are_404(synthetic_server, version):
+    for path in (f"/v2/models/{LINEAR}/versions/{version}", f"/v2/models/{LINEAR}/versions/{version}/stats",
+                 f"/v2/models/{LINEAR}/versions/{version}/config", f"/v2/models/{LINEAR}/versions/{version}/ready"):
+        status, _, body = http("GET", synthetic_server.url + path)
+        assert status == 404 and "has no version" in json.loads(body)["error"], (path, status, body[:200])
