@@ -2,12 +2,18 @@
 
 A real `elunet serve` on the synthetic model; 8 concurrent 16 MB JSON bodies, then classify requests of
 large PNGs, each while a probe measures /v2/health/live every 10 ms.
+
+The bound on the probe's p99 is a budget with room for a loaded CI host (quiet here: 8-20 ms for JSON,
+4-6 ms for PNGs; one CI run under foreign load: 51 ms). It still fails when JSON is parsed in threads
+(0.66 s); for PNGs, whose decoding in threads costs the loop only ~40 ms, the test checks where the work
+ran instead: in the decoding worker processes, by their CPU time.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 import time
@@ -21,7 +27,7 @@ from fixtures_serve import LINEAR, SYNTHETIC_SHAPE
 pytestmark = pytest.mark.slow
 
 BODY_LIMIT = 17 * 1024 * 1024
-P99_LIMIT_S = 0.050
+P99_LIMIT_S = 0.200
 
 
 def post(port: int, path: str, body: bytes, content_type: str) -> int:
@@ -74,18 +80,44 @@ def p99(values: list[float]) -> float:
     return float(np.percentile(values, 99))
 
 
-def assert_live_while(port: int, path: str, body: bytes, content_type: str, *, concurrent: int, requests: int) -> None:
-    """``requests`` POSTs of ``body``, ``concurrent`` at a time, all answered 200, while liveness keeps its p99."""
+def worker_cpu_seconds(server_pid: int) -> float:
+    """CPU seconds used so far by the server's grandchildren: the decoding pool's workers (started by its fork server)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for child in children(server_pid):
+        for worker in children(child):
+            with open(f"/proc/{worker}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    return total
+
+
+def children(pid: int) -> list[int]:
+    return [int(p) for p in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()]
+
+
+def process_seconds(fn) -> float:
+    t0 = time.process_time()
+    fn()
+    return time.process_time() - t0
+
+
+def assert_live_while(server, path: str, body: bytes, content_type: str, *, concurrent: int, requests: int, decode_s: float) -> None:
+    """``requests`` POSTs of ``body``, ``concurrent`` at a time, all answered 200, while liveness keeps its p99,
+    and decoded in the worker processes (``decode_s``: the CPU time one body takes to decode here, at least)."""
 
     def load():
         with ThreadPoolExecutor(concurrent) as pool:
-            return list(pool.map(lambda _: post(port, path, body, content_type), range(requests)))
+            return list(pool.map(lambda _: post(server.port, path, body, content_type), range(requests)))
 
-    statuses, latencies = liveness_while(port, load)
+    before = worker_cpu_seconds(server.proc.pid)
+    statuses, latencies = liveness_while(server.port, load)
+    worker_s = worker_cpu_seconds(server.proc.pid) - before
     assert statuses == [200] * requests
     assert len(latencies) >= 20, "the load ended before the probe could measure it"
-    print(f"liveness p99 {p99(latencies) * 1000:.1f} ms over {len(latencies)} probes")
+    print(f"liveness p99 {p99(latencies) * 1000:.1f} ms over {len(latencies)} probes; workers computed {worker_s:.2f} s")
     assert p99(latencies) < P99_LIMIT_S, f"liveness p99 {p99(latencies) * 1000:.1f} ms over {len(latencies)} probes"
+    assert worker_s > 0.5 * requests * decode_s, f"{requests} decodes of {decode_s:.2f} s, but the worker processes computed {worker_s:.2f} s"
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +134,8 @@ def test_liveness_answers_while_eight_16_mb_json_bodies_are_decoded(server):
     assert 15 * 1024 * 1024 < len(body) <= BODY_LIMIT
 
     # two rounds of 8 concurrent bodies
-    assert_live_while(server.port, f"/v2/models/{LINEAR}/infer", body, "application/json", concurrent=8, requests=16)
+    decode_s = process_seconds(lambda: np.asarray(json.loads(body)["inputs"][0]["data"], dtype=np.float32))
+    assert_live_while(server, f"/v2/models/{LINEAR}/infer", body, "application/json", concurrent=8, requests=16, decode_s=decode_s)
 
 
 def test_liveness_answers_while_large_pngs_are_decoded(server):
@@ -120,7 +153,8 @@ def test_liveness_answers_while_large_pngs_are_decoded(server):
     body = parts + f"--{boundary}--\r\n".encode()
 
     # two rounds of 3 concurrent requests
-    assert_live_while(server.port, f"/v1/models/{LINEAR}/classify", body, f"multipart/form-data; boundary={boundary}", concurrent=3, requests=6)
+    decode_s = 2 * process_seconds(lambda: Image.open(io.BytesIO(png.getvalue())).load())
+    assert_live_while(server, f"/v1/models/{LINEAR}/classify", body, f"multipart/form-data; boundary={boundary}", concurrent=3, requests=6, decode_s=decode_s)
 
 
 def test_errors_found_while_decoding_in_another_process_keep_their_status(server):
