@@ -16,10 +16,13 @@ import logging
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
+from starlette.staticfiles import StaticFiles
 
 import elunet
 from elunet.errors import ElunetError
@@ -30,9 +33,10 @@ from elunet.serve.inference import infer as infer_core
 from elunet.serve.errors import ServeError, bad_request
 from elunet.serve.images import images_pixels, softmax
 from elunet.serve.metrics import ServeMetrics
-from elunet.serve.middleware import AccessLog, ApiKey, BodyLimit, TrailingSlash
+from elunet.serve.middleware import AccessLog, ApiKey, BodyLimit, ConnectionLimit, TrailingSlash
 from elunet.serve.models import READY, ModelRegistry, ServedModel
 from elunet.serve.protocol import (
+    DOCS_ASSETS,
     EXTENSIONS,
     SERVER_NAME,
     ClassifyRequest,
@@ -50,7 +54,7 @@ from elunet.serve.protocol import (
     TensorMetadata,
 )
 from elunet.serve.settings import ServeSettings
-from elunet.serve.tensors import decode_infer, requested_timeout_us, response_body, response_encoding
+from elunet.serve.tensors import HEADER_LENGTH, decode_infer, requested_timeout_us, response_body, response_encoding
 
 log = logging.getLogger("elunet.serve")
 
@@ -96,6 +100,8 @@ def create_app(settings: ServeSettings) -> FastAPI:
         "with a /v1 convenience endpoint that takes image files.",
         lifespan=lifespan,
         redirect_slashes=False,  # /v2/ is answered as /v2 (TrailingSlash), never redirected
+        docs_url=None,  # FastAPI's /docs loads Swagger UI from a CDN: blank offline (_add_docs serves it from a package)
+        redoc_url=None,
     )
     app.state.registry = registry
     app.state.metrics = metrics
@@ -111,10 +117,18 @@ def create_app(settings: ServeSettings) -> FastAPI:
         return Response(metrics.render(), media_type=metrics.content_type)
 
     _document_infer_body(app)
-    # Outermost first: every request is logged, oversized bodies stop before auth and parsing.
+    _add_docs(app)
+    # Added innermost first. A request meets: the path normalized, the access log, CORS (preflights carry
+    # no API key), the connection limit, the body read whole within its limits, then the API key.
     if settings.api_key is not None:
-        app.add_middleware(ApiKey, key=settings.api_key.get_secret_value())
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+        app.add_middleware(ApiKey, key=settings.api_key.get_secret_value(), open_groups=settings.open_endpoints)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s)
+    app.add_middleware(ConnectionLimit, max_connections=settings.max_connections)
+    if settings.cors_allow_origins:
+        app.add_middleware(
+            CORSMiddleware, allow_origins=settings.cors_allow_origins, allow_methods=["GET", "POST"], allow_headers=["*"],
+            expose_headers=[HEADER_LENGTH],  # browsers may then read binary-extension responses
+        )
     app.add_middleware(AccessLog)
     app.add_middleware(TrailingSlash)
     return app
@@ -204,7 +218,8 @@ def _add_v2_routes(app: FastAPI, registry: ModelRegistry, settings: ServeSetting
             # Only raw binary tensors decode without holding the interpreter lock (serve/decoding.py).
             holds_gil = header_length is None or bool(content_encoding)
             parsed, pixels = await decoder.run(
-                len(body), holds_gil, decode_infer, body, header_length, content_encoding, settings.max_body_bytes, served.card.input_shape
+                len(body), holds_gil, decode_infer, body, header_length, content_encoding, settings.max_body_bytes, served.card.input_shape,
+                settings.allow_non_finite,
             )
             return parsed, pixels, requested_timeout_us(parsed.parameters)
 
@@ -338,7 +353,8 @@ async def _read_images(request: Request) -> tuple[list[tuple[str, bytes]], int]:
         if not files:
             raise bad_request("multipart body has no image files; attach them as file fields, e.g. curl -F images=@shirt.png")
         top_k = form.get("top_k", "5")
-        if not isinstance(top_k, str) or not top_k.isdigit() or int(top_k) < 1:
+        # isascii: str.isdigit also takes "²", which int() refuses
+        if not isinstance(top_k, str) or not (top_k.isascii() and top_k.isdigit() and len(top_k) <= 9) or int(top_k) < 1:
             raise bad_request(f"top_k must be a positive integer, got {top_k!r}")
         return files, int(top_k)
     if content_type.startswith("application/json"):
@@ -385,6 +401,25 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return JSONResponse({"error": f"internal server error: {type(exc).__name__}"}, 500)
+
+
+def _add_docs(app: FastAPI) -> None:
+    """Swagger UI at /docs, its files served from the swagger-ui-bundle package: no CDN, so it works offline."""
+    import swagger_ui_bundle
+
+    app.mount(DOCS_ASSETS.rstrip("/"), StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> Response:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url, title=f"{app.title} - docs", oauth2_redirect_url="/docs/oauth2-redirect",
+            swagger_js_url=DOCS_ASSETS + "swagger-ui-bundle.js", swagger_css_url=DOCS_ASSETS + "swagger-ui.css",
+            swagger_favicon_url=DOCS_ASSETS + "favicon-32x32.png",
+        )
+
+    @app.get("/docs/oauth2-redirect", include_in_schema=False)
+    async def oauth2_redirect() -> Response:
+        return get_swagger_ui_oauth2_redirect_html()
 
 
 def _document_infer_body(app: FastAPI) -> None:

@@ -229,7 +229,7 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
             if len(raw) != 1:
                 raise bad_request(f"raw_input_contents holds {len(raw)} tensors; this model has one input")
             values = raw_values(raw[0], dtype, shape, datatype)
-            pixels = await self._decoder.run(len(raw[0]), False, as_pixels, values, shape, datatype)
+            pixels = await self._decoder.run(len(raw[0]), False, as_pixels, values, shape, datatype, self._settings.allow_non_finite)
         else:
             field = CONTENTS.get(datatype)
             if field is None:
@@ -237,7 +237,7 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
             values = np.asarray(getattr(tensor.contents, field), dtype=np.dtype(INPUT_DATATYPES[datatype]))
             if values.size != int(np.prod(shape)):
                 raise bad_request(f"input {names[0]!r} has {values.size} values in contents; shape {shape} needs {int(np.prod(shape))}")
-            pixels = as_pixels(values, shape, datatype)
+            pixels = as_pixels(values, shape, datatype, self._settings.allow_non_finite)
         return request, pixels, requested_timeout_us(_parameters(request.parameters))
 
     async def _encode(self, request, served: ServedModel, logits: np.ndarray):

@@ -1,4 +1,4 @@
-"""ASGI middleware that every request passes: access log, body-size limit, API key.
+"""ASGI middleware that every request passes: access log, connection limit, body limits, API key.
 
 Written as plain ASGI (not Starlette's BaseHTTPMiddleware) to stay cheap on
 the hot path and to see the body as it streams in.
@@ -6,17 +6,24 @@ the hot path and to see the body as it streams in.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import secrets
 import time
 
+from elunet.serve.connections import CONNECTIONS_KEY
 from elunet.serve.logs import ACCESS_LOGGER
+from elunet.serve.protocol import DOCS_ASSETS, ENDPOINT_GROUPS
 
 access_log = logging.getLogger(ACCESS_LOGGER)
 
-# Probes and scrapers do not carry the API key; these paths stay open.
-OPEN_PATHS = ("/v2/health/live", "/v2/health/ready", "/metrics", "/docs", "/docs/oauth2-redirect", "/openapi.json")
+HEALTH_PATHS = ENDPOINT_GROUPS["health"]
+
+
+def open_paths(groups: list[str]) -> set[str]:
+    """The paths that need no API key when these endpoint groups are open."""
+    return {path for group in groups for path in ENDPOINT_GROUPS[group]}
 
 
 async def send_error(send, status: int, message: str, headers: dict[str, str] | None = None) -> None:
@@ -79,71 +86,116 @@ class AccessLog:
             )
 
 
-class _TooLarge(Exception):
-    pass
-
-
 class BodyLimit:
-    """413 for bodies over ``max_bytes``: from Content-Length at once, or while a chunked body streams in.
+    """Reads the whole request body before the app sees it: 413 beyond ``max_bytes``, 408 when it has not
+    arrived within ``timeout_s``. The app then reads it from memory, and never waits on a slow client.
 
-    Before answering, the rest of the body is read and discarded (up to a few
-    times the limit) so that an ordinary client that is still sending sees the
-    413 instead of a broken pipe.
+    A Content-Length above the limit is answered at once, before any of the body is read (the client may be
+    waiting for it: ``Expect: 100-continue``, or a declared 10^12 bytes that never come). A client that is
+    still sending meanwhile sees the 413 rather than a reset: the answer goes out whole first, then what
+    keeps arriving is read and dropped for a while (up to a few times the limit), and only then is the
+    connection closed.
     """
 
     DRAIN_FACTOR = 4
+    DRAIN_IDLE_S = 1.0
 
-    def __init__(self, app, max_bytes: int):
+    def __init__(self, app, max_bytes: int, timeout_s: float):
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            return await self._refuse(receive, send, 0)
-        received = 0
-        started = False
-
-        async def counting_receive():
-            nonlocal received
-            msg = await receive()
-            if msg["type"] == "http.request":
-                received += len(msg.get("body", b""))
-                if received > self.max_bytes:
-                    raise _TooLarge
-            return msg
-
-        async def tracking_send(msg):
-            nonlocal started
-            started = started or msg["type"] == "http.response.start"
-            await send(msg)
-
-        try:
-            await self.app(scope, counting_receive, tracking_send)
-        except _TooLarge:
-            if not started:
-                await self._refuse(receive, send, received)
-
-    async def _refuse(self, receive, send, received: int) -> None:
-        while received <= self.DRAIN_FACTOR * self.max_bytes:
-            msg = await receive()
-            received += len(msg.get("body", b""))
-            if msg["type"] != "http.request" or not msg.get("more_body", False):
+        headers = dict(scope["headers"])
+        length = headers.get(b"content-length")
+        if length is None and b"chunked" not in headers.get(b"transfer-encoding", b"").lower():
+            return await self.app(scope, receive, send)  # no body (health probes, GETs)
+        declared = int(length) if length is not None and length.isdigit() else None
+        if declared is not None and declared > self.max_bytes:
+            return await self._refuse(send, receive, f"{declared} bytes (Content-Length)", drain=declared <= self.DRAIN_FACTOR * self.max_bytes)
+        chunks, received = [], 0
+        deadline = asyncio.get_running_loop().time() + self.timeout_s
+        while True:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                return await send_error(
+                    send, 408, f"the request body did not arrive within {self.timeout_s:g} s ({received} bytes came; body_timeout_s)",
+                    {"Connection": "close"},
+                )
+            if message["type"] != "http.request":
+                return  # the client left
+            chunks.append(message.get("body", b""))
+            received += len(chunks[-1])
+            more = message.get("more_body", False)
+            if received > self.max_bytes:
+                return await self._refuse(send, receive, f"more than {self.max_bytes} bytes", drain=more)
+            if not more:
                 break
-        await send_error(send, 413, f"request body exceeds the limit of {self.max_bytes} bytes (max_body_bytes)")
+        body = b"".join(chunks)
+        delivered = False
+
+        async def replay():
+            nonlocal delivered
+            if delivered:
+                return await receive()  # http.disconnect, when the client leaves
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        return await self.app(scope, replay, send)
+
+    async def _refuse(self, send, receive, size: str, drain: bool) -> None:
+        message = (
+            f"the request body has {size}; the limit is {self.max_bytes} bytes (the server's --max-body-bytes). Send fewer images per "
+            "request, or their pixels as binary tensors (Triton's binary tensor extension: 4 bytes per FP32 value, ~3x less than JSON)"
+        )
+        body = json.dumps({"error": message}).encode()
+        head = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"connection", b"close")]
+        await send({"type": "http.response.start", "status": 413, "headers": head})
+        await send({"type": "http.response.body", "body": body, "more_body": True})  # whole, as Content-Length says
+        dropped = 0
+        while drain and dropped <= self.DRAIN_FACTOR * self.max_bytes:
+            try:
+                async with asyncio.timeout(self.DRAIN_IDLE_S):
+                    message = await receive()
+            except TimeoutError:
+                break
+            dropped += len(message.get("body", b""))
+            drain = message["type"] == "http.request" and message.get("more_body", False)
+        await send({"type": "http.response.body", "body": b""})  # the response ends; the connection closes
+
+
+class ConnectionLimit:
+    """503 for requests on connections beyond ``max_connections``; health probes are always answered."""
+
+    def __init__(self, app, max_connections: int):
+        self.app = app
+        self.max_connections = max_connections
+
+    async def __call__(self, scope, receive, send):
+        open_now = scope.get(CONNECTIONS_KEY, 0)
+        if scope["type"] == "http" and open_now > self.max_connections and scope["path"] not in HEALTH_PATHS:
+            return await send_error(
+                send, 503, f"{open_now} connections are open, the limit is {self.max_connections} (--max-connections): retry later, "
+                "and reuse connections (keep-alive)", {"Retry-After": "1", "Connection": "close"},
+            )
+        return await self.app(scope, receive, send)
 
 
 class ApiKey:
-    """Optional bearer token: every path but OPEN_PATHS needs ``Authorization: Bearer <key>``."""
+    """Optional bearer token: every path but those of the ``open_groups`` needs ``Authorization: Bearer <key>``."""
 
-    def __init__(self, app, key: str):
+    def __init__(self, app, key: str, open_groups: list[str]):
         self.app = app
         self.expected = f"Bearer {key}".encode()
+        self.open_paths = open_paths(open_groups)
+        self.open_prefixes = (DOCS_ASSETS,) if "docs" in open_groups else ()
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+        if scope["type"] != "http" or scope["path"] in self.open_paths or scope["path"].startswith(self.open_prefixes):
             return await self.app(scope, receive, send)
         given = dict(scope["headers"]).get(b"authorization", b"")
         if not secrets.compare_digest(given, self.expected):

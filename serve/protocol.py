@@ -18,6 +18,16 @@ SERVER_NAME = "elunet"
 # Exactly the Triton protocol extensions implemented here, by Triton's names.
 EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration", "model_repository", "model_repository(unload_dependents)", "statistics"]
 
+# The paths of each endpoint group that --open-endpoints can leave open when an API key is set
+# (probes and scrapers often carry no key).
+ENDPOINT_GROUPS = {
+    "health": ("/v2/health/live", "/v2/health/ready"),
+    "metrics": ("/metrics",),
+    "docs": ("/docs", "/docs/oauth2-redirect", "/openapi.json"),
+}
+# Swagger UI's files, served from the swagger-ui-bundle package (the docs work offline).
+DOCS_ASSETS = "/docs/static/"
+
 # Parameters may carry any JSON scalar (the binary extension uses
 # binary_data_size, binary_data, binary_data_output; Triton also sends timeout).
 Parameters = dict[str, bool | int | float | str]

@@ -8,11 +8,13 @@ the first signal on, so a load balancer stops sending traffic.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import uvicorn
 
 from elunet.serve.app import create_app
+from elunet.serve.connections import bounded_protocol
 from elunet.serve.logs import configure_logging
 from elunet.serve.settings import ServeSettings
 
@@ -22,6 +24,14 @@ DRAIN_SLACK_S = 5.0
 
 
 class _DrainingServer(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self):
+        with super().capture_signals():
+            yield
+            # uvicorn raises the captured signal again once it has stopped, so the process would end with
+            # 143 (128 + SIGTERM). A drained shutdown is the expected way to stop: exit 0.
+            self._captured_signals.clear()
+
     def handle_exit(self, sig, frame) -> None:
         self.config.app.state.draining = True
         self.config.app.state.stop_grpc()
@@ -44,6 +54,8 @@ def serve(settings: ServeSettings) -> None:
         port=settings.port,
         access_log=False,  # the AccessLog middleware writes structured lines instead
         log_config=None,
+        http=bounded_protocol(settings.header_timeout_s),
+        timeout_keep_alive=settings.keep_alive_timeout_s,
         timeout_graceful_shutdown=settings.request_timeout_s + DRAIN_SLACK_S,
         # Allow many simultaneous keep-alive clients without FD trouble on small hosts.
         backlog=2048,

@@ -81,11 +81,27 @@ class ServeSettings(BaseModel):
     cpu_threads: int = Field(
         0, ge=0, description="intra-op CPU threads per instance; 0: the CPUs this process may use, shared out among all instances"
     )
-    api_key: SecretStr | None = Field(None, description="if set, every request except health and metrics needs 'Authorization: Bearer <key>'")
+    api_key: SecretStr | None = Field(None, description="if set, every request except those of --open-endpoints needs 'Authorization: Bearer <key>'")
+    open_endpoints: list[str] = Field(
+        ["health", "metrics", "docs"],
+        description="endpoint groups that need no API key when one is set (comma-separated: health, metrics, docs; 'none' for none)",
+    )
+    cors_allow_origins: list[str] | None = Field(
+        None, description="browser origins allowed to call the API (CORS; comma-separated, * for any); default: no CORS headers"
+    )
+    allow_non_finite: bool = Field(
+        False, description="take NaN and ±Inf input values (refused with 400 by default: no model answers them meaningfully)"
+    )
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="request bodies larger than this get 413")
+    body_timeout_s: float = Field(60.0, gt=0, description="a request body not received whole within this time gets 408")
+    header_timeout_s: float = Field(10.0, gt=0, description="request headers not complete within this time of their first byte: 408, closed")
+    keep_alive_timeout_s: float = Field(5.0, gt=0, description="an idle connection (no request under way) is closed after this time")
+    max_connections: int = Field(
+        1000, ge=1, description="open connections beyond this get 503 for every request except health probes"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log verbosity")
 
-    @field_validator("models", "load_model", mode="before")
+    @field_validator("models", "load_model", "open_endpoints", "cors_allow_origins", mode="before")
     @classmethod
     def _comma_separated(cls, names):
         if isinstance(names, str):
@@ -100,6 +116,17 @@ class ServeSettings(BaseModel):
         if names and "*" in names and len(names) > 1:
             raise ValueError("* (every model) must be the only --load-model")
         return names
+
+    @field_validator("open_endpoints")
+    @classmethod
+    def _known_groups(cls, groups: list[str] | None) -> list[str]:
+        from elunet.serve.protocol import ENDPOINT_GROUPS
+
+        groups = [g for g in groups or [] if g != "none"]
+        unknown = sorted(set(groups) - set(ENDPOINT_GROUPS))
+        if unknown:
+            raise ValueError(f"unknown endpoint groups {unknown}; the groups are {', '.join(ENDPOINT_GROUPS)} (or none)")
+        return groups
 
     @field_validator("device")
     @classmethod

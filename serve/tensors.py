@@ -35,21 +35,36 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 
 
 def decode_infer(
-    body: bytes, header_length: str | None, content_encoding: str | None, max_bytes: int, image_shape: tuple[int, int, int]
+    body: bytes, header_length: str | None, content_encoding: str | None, max_bytes: int, image_shape: tuple[int, int, int],
+    allow_non_finite: bool = False,
 ) -> tuple[InferenceRequest, np.ndarray]:
     """The whole decoding of an infer body: the validated request and its input as float32 pixels."""
     request, binary = read_request(body, header_length, content_encoding, max_bytes, image_shape)
-    pixels = input_pixels(request, binary, image_shape)
+    pixels = input_pixels(request, binary, image_shape, allow_non_finite)
     request.inputs[0].data = None  # now in ``pixels``; the request travels on without it (maybe between processes)
     return request, pixels
 
 
 def requested_timeout_us(parameters) -> float | None:
-    """Triton's per-request ``timeout`` parameter (microseconds), when it is a positive number."""
+    """Triton's per-request ``timeout`` parameter (microseconds); None when absent or 0 (the server's timeout)."""
     wanted = (parameters or {}).get("timeout")
-    if isinstance(wanted, (int, float)) and not isinstance(wanted, bool) and wanted > 0:
-        return float(wanted)
-    return None
+    if wanted is None:
+        return None
+    if not _is_number(wanted) or wanted < 0:
+        raise bad_request(f"the timeout parameter must be a non-negative number of microseconds, got {wanted!r}")
+    return float(wanted) or None
+
+
+def bool_parameter(parameters, name: str, default: bool) -> bool:
+    """A boolean request parameter, strictly: the string "false" is not a boolean, and is refused rather than taken as true."""
+    value = (parameters or {}).get(name, default)
+    if not isinstance(value, bool):
+        raise bad_request(f"the {name} parameter must be a JSON boolean (true or false), got {value!r}")
+    return value
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def read_request(
@@ -111,15 +126,23 @@ def raw_values(raw, dtype: np.dtype, shape: list[int], datatype: str) -> np.ndar
     return np.frombuffer(raw, dtype=dtype)
 
 
-def as_pixels(values: np.ndarray, shape: list[int], datatype: str) -> np.ndarray:
-    """float32 pixels [n, C, H, W] in [0, 1] from the elements of an input tensor."""
+def as_pixels(values: np.ndarray, shape: list[int], datatype: str, allow_non_finite: bool = False) -> np.ndarray:
+    """float32 pixels [n, C, H, W] in [0, 1] from the elements of an input tensor; 400 for NaN or ±Inf
+    (a JSON null, or a number too large for float32, arrives as one) unless ``allow_non_finite``."""
     pixels = values.reshape(shape).astype(np.float32)
     if datatype == "UINT8":
         pixels *= np.float32(UINT8_SCALE)
+    elif not allow_non_finite:
+        bad = np.flatnonzero(~np.isfinite(pixels))
+        if bad.size:
+            raise bad_request(
+                f"input {INPUT_NAME!r} has {bad.size} non-finite values (NaN, ±Inf, null, or beyond float32's range), the first at "
+                f"flat index {bad[0]}: {values.ravel()[bad[0]]!r}; send finite numbers (the server's --allow-non-finite lets them through)"
+            )
     return pixels
 
 
-def input_pixels(request: InferenceRequest, binary: memoryview, image_shape: tuple[int, int, int]) -> np.ndarray:
+def input_pixels(request: InferenceRequest, binary: memoryview, image_shape: tuple[int, int, int], allow_non_finite: bool = False) -> np.ndarray:
     """The request's one input as float32 pixels [n, C, H, W] in [0, 1]; 400 saying what is wrong."""
     tensor = request.inputs[0]
     dtype = check_input([i.name for i in request.inputs], tensor.datatype, tensor.shape, image_shape)
@@ -147,7 +170,7 @@ def input_pixels(request: InferenceRequest, binary: memoryview, image_shape: tup
             raise bad_request(f"input {INPUT_NAME!r} data must be a (nested) list of {tensor.datatype} numbers") from None
         if values.size != count:
             raise bad_request(f"input {INPUT_NAME!r} has {values.size} values; shape {shape} needs {count}")
-    return as_pixels(values, shape, tensor.datatype)
+    return as_pixels(values, shape, tensor.datatype, allow_non_finite)
 
 
 def classification_count(value) -> int:
@@ -174,7 +197,7 @@ def response_body(
 ) -> tuple[bytes, dict[str, str]]:
     """The V2 response for ``logits``: JSON, or JSON header + binary when the request asked for it,
     compressed with ``encoding`` (gzip or deflate) when given."""
-    binary = bool((request.parameters or {}).get("binary_data_output", False))
+    binary = bool_parameter(request.parameters, "binary_data_output", False)
     classes = None
     if request.outputs is not None:
         names = [o.name for o in request.outputs]
@@ -184,7 +207,7 @@ def response_body(
             params = output.parameters or {}
             if "classification" in params:
                 classes = classification_count(params["classification"])
-            binary = bool(params.get("binary_data", binary))
+            binary = bool_parameter(params, "binary_data", binary)
     datatype, shape, values = output_tensor(logits, classes, labels)
     data = tensor_bytes(datatype, values) if binary else None
     # model_construct: the values are ours and already of the wire types; validating them again costs time.

@@ -265,4 +265,4 @@ def test_sigterm_drains_grpc_too(start_server, synthetic_repository):
     results = asyncio.run(main())
     assert all(not isinstance(r, Exception) for r in results), results
     assert all(r.as_numpy("logits").shape == (1, len(SYNTHETIC_LABELS)) for r in results)
-    assert server.proc.wait(30) == 0 or server.proc.returncode in (0, -15, 143)
+    assert server.proc.wait(30) == 0, "a drained shutdown exits 0"

@@ -1,0 +1,336 @@
+"""Hostile and careless clients, one class of fault at a time: each gets a clear 4xx (what was expected, what
+came) or a bounded wait, never a 500, a hang or a silently wrong answer. A real `elunet serve` on 127.0.0.1."""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+import struct
+import time
+import zlib
+
+import numpy as np
+import pytest
+import tritonclient.grpc as tgrpc
+from fixtures_serve import LINEAR, SYNTHETIC_SHAPE, binary_infer_body, http
+from PIL import Image
+
+pytestmark = pytest.mark.slow
+
+LIMIT = 1 << 20
+INFER = f"/v2/models/{LINEAR}/infer"
+CLASSIFY = f"/v1/models/{LINEAR}/classify"
+
+
+@pytest.fixture(scope="module")
+def server(start_server, synthetic_repository):
+    return start_server(
+        synthetic_repository, allow_unverified=True, max_body_bytes=LIMIT, header_timeout_s=2, body_timeout_s=2, keep_alive_timeout_s=1,
+    )
+
+
+def post_json_text(server, text: str):
+    status, _, body = http("POST", server.url + INFER, text.encode(), {"Content-Type": "application/json"})
+    return status, body
+
+
+def infer_text(values: str) -> str:
+    return '{"inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [%s]}]}' % ", ".join([values] + ["0.5"] * 63)
+
+
+def strict_json(body: bytes):
+    """json.loads refusing NaN and Infinity, which are not JSON."""
+
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(body, parse_constant=refuse)
+
+
+# --- non-finite values ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity", "1e400", "null"])
+def test_non_finite_json_values_are_refused(server, value):
+    status, body = post_json_text(server, infer_text(value))
+    assert status == 400 and "non-finite" in strict_json(body)["error"], body
+
+
+def test_nan_in_binary_and_grpc_tensors_is_refused(server):
+    x = np.full((1, *SYNTHETIC_SHAPE), 0.5, np.float32)
+    x[0, 0, 3, 3] = np.nan
+    body, headers = binary_infer_body(x)
+    status, _, answer = http("POST", server.url + INFER, body, headers)
+    assert status == 400 and "non-finite" in json.loads(answer)["error"] and "index 27" in json.loads(answer)["error"]
+    client = tgrpc.InferenceServerClient(server.grpc_url)
+    tensor = tgrpc.InferInput("input", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x)
+    with pytest.raises(tgrpc.InferenceServerException, match="non-finite") as err:
+        client.infer(LINEAR, [tensor])
+    assert err.value.status() == "StatusCode.INVALID_ARGUMENT"
+
+
+def test_allowed_non_finite_inputs_still_get_valid_json(start_server, synthetic_repository):
+    server = start_server(synthetic_repository, allow_unverified=True, allow_non_finite=True)
+    status, body = post_json_text(server, infer_text("NaN"))
+    assert status == 200
+    output = strict_json(body)["outputs"][0]
+    assert None in output["data"], "a NaN logit is answered as null"
+    server.stop()
+
+
+# --- strictly typed parameters ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "parameters, wrong",
+    [
+        ({"binary_data_output": "false"}, "binary_data_output"),
+        ({"binary_data_output": 0}, "binary_data_output"),
+        ({"timeout": "100"}, "timeout"),
+        ({"timeout": -5}, "timeout"),
+    ],
+)
+def test_request_parameters_are_strictly_typed(server, parameters, wrong):
+    request = json.loads(infer_text("0.5"))
+    request["parameters"] = parameters
+    status, body = post_json_text(server, json.dumps(request))
+    assert status == 400 and wrong in json.loads(body)["error"], body
+
+
+def test_output_binary_data_string_is_refused_not_taken_as_true(server):
+    request = json.loads(infer_text("0.5"))
+    request["outputs"] = [{"name": "logits", "parameters": {"binary_data": "false"}}]
+    status, body = post_json_text(server, json.dumps(request))
+    assert status == 400 and "binary_data" in json.loads(body)["error"]
+
+
+@pytest.mark.parametrize("top_k", ["²", "①", "0", "-1", "3.0", "9" * 40])
+def test_classify_top_k_must_be_an_ascii_positive_integer(server, top_k):
+    from test_serve_classify import encode, multipart
+
+    image = Image.fromarray(np.zeros(SYNTHETIC_SHAPE[1:], np.uint8), mode="L")
+    body, headers = multipart([("a.png", encode(image, "PNG"))], {"top_k": top_k})
+    status, _, answer = http("POST", server.url + CLASSIFY, body, headers)
+    assert status == 400 and "top_k" in json.loads(answer)["error"], answer
+
+
+def test_a_request_larger_than_the_queue_is_served_in_chunks(start_server, synthetic_repository):
+    # The queue limit counts requests, as Triton's max_queue_size does: one large request fits.
+    server = start_server(synthetic_repository, allow_unverified=True, max_queue_size=1, max_batch_size=8)
+    x = np.random.default_rng(1).random((1025, *SYNTHETIC_SHAPE), dtype=np.float32)
+    body, headers = binary_infer_body(x)
+    status, _, _ = http("POST", server.url + INFER, body, headers)
+    assert status == 200
+    server.stop()
+
+
+# --- images -----------------------------------------------------------------------------
+
+
+def classify(server, files: list[tuple[str, bytes]]):
+    from test_serve_classify import multipart
+
+    body, headers = multipart(files)
+    status, _, answer = http("POST", server.url + CLASSIFY, body, headers)
+    return status, json.loads(answer)
+
+
+def saved(image: Image.Image, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares its size (IHDR) and holds no pixels: Pillow's bomb check runs on open."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize(
+    "image, fmt, mode",
+    [
+        (Image.new("LAB", (8, 8)), "TIFF", "LAB"),
+        (Image.fromarray(np.full((8, 8), 70000, np.int32), mode="I"), "TIFF", "mode I"),
+        (Image.fromarray(np.full((8, 8), 3.5, np.float32), mode="F"), "TIFF", "[3.5, 3.5]"),
+    ],
+)
+def test_images_without_a_faithful_conversion_are_refused_naming_the_mode(server, image, fmt, mode):
+    status, answer = classify(server, [("x", saved(image, fmt))])
+    assert status == 415 and mode in answer["error"], answer
+
+
+def test_16_bit_and_float_images_are_scaled_by_their_range_not_clipped(server):
+    rng = np.random.default_rng(5)
+    eight = rng.integers(0, 256, SYNTHETIC_SHAPE[1:], dtype=np.uint8)
+    files = [
+        ("8-bit.png", saved(Image.fromarray(eight, mode="L"), "PNG")),
+        ("16-bit.png", saved(Image.fromarray(eight.astype(np.uint16) * 257), "PNG")),
+        ("16-bit.tiff", saved(Image.fromarray(eight.astype(np.uint16) * 257), "TIFF")),
+        ("float.tiff", saved(Image.fromarray(eight.astype(np.float32) / 255, mode="F"), "TIFF")),
+    ]
+    status, answer = classify(server, files)
+    assert status == 200, answer
+    tops = [[(s["label"], round(s["probability"], 5)) for s in p["top"]] for p in answer["predictions"]]
+    assert tops[1:] == [tops[0]] * 3, tops
+
+
+@pytest.mark.parametrize("side", [9500, 14000])  # Pillow's warning (> 89 Mpx) and its error (> 179 Mpx)
+def test_a_decompression_bomb_is_413_with_the_limit(server, side):
+    status, answer = classify(server, [("bomb.png", png_header_only(side, side))])
+    assert status == 413 and str(side * side) in answer["error"] and str(Image.MAX_IMAGE_PIXELS) in answer["error"], answer
+
+
+@pytest.mark.parametrize("data", [b"not an image at all", saved(Image.new("L", (64, 64), 7), "PNG")[:60], b"\x89PNG\r\n\x1a\n" + b"\0" * 40])
+def test_broken_files_are_415_without_python_internals(server, data):
+    status, answer = classify(server, [("broken.png", data)])
+    assert status == 415 and "could not be decoded" in answer["error"], answer
+    assert " at 0x" not in answer["error"] and "BytesIO" not in answer["error"], answer
+
+
+# --- body limits ------------------------------------------------------------------------
+
+
+def raw_exchange(port: int, request: bytes, *, wait_s: float = 5.0) -> tuple[bytes, float]:
+    """Send ``request`` on a new connection and read until the server closes it: (what came, seconds taken)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=wait_s) as s:
+        t0 = time.monotonic()
+        s.sendall(request)
+        received = b""
+        try:
+            while chunk := s.recv(65536):
+                received += chunk
+        except socket.timeout:
+            pass
+        return received, time.monotonic() - t0
+
+
+def head(path: str, extra: str) -> bytes:
+    return f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n{extra}\r\n".encode()
+
+
+@pytest.mark.parametrize("length", [LIMIT + 1, 10**12])
+def test_a_content_length_over_the_limit_is_answered_at_once_without_the_body(server, length):
+    received, seconds = raw_exchange(server.port, head(INFER, f"Content-Length: {length}\r\n"))
+    assert received.startswith(b"HTTP/1.1 413") and f"{length} bytes".encode() in received and b"--max-body-bytes" in received, received
+    assert seconds < DRAIN_IDLE_BOUND_S, f"answered after {seconds:.1f} s"
+
+
+DRAIN_IDLE_BOUND_S = 3.0
+
+
+def test_a_chunked_body_crossing_the_limit_in_its_last_chunk_is_answered(server):
+    chunks = [b"x" * (LIMIT // 2), b"x" * (LIMIT // 2), b"x" * 10]
+    body = b"".join(b"%x\r\n" % len(c) + c + b"\r\n" for c in chunks) + b"0\r\n\r\n"
+    received, seconds = raw_exchange(server.port, head(INFER, "Transfer-Encoding: chunked\r\n") + body)
+    assert received.startswith(b"HTTP/1.1 413"), received[:200]
+    assert seconds < DRAIN_IDLE_BOUND_S
+
+
+def test_a_client_still_sending_an_oversized_body_reads_the_413(server):
+    status, _, body = http("POST", server.url + INFER, b"[" * (2 * LIMIT), {"Content-Type": "application/json"})
+    assert status == 413 and str(2 * LIMIT) in json.loads(body)["error"]
+
+
+# --- slow and silent clients ------------------------------------------------------------
+
+
+def test_dribbled_headers_are_cut_off_and_normal_clients_are_served_meanwhile(server):
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        t0 = time.monotonic()
+        request = b"GET /v2/health/live HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 100
+        closed_after = None
+        for byte in request:
+            try:
+                s.sendall(bytes([byte]))
+            except OSError:
+                break
+            assert http("GET", server.url + "/v2/health/live", timeout=1)[0] == 200
+            s.settimeout(0.3)
+            try:
+                answer = s.recv(4096)
+            except socket.timeout:
+                continue
+            closed_after = time.monotonic() - t0
+            break
+        assert closed_after is not None and closed_after < 4.0, "a header dribbled a byte at a time held the connection"
+        assert answer.startswith(b"HTTP/1.1 408") or answer == b"", answer
+
+
+def test_a_silent_connection_is_closed_after_the_keep_alive_timeout(server):
+    received, seconds = raw_exchange(server.port, b"", wait_s=10)
+    assert received == b"" and seconds < 3.0, f"closed after {seconds:.1f} s"
+
+
+def test_a_dribbled_body_gets_408_within_the_body_timeout(server):
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(head(INFER, "Content-Length: 1000\r\n"))
+        t0 = time.monotonic()
+        answer = b""
+        s.settimeout(0.5)
+        while time.monotonic() - t0 < 6 and not answer:
+            try:
+                s.sendall(b" ")
+                answer = s.recv(4096)
+            except socket.timeout:
+                continue
+            except OSError:
+                break
+        assert answer.startswith(b"HTTP/1.1 408") and b"within 2 s" in answer, answer
+        assert time.monotonic() - t0 < 4.0
+
+
+def test_connections_beyond_the_limit_get_503_while_health_is_answered(start_server, synthetic_repository):
+    server = start_server(synthetic_repository, allow_unverified=True, max_connections=8, keep_alive_timeout_s=30)
+    idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(10)]
+    try:
+        time.sleep(0.3)
+        status, headers, body = http("GET", f"{server.url}/v2/models/{LINEAR}")
+        assert status == 503 and "the limit is 8" in json.loads(body)["error"] and headers["Retry-After"] == "1"
+        assert http("GET", server.url + "/v2/health/live")[0] == 200
+        assert http("GET", server.url + "/v2/health/ready")[0] == 200
+    finally:
+        for s in idle:
+            s.close()
+    time.sleep(0.3)
+    assert http("GET", f"{server.url}/v2/models/{LINEAR}")[0] == 200
+    server.stop()
+
+
+# --- what is open, docs offline, CORS ---------------------------------------------------
+
+
+def test_open_endpoints_decide_what_an_api_key_leaves_open(start_server, synthetic_repository):
+    server = start_server(synthetic_repository, allow_unverified=True, api_key="k3y", open_endpoints="health")
+    for path in ("/metrics", "/docs", "/openapi.json", "/docs/static/swagger-ui.css"):
+        assert http("GET", server.url + path)[0] == 401, path
+        assert http("GET", server.url + path, headers={"Authorization": "Bearer k3y"})[0] == 200, path
+    assert http("GET", server.url + "/v2/health/ready")[0] == 200
+    server.stop()
+
+
+def test_docs_load_their_files_from_this_server_not_a_cdn(server):
+    status, _, page = http("GET", server.url + "/docs")
+    assert status == 200
+    sources = [part.split('"')[1] for part in page.decode().split("src=")[1:]] + [part.split("'")[1] for part in page.decode().split("href=")[1:] if part.startswith("'")]
+    assert sources and all(s.startswith("/docs/static/") for s in sources), sources
+    assert "http://" not in page.decode() and "https://" not in page.decode()
+    for asset in sources:
+        assert http("GET", server.url + asset)[0] == 200, asset
+
+
+def test_cors_is_off_by_default_and_answers_the_allowed_origins(server, start_server, synthetic_repository):
+    preflight = {"Origin": "https://ui.example", "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type"}
+    _, headers, _ = http("GET", server.url + "/v2", headers={"Origin": "https://ui.example"})
+    assert "Access-Control-Allow-Origin" not in headers
+    cors = start_server(synthetic_repository, allow_unverified=True, cors_allow_origins="https://ui.example", api_key="k")
+    status, headers, _ = http("OPTIONS", cors.url + INFER, headers=preflight)
+    assert status == 200 and headers["Access-Control-Allow-Origin"] == "https://ui.example"
+    status, headers, _ = http("OPTIONS", cors.url + INFER, headers={**preflight, "Origin": "https://evil.example"})
+    assert status == 400 and "Access-Control-Allow-Origin" not in headers
+    cors.stop()
