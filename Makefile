@@ -9,11 +9,11 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := dataset-fashion-mnist cmake g++ binutils
-# Only the deployment tests use these, to validate configs with the real tools
-# (docker-compose config, promtool check config, nginx -t). On a systemd host
+# Only some tests use these: the deployment tests validate configs with the real tools
+# (docker-compose config, promtool check config, nginx -t); wrk drives the overload test. On a systemd host
 # Debian starts the nginx and prometheus services on install: `make test
 # TEST_APT_PACKAGES=` skips them, and those tests skip with a reason.
-TEST_APT_PACKAGES ?= docker-compose prometheus nginx
+TEST_APT_PACKAGES ?= docker-compose prometheus nginx wrk
 # scripts/deploy_check.sh's own list (it installs them itself when run alone, e.g. by the tests).
 DEPLOY_APT_PACKAGES := podman runc netavark aardvark-dns debootstrap docker-compose
 STAMP := $(VENV)/.elunet-installed

@@ -52,6 +52,7 @@ def serve(
     header_timeout_s: Optional[float] = _opt("header_timeout_s"),
     keep_alive_timeout_s: Optional[float] = _opt("keep_alive_timeout_s"),
     max_connections: Optional[int] = _opt("max_connections"),
+    event_loop: Optional[str] = _opt("event_loop", metavar="asyncio|uvloop"),
     log_level: Optional[str] = _opt("log_level"),
     config: Optional[Path] = typer.Option(None, "--config", help="TOML settings file; keys are the option names with '_' (env ELUNET_CONFIG)"),
 ) -> None:

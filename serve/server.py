@@ -59,5 +59,6 @@ def serve(settings: ServeSettings) -> None:
         timeout_graceful_shutdown=settings.request_timeout_s + DRAIN_SLACK_S,
         # Allow many simultaneous keep-alive clients without FD trouble on small hosts.
         backlog=2048,
+        loop=settings.event_loop,
     )
     _DrainingServer(config).run()

@@ -99,6 +99,11 @@ class ServeSettings(BaseModel):
     max_connections: int = Field(
         1000, ge=1, description="open connections beyond this get 503 for every request except health probes"
     )
+    event_loop: Literal["asyncio", "uvloop"] = Field(
+        "asyncio",
+        description="the event loop: asyncio keeps accepting new connections under overload; uvloop did not (health probes on "
+        "new connections unanswered for over 5 s with 900 busy clients: benchmarks/serve_overload.py)",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log verbosity")
 
     @field_validator("models", "load_model", "open_endpoints", "cors_allow_origins", mode="before")

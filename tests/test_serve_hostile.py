@@ -334,3 +334,25 @@ def test_cors_is_off_by_default_and_answers_the_allowed_origins(server, start_se
     status, headers, _ = http("OPTIONS", cors.url + INFER, headers={**preflight, "Origin": "https://evil.example"})
     assert status == 400 and "Access-Control-Allow-Origin" not in headers
     cors.stop()
+
+
+# --- overload ---------------------------------------------------------------------------
+
+
+def test_health_on_new_connections_is_answered_under_overload():
+    """900 busy wrk connections, and a probe on a new connection every 100 ms (benchmarks/serve_overload.py).
+    With uvloop, which accepts one connection per loop turn, probes waited over 5 s; the bound here leaves
+    room for a loaded CI host (quiet: see the README's figures)."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if shutil.which("wrk") is None:
+        pytest.skip("wrk is not installed (apt-get install wrk): it drives the overload")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "serve_overload.py"
+    done = subprocess.run([sys.executable, str(script), "--short", "--loops", "asyncio", "--health-bound-s", "2.5"],
+                          capture_output=True, text=True, timeout=120)
+    print(done.stdout)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "0 failed" in done.stdout, done.stdout
