@@ -13,6 +13,7 @@ import secrets
 import time
 
 from elunet.serve.connections import CONNECTIONS_KEY
+from elunet.serve.errors import body_too_large
 from elunet.serve.logs import ACCESS_LOGGER
 from elunet.serve.protocol import DOCS_ASSETS, ENDPOINT_GROUPS
 
@@ -148,11 +149,7 @@ class BodyLimit:
         return await self.app(scope, replay, send)
 
     async def _refuse(self, send, receive, size: str, drain: bool) -> None:
-        message = (
-            f"the request body has {size}; the limit is {self.max_bytes} bytes (the server's --max-body-bytes). Send fewer images per "
-            "request, or their pixels as binary tensors (Triton's binary tensor extension: 4 bytes per FP32 value, ~3x less than JSON)"
-        )
-        body = json.dumps({"error": message}).encode()
+        body = json.dumps({"error": body_too_large(size, self.max_bytes).message}).encode()
         head = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"connection", b"close")]
         await send({"type": "http.response.start", "status": 413, "headers": head})
         await send({"type": "http.response.body", "body": body, "more_body": True})  # whole, as Content-Length says

@@ -17,7 +17,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from elunet.contracts import INPUT_NAME, OUTPUT_NAME
-from elunet.serve.errors import ServeError, bad_request
+from elunet.serve.errors import ServeError, bad_request, body_too_large
 from elunet.serve.extensions import classify, serialize_bytes
 from elunet.serve.protocol import (
     CLASSIFICATION_DATATYPE,
@@ -260,7 +260,7 @@ def _decompress(body: bytes, encoding: str | None, max_bytes: int) -> bytes:
     except zlib.error as exc:
         raise bad_request(f"body is not valid {encoding} data: {exc}") from None
     if len(data) > max_bytes:
-        raise ServeError(413, f"decompressed body exceeds the limit of {max_bytes} bytes", reason="too_large")
+        raise body_too_large(f"more than {max_bytes} bytes once inflated from {encoding}", max_bytes)
     return data
 
 
