@@ -25,10 +25,10 @@ CONNECTIONS_KEY = "elunet.open_connections"
 
 class BoundedHttpProtocol(HttpToolsProtocol):
     header_timeout_s: float = 10.0
+    _header_timer: TimerHandle | None = None
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
-        self._header_timer: TimerHandle | None = None
         self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
 
     def connection_lost(self, exc) -> None:
@@ -46,7 +46,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         super().on_headers_complete()
 
     def _cancel_header_timer(self) -> None:
-        if getattr(self, "_header_timer", None) is not None:
+        if self._header_timer is not None:
             self._header_timer.cancel()
             self._header_timer = None
 
