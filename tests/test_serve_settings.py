@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 
@@ -79,3 +80,23 @@ def test_serving_a_model_the_repository_lacks_fails_cleanly(synthetic_repository
         capture_output=True, text=True, timeout=60,
     )
     assert r.returncode == 2 and "['resnet']" in r.stderr and "synthetic-linear" in r.stderr
+
+
+@pytest.mark.parametrize("taken", ["--port", "--grpc-port"])
+def test_a_taken_port_is_one_plain_error_before_any_model_loads(synthetic_repository, taken):
+    from fixtures_serve import free_port
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        busy = holder.getsockname()[1]
+        ports = {"--port": str(free_port()), "--grpc-port": str(free_port()), taken: str(busy)}
+        r = subprocess.run(
+            [sys.executable, "-m", "elunet", "serve", "--repository", str(synthetic_repository), "--allow-unverified", "true",
+             "--host", "127.0.0.1", *[w for kv in ports.items() for w in kv]],
+            capture_output=True, text=True, timeout=60,
+        )
+    assert r.returncode == 2, r.stderr
+    error, hint = r.stderr.strip().splitlines()  # no log records: nothing was loaded
+    assert error == f"error: cannot listen on 127.0.0.1:{busy} ({taken}): Address already in use"
+    assert f"{taken} N" in hint
