@@ -287,7 +287,7 @@ def train(
 
     # model: the same initial weights on every rank (seeded), normalization fitted on the train split
     card = describe_model(
-        name=cfg.name or f"{cfg.arch}-{cfg.activation}", architecture=cfg.arch, activation=cfg.activation, alpha=cfg.alpha,
+        name=cfg.model_name, architecture=cfg.arch, activation=cfg.activation, alpha=cfg.alpha,
         batch_norm=cfg.bn, dataset=cfg.dataset, labels=train_data.labels, input_shape=train_data.shape,
         normalization=train_data.normalization,
         training={k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUNTIME_FIELDS | {"data_dir", "name"}},
