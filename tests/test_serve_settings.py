@@ -2,24 +2,34 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from elunet.errors import ElunetError
 from elunet.serve.settings import ServeSettings, env_names, load_settings
 
-DOCUMENTED_ENV = {
-    "ELUNET_REPOSITORY", "ELUNET_HOST", "ELUNET_PORT", "ELUNET_BACKEND", "ELUNET_DEVICE", "ELUNET_MAX_BATCH_SIZE",
-    "ELUNET_MAX_QUEUE_DELAY_MS", "ELUNET_MAX_QUEUE_SIZE", "ELUNET_REQUEST_TIMEOUT_S", "ELUNET_INSTANCES", "ELUNET_CPU_THREADS",
-    "ELUNET_API_KEY", "ELUNET_MAX_BODY_BYTES",
-}
+README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def test_every_documented_environment_variable_is_a_setting():
-    assert DOCUMENTED_ENV <= set(env_names().values())
+def readme_settings() -> dict[str, str]:
+    """option -> environment variable, from the README's settings table (`| `--opt` | `ELUNET_OPT` | ...`)."""
+    section = README.read_text().split("### Settings", 1)[1].split("\n### ", 1)[0]
+    return dict(re.findall(r"^\| `(--[a-z-]+)` \| `(ELUNET_[A-Z_]+)` \|", section, flags=re.M))
+
+
+def test_the_readme_documents_every_setting_and_nothing_else():
+    documented = readme_settings()
+    settings = env_names()
+    assert set(documented.values()) == set(settings.values()), (
+        f"undocumented: {sorted(set(settings.values()) - set(documented.values()))}, "
+        f"documented but no setting: {sorted(set(documented.values()) - set(settings.values()))}"
+    )
+    assert documented == {f"--{field.replace('_', '-')}": env for field, env in settings.items()}, "an option and its variable disagree"
 
 
 def test_priority_is_option_then_environment_then_file_then_default(tmp_path):
