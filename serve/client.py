@@ -36,8 +36,9 @@ def error_hint(status: int, body_bytes: int) -> str:
         limit = ServeSettings.model_fields["max_body_bytes"].default
         return (
             f"this request's body was {body_bytes} bytes, more than the server accepts (its {_option('max_body_bytes')}, "
-            f"default {limit}): send fewer or smaller images per call, or start the server with a larger limit; for "
-            "tensors, /v2/models/NAME/infer with the binary tensor extension is about 4x smaller than JSON"
+            f"default {limit}): send fewer or smaller images per call, or start the server with a larger limit; pixel "
+            "tensors sent to /v2/models/NAME/infer travel as bytes with the binary tensor extension (tritonclient's "
+            "binary_data=True), not as JSON text"
         )
     if status == 415:
         return (
