@@ -78,12 +78,12 @@ def export_checkpoint(
     settings.validate()
     if (out is None) == (repository is None):
         raise ElunetError("give exactly one of --out FILE and --repository DIR", hint="--out writes one ONNX file; --repository publishes a Triton model version")
+    if name is not None:
+        check_model_name(name)
+    ckpt = load_checkpoint(checkpoint)  # the input first: a missing checkpoint is the error to report, whatever --out holds
     if out is not None:
         out = Path(out)
         _check_out_free(out, force)
-    if name is not None:
-        check_model_name(name)
-    ckpt = load_checkpoint(checkpoint)
     log(f"loaded {ckpt.card.architecture} ({ckpt.card.activation}) from {ckpt.path}")
 
     if repository is not None:

@@ -60,16 +60,20 @@ class ParityReport:
             raise ElunetError(f"cannot read the parity certificate {path}: {exc}", hint="run `elunet verify` again") from None
 
     def lines(self) -> list[str]:
-        """A human summary: one line per input set, then the verdict."""
+        """A human summary: what the columns mean, one line per input set, then the verdict."""
         d = self.data
         tol = d["tolerance"]
-        out = [f"parity: {d['runner']} vs {d['reference']}  (atol {tol['atol']:g}, rtol {tol['rtol']:g}, top-1 >= {tol['min_top1']:.0%})"]
+        out = [
+            f"parity: {d['runner']} vs {d['reference']}  (atol {tol['atol']:g}, rtol {tol['rtol']:g}, top-1 >= {tol['min_top1']:.0%})",
+            f"  {tol['rule']}; rel err = abs err / |reference|: large where a reference logit is near 0, undefined (inf) where it is 0",
+            "  atol needed: the smallest atol that passes every element at this rtol (0: rtol alone passes them all)",
+        ]
         for s in d["sets"]:
             o = s["outputs"][OUTPUT_NAME]
             mark = "ok  " if s["passed"] else "FAIL"
             out.append(
                 f"  {mark} {s['name']:<20} n={s['images']:<5} max abs {_fmt(o['max_abs_err'])}  max rel {_fmt(o['max_rel_err'])}  "
-                f"needed atol {_fmt(o['needed_atol'])}  top-1 {o['top1_agreement']:.2%}"
+                f"atol needed {_fmt(o['needed_atol'])}  top-1 {o['top1_agreement']:.2%}"
             )
         acc = d.get("accuracy")
         if acc:

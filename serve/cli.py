@@ -86,7 +86,7 @@ def classify(
 ) -> None:
     """Classify image files with a running `elunet serve` (POST /v1/models/MODEL/classify).
 
-    Example: elunet classify shirt.png --model fashion-cnn
+    Example: elunet classify shirt.png --model fashion-cnn-elu
     """
     from elunet.serve.client import classify_files, wait_until_ready
 

@@ -16,6 +16,7 @@ import uvicorn
 from elunet.serve.app import create_app
 from elunet.serve.connections import bounded_protocol
 from elunet.serve.logs import configure_logging
+from elunet.serve.ports import check_ports_free
 from elunet.serve.settings import ServeSettings
 
 log = logging.getLogger("elunet.serve")
@@ -40,6 +41,7 @@ class _DrainingServer(uvicorn.Server):
 
 
 def serve(settings: ServeSettings) -> None:
+    check_ports_free(settings)
     configure_logging(settings.log_level)
     app = create_app(settings)
     log.info(

@@ -24,6 +24,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 DOCKERFILE = REPO_ROOT / "Dockerfile"
 DEPLOY_DIR = REPO_ROOT / "deploy"
+BUILD_LOG = "build.log"  # beside the wheel: what `pip wheel` printed
 
 
 def compose_environment(**variables: str) -> dict[str, str]:
@@ -146,7 +147,8 @@ def option_names(command) -> set[str]:
 @pytest.fixture(scope="session")
 def elunet_wheel(tmp_path_factory) -> Path:
     """elunet's wheel, built like the Dockerfile's `wheel` stage (`pip wheel --no-deps`), from a copy
-    of the sources as `docker build` gets them: no build/ or egg-info left in the shared tree."""
+    of the sources as `docker build` gets them: no build/ or egg-info left in the shared tree.
+    What the build printed is in BUILD_LOG beside it."""
     source = tmp_path_factory.mktemp("wheel-source")
     package_dirs = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
     for name in ("pyproject.toml", "README.md"):
@@ -161,5 +163,6 @@ def elunet_wheel(tmp_path_factory) -> Path:
         timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+    (out / BUILD_LOG).write_text(result.stdout + result.stderr)
     (wheel,) = out.glob("elunet-*.whl")
     return wheel

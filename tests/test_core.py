@@ -1,8 +1,10 @@
 """The shared core: model card, contracts, repository layout, CLI root."""
 
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -10,6 +12,8 @@ from elunet.card import ModelCard, Preprocessing
 from elunet.contracts import elu_plugin_contract
 from elunet.errors import ElunetError
 from elunet.repository import ModelRepository, check_model_name
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def make_card(**overrides) -> ModelCard:
@@ -74,5 +78,16 @@ def test_repository_ignores_folders_that_are_not_versions(tmp_path):
 
 
 def test_cli_help_lists_the_stages():
+    import typer.main
+
+    from elunet.cli import app
+
     out = subprocess.run([sys.executable, "-m", "elunet", "--help"], capture_output=True, text=True, check=True).stdout
-    assert "version" in out
+    # A command's row: its name after the box border (rich) or two spaces (plain click); not options, not wrapped text.
+    listed = {m[1] for line in out.splitlines() if (m := re.match(r"^(?:│ |  )([a-z][a-z-]*)\s{2,}\S", line))}
+    # The README's pipeline diagram names the stages' commands; every command of every stage is listed.
+    diagram = (REPO_ROOT / "README.md").read_text().split("```", 2)[1]
+    stages = set(re.findall(r"elunet ([a-z-]+)", diagram))
+    commands = set(typer.main.get_command(app).commands)
+    assert {"train", "export", "serve", "build-engine"} <= stages and stages <= commands
+    assert listed == commands, f"--help lists {sorted(listed)}, the CLI has {sorted(commands)}"

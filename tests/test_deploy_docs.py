@@ -98,3 +98,23 @@ def test_compose_commands_in_the_docs_name_real_services_and_profiles(compose):
         assert set(names) <= services, f"{line}: unknown services {set(names) - services}"
         if sub == "run" and len(rest) > rest.index(names[0]) + 1:
             check_elunet(rest[rest.index(names[0]) + 1 :])
+
+
+def demo_model_names() -> set[str]:
+    """The models `make demo` publishes: the default run's card name, and the plugin exports' name."""
+    from elunet.train.config import TrainConfig
+
+    plugin = re.search(r"PLUGIN_NAME=\$\{PLUGIN_NAME:-([^}]+)\}", (REPO_ROOT / "scripts" / "demo.sh").read_text())[1]
+    return {TrainConfig().model_name, plugin}
+
+
+def test_classify_commands_in_the_docs_name_a_model_the_demo_creates():
+    models = [words[words.index("--model") + 1] for words in map(words_without_env, shell_lines()) if words[:2] == ["elunet", "classify"]]
+    assert models and set(models) <= demo_model_names(), f"{models} vs what `make demo` publishes: {demo_model_names()}"
+
+
+def test_relative_links_in_the_docs_lead_to_files():
+    for doc in DOCS:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", doc.read_text()):
+            if "://" not in target:
+                assert (doc.parent / target).exists(), f"{doc.name} links {target}, which does not exist"

@@ -92,6 +92,10 @@ def test_cli_errors_are_one_clear_message(tmp_path):
     assert run.returncode == 2 and "Traceback" not in run.stderr
     assert "does not exist" in run.stderr and "hint:" in run.stderr
     assert_nothing_written(tmp_path)
+    # The input is checked first: an existing output is not what is wrong with this command.
+    (tmp_path / "m.onnx").write_bytes(b"an earlier export")
+    run = elunet("export", tmp_path / "nowhere", "--out", tmp_path / "m.onnx")
+    assert run.returncode == 2 and f"checkpoint path {tmp_path / 'nowhere'} does not exist" in run.stderr and "already exist" not in run.stderr
 
 
 def test_missing_corrupt_and_mismatched_checkpoints_are_refused(checkpoint, tmp_path):

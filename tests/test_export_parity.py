@@ -70,6 +70,9 @@ def test_onnx_runtime_matches_pytorch_on_real_fashion_mnist(fashion_export, trai
     result = fashion_export(elu_mode, dtype)
     report = ParityReport.load(result.model_path.with_name(PARITY_FILE))
     assert result.passed and report.passed, "\n".join(report.lines())
+    summary = "\n".join(report.lines())  # a number that needs explaining is explained on the lines printed
+    assert "rel err = abs err / |reference|" in summary and "undefined (inf) where it is 0" in summary
+    assert "atol needed: the smallest atol that passes every element at this rtol (0: rtol alone passes them all)" in summary
     data = report.data
     tol = Tolerance.for_dtype(dtype)
     assert (data["tolerance"]["atol"], data["tolerance"]["rtol"]) == (tol.atol, tol.rtol)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import io
 import json
+import subprocess
+import sys
 import uuid
 
 import numpy as np
@@ -121,3 +123,38 @@ def test_tritonclient_round_trip_binary_and_json(synthetic_server):
         bad.set_data_from_numpy(np.zeros((1, 3, 8, 8), np.float32))
         client.infer(LINEAR, [bad])
     client.close()
+
+
+def _classify(*args: str):
+    return subprocess.run([sys.executable, "-m", "elunet", "classify", *args], capture_output=True, text=True, timeout=60)
+
+
+def test_elunet_classify_says_what_to_do_for_each_refusal(start_server, synthetic_repository, tmp_path):
+    server = start_server(synthetic_repository, allow_unverified=True, api_key="s3cret", max_body_bytes=4096)
+    small, large, text = tmp_path / "small.png", tmp_path / "large.png", tmp_path / "notes.txt"
+    small.write_bytes(encode(Image.new("L", (28, 28), 128), "PNG"))
+    large.write_bytes(encode(Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)), "PNG"))
+    text.write_text("not an image\n")
+    base = ["--model", LINEAR, "--url", server.url]
+
+    def refusal(*args: str) -> tuple[str, str]:
+        r = _classify(*args)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        error, hint = r.stderr.strip().split("\n  hint: ")
+        return error, hint
+
+    error, hint = refusal(str(small), *base)
+    assert error.startswith("error: server answered 401") and "--api-key KEY or set ELUNET_API_KEY" in hint
+    error, hint = refusal(str(large), *base, "--api-key", "s3cret")
+    body = len(large.read_bytes())
+    assert error.startswith("error: server answered 413")
+    assert "--max-body-bytes (env ELUNET_MAX_BODY_BYTES" in hint and "binary tensor extension" in hint
+    assert int(hint.split("body was ")[1].split()[0]) > body  # the whole multipart body, not the file alone
+    error, hint = refusal(str(text), *base, "--api-key", "s3cret")
+    assert error.startswith("error: server answered 415") and "PNG, JPEG" in hint and "multipart/form-data" in hint
+    error, hint = refusal(str(small), "--model", LINEAR, "--url", server.url.removeprefix("http://"))
+    assert "is not an http:// or https:// address" in error and f"--url {server.url}" in hint
+    hints = {refusal(*a)[1] for a in [(str(small), *base), (str(large), *base, "--api-key", "s3cret"), (str(text), *base, "--api-key", "s3cret")]}
+    assert len(hints) == 3, "each refusal has its own hint"
+    r = _classify(str(small), *base, "--api-key", "s3cret")
+    assert r.returncode == 0 and r.stdout.startswith("small.png: "), r.stderr

@@ -193,6 +193,7 @@ def test_elunet_classify_names_the_label_of_a_real_fashion_mnist_image(servers, 
     )
     assert out.returncode == 0, out.stderr
     lines = out.stdout.strip().splitlines()
+    assert len(lines) == len(files), out.stdout  # one line per image: an empty output must not pass
     labels = real_model.card.labels
     for i, line in enumerate(lines):
         best = labels[int(np.argmax(reference_logits[i]))]

@@ -2,23 +2,34 @@
 
 from __future__ import annotations
 
+import re
+import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from elunet.errors import ElunetError
 from elunet.serve.settings import ServeSettings, env_names, load_settings
 
-DOCUMENTED_ENV = {
-    "ELUNET_REPOSITORY", "ELUNET_HOST", "ELUNET_PORT", "ELUNET_BACKEND", "ELUNET_DEVICE", "ELUNET_MAX_BATCH_SIZE",
-    "ELUNET_MAX_QUEUE_DELAY_MS", "ELUNET_MAX_QUEUE_SIZE", "ELUNET_REQUEST_TIMEOUT_S", "ELUNET_INSTANCES", "ELUNET_CPU_THREADS",
-    "ELUNET_API_KEY", "ELUNET_MAX_BODY_BYTES",
-}
+README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def test_every_documented_environment_variable_is_a_setting():
-    assert DOCUMENTED_ENV <= set(env_names().values())
+def readme_settings() -> dict[str, str]:
+    """option -> environment variable, from the README's settings table (`| `--opt` | `ELUNET_OPT` | ...`)."""
+    section = README.read_text().split("### Settings", 1)[1].split("\n### ", 1)[0]
+    return dict(re.findall(r"^\| `(--[a-z-]+)` \| `(ELUNET_[A-Z_]+)` \|", section, flags=re.M))
+
+
+def test_the_readme_documents_every_setting_and_nothing_else():
+    documented = readme_settings()
+    settings = env_names()
+    assert set(documented.values()) == set(settings.values()), (
+        f"undocumented: {sorted(set(settings.values()) - set(documented.values()))}, "
+        f"documented but no setting: {sorted(set(documented.values()) - set(settings.values()))}"
+    )
+    assert documented == {f"--{field.replace('_', '-')}": env for field, env in settings.items()}, "an option and its variable disagree"
 
 
 def test_priority_is_option_then_environment_then_file_then_default(tmp_path):
@@ -79,3 +90,23 @@ def test_serving_a_model_the_repository_lacks_fails_cleanly(synthetic_repository
         capture_output=True, text=True, timeout=60,
     )
     assert r.returncode == 2 and "['resnet']" in r.stderr and "synthetic-linear" in r.stderr
+
+
+@pytest.mark.parametrize("taken", ["--port", "--grpc-port"])
+def test_a_taken_port_is_one_plain_error_before_any_model_loads(synthetic_repository, taken):
+    from fixtures_serve import free_port
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        busy = holder.getsockname()[1]
+        ports = {"--port": str(free_port()), "--grpc-port": str(free_port()), taken: str(busy)}
+        r = subprocess.run(
+            [sys.executable, "-m", "elunet", "serve", "--repository", str(synthetic_repository), "--allow-unverified", "true",
+             "--host", "127.0.0.1", *[w for kv in ports.items() for w in kv]],
+            capture_output=True, text=True, timeout=60,
+        )
+    assert r.returncode == 2, r.stderr
+    error, hint = r.stderr.strip().splitlines()  # no log records: nothing was loaded
+    assert error == f"error: cannot listen on 127.0.0.1:{busy} ({taken}): Address already in use"
+    assert f"{taken} N" in hint

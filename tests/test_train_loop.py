@@ -67,6 +67,17 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
     assert torch.isfinite(torch.cat([p.flatten() for p in load_checkpoint(tmp_path).model.parameters()])).all()
 
 
+def test_progress_lines_during_an_epoch_when_output_is_not_a_terminal(tmp_path, monkeypatch):
+    import elunet.train.progress as progress
+
+    monkeypatch.setattr(progress, "LINE_MIN_SECONDS", 0.0)  # TINY's epochs take a second; the default waits 10 s between lines
+    lines = []
+    loop.train(TrainConfig(out=str(tmp_path), **TINY), log=lines.append)  # pytest captures stdout: not a terminal
+    first_epoch = lines[1 : lines.index(next(ln for ln in lines if ln.startswith("epoch   1/2")))]
+    assert [ln.split("  ")[1] for ln in first_epoch] == [f"step {s}/10 ({s * 10}%)" for s in range(1, 10)], lines
+    assert all(ln.startswith("epoch 1/2") and "train loss" in ln and "img/s" in ln for ln in first_epoch)
+
+
 def _elunet(*args, **kw):
     return subprocess.run([sys.executable, "-m", "elunet", *args], capture_output=True, text=True, timeout=300, **kw)
 
@@ -84,6 +95,38 @@ def test_cli_explains_bad_requests(tmp_path):
     assert r.returncode == 2 and "cifar-10-batches-py" in r.stderr and "data_batch_1" in r.stderr
     r = _elunet("train", "--out", str(tmp_path / "new"), "--arch", "resnet", "--limit-train", "100")
     assert r.returncode == 2 and "unknown architecture" in r.stderr and "fashion-cnn" in r.stderr
+    r = _elunet("train", "--out", str(tmp_path / "new"), "--schedule", "linear", "--limit-train", "100", "--batch-size", "50")
+    assert r.returncode == 2 and "unknown schedule" in r.stderr
+    assert not (tmp_path / "new").exists(), "a refused command must not leave an empty --out behind"
+    r = _elunet("train", "--out", str(tmp_path / "run"), "--force", "--limit-train", "100", "--batch-size", "200")
+    assert r.returncode == 2 and "less than one batch" in r.stderr
+    assert (tmp_path / "run" / METRICS_FILE).is_file(), "--force with a bad option must not delete the run it would replace"
+
+
+def test_cli_resume_refuses_changed_options_and_explains_a_truncated_checkpoint(tmp_path):
+    run = str(tmp_path / "run")
+    r = _elunet("train", "--out", run, "--limit-train", "500", "--batch-size", "100", "--epochs", "2", "--lr", "0.01")
+    assert r.returncode == 0, r.stderr
+    # --lr 0.05 is the default: only the command line tells that it was asked for.
+    r = _elunet("train", "--out", run, "--resume", "--lr", "0.05", "--epochs", "3", "--batch-size", "100")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "--lr 0.05 (the run has 0.01)" in r.stderr and "--epochs 3 (the run has 2)" in r.stderr and "--batch-size" not in r.stderr.split("hint")[0]
+    r = _elunet("train", "--out", run, "--resume", "--lr", "0.01", "--no-channels-last")  # the run's own value, and a how-to-run option
+    assert r.returncode == 0, r.stderr
+
+    weights = tmp_path / "run" / "epoch-0002" / WEIGHTS_FILE
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    r = _elunet("train", "--out", run, "--resume")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    error, hint = r.stderr.strip().splitlines()
+    assert error == f"error: {weights} is truncated or corrupt (its sha256 is not the one card.json recorded)"
+    assert f"echo epoch-0001 > {tmp_path / 'run' / LATEST_FILE}" in hint and "--force" in hint
+    card = weights.with_name("card.json")  # a card without the sha256: safetensors' reader finds the truncation
+    card.write_text(json.dumps({**json.loads(card.read_text()), "weights_sha256": None}))
+    r = _elunet("train", "--out", run, "--resume")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    error, hint = r.stderr.strip().splitlines()
+    assert error.startswith(f"error: {weights} is truncated or corrupt (") and "echo epoch-0001" in hint
 
 
 @pytest.mark.slow

@@ -163,14 +163,14 @@ def resolve_checkpoint(path: Path | str) -> Path:
     return path
 
 
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+def _read_safetensors(path: Path, hint: str = "the file is damaged or not safetensors; retrain or copy it again") -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
-        raise ElunetError(f"cannot read {path}: {exc}", hint="the file is damaged or not safetensors; retrain or copy it again") from None
+        raise ElunetError(f"{path} is truncated or corrupt ({exc})", hint=hint) from None
 
 
 def load_weights_into(model: nn.Module, weights: dict[str, torch.Tensor], source: Path, card: ModelCard) -> None:
@@ -208,14 +208,36 @@ def load_checkpoint(path: Path | str) -> LoadedCheckpoint:
     return LoadedCheckpoint(model=model.float().eval(), card=card, sha256=sha, path=folder)
 
 
-def load_train_state(folder: Path) -> tuple[dict[str, Any], dict]:
-    """(train_state without the optimizer, optimizer state_dict) of a resumable checkpoint folder."""
+def _resume_hint(folder: Path) -> str:
+    """How to get going again when the checkpoint to resume from is damaged."""
+    run = folder.parent
+    earlier = [p for p in sorted(run.glob(f"{CHECKPOINT_PREFIX}*")) if p.name < folder.name and (p / WEIGHTS_FILE).is_file()]
+    start_over = f"or start over: `elunet train --out {run} --force`"
+    if not earlier:
+        return f"no earlier checkpoint is left in {run}; {start_over}"
+    return (
+        f"resume from the previous checkpoint instead: `echo {earlier[-1].name} > {run / LATEST_FILE}`, then the same "
+        f"`elunet train --out {run} --resume` (the epochs after it are trained again), {start_over}"
+    )
+
+
+def load_resume_state(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict]:
+    """(weights, train_state without the optimizer, optimizer state_dict) of a resumable checkpoint folder.
+
+    A damaged file (an interrupted copy, a full disk) is one error naming the file and the
+    checkpoint to fall back on, never a traceback from the file format's reader.
+    """
     folder = Path(folder)
+    hint = _resume_hint(folder)
     if not (folder / TRAIN_STATE_FILE).is_file() or not (folder / OPTIMIZER_FILE).is_file():
         raise ElunetError(f"{folder} holds no resume state ({TRAIN_STATE_FILE}, {OPTIMIZER_FILE})", hint="--resume continues runs of `elunet train`; start a new run with --force instead")
+    card = ModelCard.load(folder / CARD_FILE)
+    if card.weights_sha256 is not None and sha256_file(folder / WEIGHTS_FILE) != card.weights_sha256:
+        raise ElunetError(f"{folder / WEIGHTS_FILE} is truncated or corrupt (its sha256 is not the one {CARD_FILE} recorded)", hint=hint)
+    weights = _read_safetensors(folder / WEIGHTS_FILE, hint)
     try:
         state = json.loads((folder / TRAIN_STATE_FILE).read_text())
-    except json.JSONDecodeError as exc:
-        raise ElunetError(f"{folder / TRAIN_STATE_FILE} is damaged: {exc}", hint="resume from an older epoch-* folder or start again with --force") from None
-    meta = state.pop("optimizer")
-    return state, _join_optimizer_state(_read_safetensors(folder / OPTIMIZER_FILE), meta)
+        meta = state.pop("optimizer")
+    except (json.JSONDecodeError, KeyError, AttributeError) as exc:
+        raise ElunetError(f"{folder / TRAIN_STATE_FILE} is truncated or corrupt ({type(exc).__name__}: {exc})", hint=hint) from None
+    return weights, state, _join_optimizer_state(_read_safetensors(folder / OPTIMIZER_FILE, hint), meta)

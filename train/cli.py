@@ -10,13 +10,14 @@ from typing import Optional
 
 import typer
 
-from elunet.train.config import ACTIVATION_NAMES, ARCHITECTURE_NAMES, DATASET_NAMES, OPTIMIZER_NAMES, TrainConfig, wait_passively_for_openmp
+from elunet.train.config import ACTIVATION_NAMES, ARCHITECTURE_NAMES, DATASET_NAMES, OPTIMIZER_NAMES, RUNTIME_FIELDS, TrainConfig, wait_passively_for_openmp
 from elunet.train.schedules import SCHEDULES
 
 D = TrainConfig()  # the defaults, from the one place that defines them
 
 
 def train(
+    ctx: typer.Context,
     arch: str = typer.Option(D.arch, help=f"Network: {', '.join(ARCHITECTURE_NAMES)}."),
     activation: str = typer.Option(D.activation, help=f"Activation: {', '.join(ACTIVATION_NAMES)}."),
     alpha: Optional[float] = typer.Option(None, help="ELU/CELU alpha (default 1.0, the paper's)."),
@@ -37,7 +38,14 @@ def train(
     limit_train: Optional[int] = typer.Option(None, min=1, help="Train on a seeded random subset of N training images (quick runs)."),
     name: Optional[str] = typer.Option(None, help="Model name in the card (default ARCH-ACTIVATION)."),
     out: Path = typer.Option(Path(D.out), help="Run folder: checkpoints epoch-NNNN/, 'latest', metrics.jsonl."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its latest checkpoint, exactly."),
+    resume: bool = typer.Option(
+        False, "--resume",
+        help="Continue the run in --out from its latest checkpoint, exactly, with the options it was started with "
+        "(as a torchrun restart re-runs the same command, and as Lightning's resume restores the run's optimizer state). "
+        "Options typed that differ from the run's are refused with the list of differences, even when the new value is the "
+        "default: a changed --lr or --epochs would change the schedule midway and the result would be neither run. Only "
+        f"{', '.join('--' + f.replace('_', '-') for f in sorted(RUNTIME_FIELDS - {'out'}))} may change.",
+    ),
     force: bool = typer.Option(False, "--force", help="Replace a run already in --out."),
     device: str = typer.Option(D.device, help="auto (CUDA if available), cpu or cuda."),
     amp: bool = typer.Option(D.amp, "--amp/--no-amp", help="Mixed precision on CUDA (bf16, or fp16 with loss scaling)."),
@@ -60,7 +68,10 @@ def train(
         optimizer=optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay, schedule=schedule, augment=augment,
         seed=seed, name=name, out=str(out), device=device, amp=amp, channels_last=channels_last, compile=compile, keep=keep,
     )
-    checkpoint = run_training(cfg, resume=resume, force=force, log=typer.echo)
+    # Options typed on the command line, even where the value equals the default (by the source's
+    # name: typer runs its own copy of click, whose ParameterSource is not click's).
+    given = {f for f in TrainConfig.__dataclass_fields__ if getattr(ctx.get_parameter_source(f), "name", None) == "COMMANDLINE"}
+    checkpoint = run_training(cfg, resume=resume, force=force, log=typer.echo, given=given)
     typer.echo(f"checkpoint: {checkpoint}")
 
 

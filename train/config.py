@@ -50,6 +50,11 @@ class TrainConfig:
     compile: bool = False
     keep: int = 2
 
+    @property
+    def model_name(self) -> str:
+        """The name in the card, and so the model's name in a repository unless `elunet export --name`."""
+        return self.name or f"{self.arch}-{self.activation}"
+
 
 RUNTIME_FIELDS = frozenset({"out", "device", "amp", "channels_last", "compile", "keep"})
 

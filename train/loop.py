@@ -23,11 +23,10 @@ import json
 import math
 import os
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 import torch
 import torch.nn.functional as F
@@ -40,15 +39,15 @@ from elunet.train.checkpoint import (
     CHECKPOINT_PREFIX,
     LATEST_FILE,
     METRICS_FILE,
-    load_train_state,
+    load_resume_state,
     load_weights_into,
     resolve_checkpoint,
     save_run_checkpoint,
-    unwrap,
 )
 from elunet.train.config import RUNTIME_FIELDS, TrainConfig
 from elunet.train.data import ImageDataset, load_dataset
 from elunet.train.models import build_model, describe_model
+from elunet.train.progress import EpochProgress
 from elunet.train.schedules import lr_at
 
 # Images of the training split on which the per-layer mean activation (the paper's bias-shift signal) is measured.
@@ -177,36 +176,54 @@ def mean_activations(model: nn.Module, images: torch.Tensor, device: torch.devic
 # ---------------------------------------------------------------- the run folder
 
 
-def prepare_run_dir(cfg: TrainConfig, resume: bool, force: bool) -> Path | None:
-    """The checkpoint to resume from (or None), after checking what --out holds."""
+def _run_files(out: Path) -> list[Path]:
+    return [p for p in out.glob("*") if p.name in (METRICS_FILE, LATEST_FILE) or p.name.startswith(CHECKPOINT_PREFIX)] if out.is_dir() else []
+
+
+def check_run_dir(cfg: TrainConfig, resume: bool, force: bool) -> Path | None:
+    """The checkpoint to resume from (or None), after checking what --out holds; changes nothing."""
     out = Path(cfg.out)
-    ours = [p for p in out.glob("*") if p.name in (METRICS_FILE, LATEST_FILE) or p.name.startswith(CHECKPOINT_PREFIX)] if out.is_dir() else []
     if resume:
         if not (out / LATEST_FILE).is_file():
             raise ElunetError(f"--resume: {out} holds no checkpoint to resume from", hint="start the run without --resume")
         return resolve_checkpoint(out)
+    ours = _run_files(out)
     if ours and not force:
         raise ElunetError(
             f"{out} already holds a training run ({', '.join(sorted(p.name for p in ours)[:4])})",
             hint="continue it with --resume, replace it with --force, or choose another --out",
         )
-    for p in ours:
-        shutil.rmtree(p) if p.is_dir() else p.unlink()
-    out.mkdir(parents=True, exist_ok=True)
     return None
 
 
-def check_resume_config(cfg: TrainConfig, saved: dict[str, Any]) -> TrainConfig:
-    """The saved run's config; options given now must agree with it (except how-to-run ones)."""
+def clear_run_dir(out: Path) -> None:
+    """Remove a run replaced by --force and create --out: only once every option has been checked,
+    so that a mistyped option neither deletes the old run nor leaves an empty folder."""
+    for p in _run_files(out):
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def check_resume_config(cfg: TrainConfig, saved: dict[str, Any], given: Collection[str] | None = None) -> TrainConfig:
+    """The saved run's config, with the how-to-run fields of ``cfg``.
+
+    ``given``: the fields the caller chose (the CLI: the options on its command line); None: all
+    of them. A chosen field that defines the run and differs from the run's value is an error
+    listing every such difference: a resumed run is the same run, and a changed --lr or --epochs
+    would change the schedule midway and lose the exact continuation.
+    """
     stored = TrainConfig(**{k: v for k, v in saved.items() if k in TrainConfig.__dataclass_fields__})
-    defaults = TrainConfig()
+    chosen = TrainConfig.__dataclass_fields__.keys() if given is None else given
     differ = [
-        f"--{f.replace('_', '-')} {getattr(cfg, f)} (run has {getattr(stored, f)})"
+        f"--{f.replace('_', '-')} {getattr(cfg, f)} (the run has {getattr(stored, f)})"
         for f in TrainConfig.__dataclass_fields__
-        if f not in RUNTIME_FIELDS and getattr(cfg, f) != getattr(defaults, f) and getattr(cfg, f) != getattr(stored, f)
+        if f in chosen and f not in RUNTIME_FIELDS and getattr(cfg, f) != getattr(stored, f)
     ]
     if differ:
-        raise ElunetError("--resume continues a run with its own options, but these differ: " + "; ".join(differ), hint="drop those options, or start a new run with --force")
+        raise ElunetError(
+            f"--resume continues the run in {cfg.out} with the options it was started with, but these differ: " + "; ".join(differ),
+            hint="drop those options (or give the run's values) to continue it; to train with the new ones, start a new run with another --out, or replace this one with --force",
+        )
     return dataclasses.replace(stored, **{f: getattr(cfg, f) for f in RUNTIME_FIELDS})
 
 
@@ -241,31 +258,24 @@ def _subset(data: ImageDataset, n: int, seed: int) -> ImageDataset:
     return dataclasses.replace(data, images=data.images[keep], targets=data.targets[keep])
 
 
-def _progress(total: int, desc: str, enabled: bool):
-    if enabled and sys.stderr.isatty():
-        from tqdm import tqdm
-
-        return tqdm(total=total, desc=desc, unit="batch", leave=False, dynamic_ncols=True)
-    return None
-
-
 def train(
     cfg: TrainConfig, resume: bool = False, force: bool = False, log: Callable[[str], None] = print,
-    prepare_model: Callable[[nn.Module], None] | None = None,
+    prepare_model: Callable[[nn.Module], None] | None = None, given: Collection[str] | None = None,
 ) -> Path:
     """Run (or continue) a training run; returns the folder of its last checkpoint.
 
     ``prepare_model`` is called on the freshly initialised model of a new run (not a resumed one)
     before training; the experiments use it to start every activation of a seed from the same weights.
+    ``given``: on --resume, the fields of ``cfg`` the caller chose (see check_resume_config).
     """
     dist = setup_distributed(cfg.device)
-    resume_from = prepare_run_dir(cfg, resume, force) if dist.is_main else None
+    resume_from = check_run_dir(cfg, resume, force) if dist.is_main else None
     _barrier(dist)
     if dist.world > 1 and not dist.is_main and resume:
         resume_from = resolve_checkpoint(cfg.out)
-    saved_state, optimizer_state = load_train_state(resume_from) if resume_from else ({}, None)
+    resume_weights, saved_state, optimizer_state = load_resume_state(resume_from) if resume_from else (None, {}, None)
     if resume_from:
-        cfg = check_resume_config(cfg, saved_state["config"])
+        cfg = check_resume_config(cfg, saved_state["config"], given)
     out = Path(cfg.out)
 
     # data
@@ -277,7 +287,7 @@ def train(
 
     # model: the same initial weights on every rank (seeded), normalization fitted on the train split
     card = describe_model(
-        name=cfg.name or f"{cfg.arch}-{cfg.activation}", architecture=cfg.arch, activation=cfg.activation, alpha=cfg.alpha,
+        name=cfg.model_name, architecture=cfg.arch, activation=cfg.activation, alpha=cfg.alpha,
         batch_norm=cfg.bn, dataset=cfg.dataset, labels=train_data.labels, input_shape=train_data.shape,
         normalization=train_data.normalization,
         training={k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUNTIME_FIELDS | {"data_dir", "name"}},
@@ -286,12 +296,8 @@ def train(
     raw_model = build_model(card, train_data.fit_normalization())
     if prepare_model is not None and not resume_from:
         prepare_model(raw_model)
-    if resume_from:
-        from safetensors.torch import load_file
-
-        from elunet.contracts import WEIGHTS_FILE
-
-        load_weights_into(raw_model, load_file(str(resume_from / WEIGHTS_FILE)), resume_from, card)
+    if resume_weights is not None:
+        load_weights_into(raw_model, resume_weights, resume_from, card)
     raw_model.to(dist.device)
     if cfg.channels_last:
         raw_model.to(memory_format=torch.channels_last)
@@ -311,11 +317,15 @@ def train(
     if steps_per_epoch == 0:
         raise ElunetError(f"{per_rank} training images per process is less than one batch of {cfg.batch_size}", hint="lower --batch-size")
     total_steps = cfg.epochs * steps_per_epoch
+    lr_at(cfg.schedule, 0, total_steps, cfg.lr, steps_per_epoch)  # an unknown --schedule fails here, before --out is touched
     start_epoch = saved_state.get("epoch", 0)
     step = saved_state.get("step", 0)
     last_good = resume_from
     if dist.is_main:
-        truncate_metrics(out, start_epoch)
+        if resume_from:
+            truncate_metrics(out, start_epoch)
+        else:
+            clear_run_dir(out)
         n_params = sum(p.numel() for p in raw_model.parameters())
         log(
             f"{card.name}: {cfg.arch}/{cfg.activation}{'' if card.alpha is None else f' alpha={card.alpha}'}{' +bn' if cfg.bn else ''}, "
@@ -331,7 +341,7 @@ def train(
         model.train()
         loss_sum = torch.zeros((), device=dist.device)
         correct = torch.zeros((), device=dist.device, dtype=torch.long)
-        bar = _progress(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", dist.is_main)
+        progress = EpochProgress(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", cfg.batch_size * dist.world, log) if dist.is_main else None
         t0 = time.perf_counter()
         for i in range(steps_per_epoch):
             lr = lr_at(cfg.schedule, step, total_steps, cfg.lr, steps_per_epoch)
@@ -354,12 +364,10 @@ def train(
                         + (f"The last good checkpoint is {last_good}" if last_good else "No checkpoint was written yet."),
                         hint="lower --lr, add --bn, or use --schedule with a warm-up (onecycle)",
                     )
-                if bar is not None:
-                    bar.set_postfix(loss=f"{loss_sum.item() / (i + 1):.4f}", lr=f"{lr:.4g}")
-            if bar is not None:
-                bar.update()
-        if bar is not None:
-            bar.close()
+            if progress is not None:
+                progress.update(i + 1, lambda: loss_sum.item() / (i + 1), lr)
+        if progress is not None:
+            progress.close()
         seconds = time.perf_counter() - t0
         train_loss, train_acc = loss_sum.item() / steps_per_epoch, correct.item() / (steps_per_epoch * cfg.batch_size)
         if dist.world > 1:
