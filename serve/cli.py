@@ -11,7 +11,7 @@ from typing import Optional
 
 import typer
 
-from elunet.serve.settings import ServeSettings, env_name
+from elunet.serve.settings import ServeSettings, env_name, option_name
 
 
 def _help(field: str) -> str:
@@ -21,7 +21,7 @@ def _help(field: str) -> str:
 
 
 def _opt(field: str, *flags: str, metavar: str | None = None):
-    return typer.Option(None, *(flags or (f"--{field.replace('_', '-')}",)), help=_help(field), show_default=False, metavar=metavar)
+    return typer.Option(None, *(flags or (option_name(field),)), help=_help(field), show_default=False, metavar=metavar)
 
 
 def serve(

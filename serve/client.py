@@ -12,12 +12,12 @@ import uuid
 from pathlib import Path
 
 from elunet.errors import ElunetError
-from elunet.serve.settings import ServeSettings, env_name
+from elunet.serve.settings import ServeSettings, env_name, option_name
 
 
 def _option(field: str) -> str:
     """How to set a server setting: its option and its environment variable."""
-    return f"--{field.replace('_', '-')} (env {env_name(field)})"
+    return f"{option_name(field)} (env {env_name(field)})"
 
 
 def base_url(url: str) -> str:

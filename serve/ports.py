@@ -10,7 +10,7 @@ from __future__ import annotations
 import socket
 
 from elunet.errors import ElunetError
-from elunet.serve.settings import ServeSettings, env_name
+from elunet.serve.settings import ServeSettings, env_name, option_name
 
 PORT_FIELDS = ("port", "grpc_port")  # grpc_port 0: no gRPC
 
@@ -26,7 +26,7 @@ def check_ports_free(settings: ServeSettings) -> None:
                 probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a port left in TIME_WAIT is free
                 probe.bind(address)
         except OSError as exc:
-            option = f"--{field.replace('_', '-')}"
+            option = option_name(field)
             raise ElunetError(
                 f"cannot listen on {settings.host}:{port} ({option}): {exc.strerror or exc}",
                 hint=f"another program (another elunet serve?) uses it: stop it, or choose a free port with {option} N (env {env_name(field)})",

@@ -146,6 +146,11 @@ def env_name(field: str) -> str:
     return ENV_PREFIX + field.upper()
 
 
+def option_name(field: str) -> str:
+    """The command-line option that sets ``field``."""
+    return "--" + field.replace("_", "-")
+
+
 def env_names() -> dict[str, str]:
     """Field name -> environment variable name, for every setting."""
     return {name: env_name(name) for name in ServeSettings.model_fields}
@@ -177,7 +182,7 @@ def load_settings(
         lines = []
         for err in exc.errors():
             field = ".".join(str(p) for p in err["loc"])
-            lines.append(f"  {field} (option --{field.replace('_', '-')}, env {env_name(field)}): {err['msg']}, got {err.get('input')!r}")
+            lines.append(f"  {field} (option {option_name(field)}, env {env_name(field)}): {err['msg']}, got {err.get('input')!r}")
         raise ElunetError("invalid serve settings:\n" + "\n".join(lines), hint="see `elunet serve --help`") from None
 
 
