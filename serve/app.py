@@ -27,7 +27,7 @@ from starlette.staticfiles import StaticFiles
 import elunet
 from elunet.errors import ElunetError
 from elunet.repository import check_model_name
-from elunet.serve.decoding import Decoder
+from elunet.serve.decoding import INLINE_BYTES, Decoder
 from elunet.serve.extensions import config_from_json, effective_config, proto_json, statistics_of
 from elunet.serve.inference import infer as infer_core
 from elunet.serve.errors import ServeError, bad_request
@@ -119,10 +119,11 @@ def create_app(settings: ServeSettings) -> FastAPI:
     _document_infer_body(app)
     _add_docs(app)
     # Added innermost first. A request meets: the path normalized, the access log, CORS (preflights carry
-    # no API key), the connection limit, the body read whole within its limits, then the API key.
+    # no API key), the connection limit, the API key (before any of the body is read into memory), then
+    # the body read whole within its limits.
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s, draining=lambda: app.state.draining)
     if settings.api_key is not None:
         app.add_middleware(ApiKey, key=settings.api_key.get_secret_value(), open_groups=settings.open_endpoints)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s)
     app.add_middleware(ConnectionLimit, max_connections=settings.max_connections)
     if settings.cors_allow_origins:
         app.add_middleware(
@@ -227,7 +228,7 @@ def _add_v2_routes(app: FastAPI, registry: ModelRegistry, settings: ServeSetting
             size = logits.size * 8 + (len(body) if encoding else 0)
             return await decoder.run(size, True, response_body, parsed, served.name, served.version, logits, served.labels, encoding)
 
-        content, headers = await infer_core(served, decode, encode, settings.request_timeout_s)
+        content, headers = await infer_core(served, decode, encode, settings.request_timeout_s, settings.allow_non_finite)
         return Response(content, headers=headers)
 
     async def config(request: Request, model: str, version: str | None = None) -> dict:
@@ -307,8 +308,8 @@ def _add_v1_routes(app: FastAPI, registry: ModelRegistry, settings: ServeSetting
     async def _classify(request: Request, served: ServedModel) -> ClassifyResponse:
         async def decode():
             named_images, top_k = await _read_images(request)
-            size = sum(len(data) for _, data in named_images)
-            pixels = await decoder.run(size, True, images_pixels, named_images, served.card.preprocessing)
+            # Always off the loop: a few KB of file can hold 88 Mpx to decode.
+            pixels = await decoder.run(INLINE_BYTES, True, images_pixels, named_images, served.card.preprocessing, settings.max_image_pixels)
             return (named_images, top_k), pixels, None
 
         async def encode(read, logits):
@@ -319,7 +320,7 @@ def _add_v1_routes(app: FastAPI, registry: ModelRegistry, settings: ServeSetting
                 predictions=[_top(served, name, p, top_k) for (name, _), p in zip(named_images, softmax(logits))],
             )
 
-        return await infer_core(served, decode, encode, settings.request_timeout_s)
+        return await infer_core(served, decode, encode, settings.request_timeout_s, settings.allow_non_finite)
 
     body_doc = {
         "requestBody": {
@@ -353,7 +354,7 @@ async def _read_images(request: Request) -> tuple[list[tuple[str, bytes]], int]:
         if not files:
             raise bad_request("multipart body has no image files; attach them as file fields, e.g. curl -F images=@shirt.png")
         top_k = form.get("top_k", "5")
-        # isascii: str.isdigit also takes "²", which int() refuses
+        # isascii: str.isdigit also takes "²", which int() refuses; 9 digits: any count of labels, and no 4300-digit int()
         if not isinstance(top_k, str) or not (top_k.isascii() and top_k.isdigit() and len(top_k) <= 9) or int(top_k) < 1:
             raise bad_request(f"top_k must be a positive integer, got {top_k!r}")
         return files, int(top_k)

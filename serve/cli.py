@@ -48,6 +48,7 @@ def serve(
     cors_allow_origins: Optional[str] = _opt("cors_allow_origins", metavar="ORIGINS"),
     allow_non_finite: Optional[str] = _opt("allow_non_finite", metavar="true|false"),
     max_body_bytes: Optional[int] = _opt("max_body_bytes"),
+    max_image_pixels: Optional[int] = _opt("max_image_pixels"),
     body_timeout_s: Optional[float] = _opt("body_timeout_s"),
     header_timeout_s: Optional[float] = _opt("header_timeout_s"),
     keep_alive_timeout_s: Optional[float] = _opt("keep_alive_timeout_s"),

@@ -1,15 +1,23 @@
-"""HTTP connections with bounds against slow, silent and too many clients.
+"""HTTP connections with bounds against slow, silent, greedy and too many clients.
 
 uvicorn's httptools protocol, plus what it lacks:
 
-- a connection that never sends a byte is closed after the keep-alive
-  timeout (uvicorn arms that timer only after a first response);
+- a connection with no request under way is closed after the keep-alive
+  timeout, whatever it sends meanwhile (uvicorn arms that timer only after a
+  first response, and cancels it on any byte: a lone CRLF, which starts no
+  request, kept a connection open for good);
 - request headers must be complete within ``header_timeout_s`` of their
-  first byte (uvicorn resets its timer on every byte, so headers dribbled a
-  byte at a time held a connection forever): 408, then closed;
-- each request's scope carries how many connections are open
-  (``CONNECTIONS_KEY``), for ``middleware.ConnectionLimit`` to refuse work
-  beyond the limit while health probes still pass.
+  first byte (uvicorn reset its timer on every byte, so headers dribbled a
+  byte at a time held a connection forever) and within ``MAX_HEADER_BYTES``
+  (a 60 MB header value was buffered whole): 408 or 431, then closed. While a
+  response is still due on the connection (pipelining), the header timer
+  waits for it, so that the 408 can never be read as that response;
+- a client that stops reading its responses: once the write buffer has been
+  full for ``write_timeout_s``, the connection is dropped;
+- connections made while ``max_connections`` were already open are marked
+  in each request's scope (``OVER_LIMIT_KEY``), for
+  ``middleware.ConnectionLimit`` to refuse their requests (health probes
+  excepted); connections made within the limit keep being served.
 
 The body's own time bound is ``middleware.BodyLimit``'s.
 """
@@ -20,30 +28,81 @@ from asyncio import TimerHandle
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-CONNECTIONS_KEY = "elunet.open_connections"
+from elunet.serve.errors import error_body
+
+OVER_LIMIT_KEY = "elunet.connections_over_limit"
+# Triton's HTTP front end and nginx allow 8-16 KiB of headers; this leaves room for large tokens.
+MAX_HEADER_BYTES = 64 * 1024
 
 
 class BoundedHttpProtocol(HttpToolsProtocol):
-    header_timeout_s: float = 10.0
+    # Set by bounded_protocol() from the server's settings.
+    header_timeout_s: float
+    write_timeout_s: float
+    max_connections: int
+
     _header_timer: TimerHandle | None = None
+    _write_timer: TimerHandle | None = None
+    _header_bytes: int | None = None  # while request headers are arriving
+    _open_at_start = 0
+    _idle_since = 0.0
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
-        self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
+        self._open_at_start = len(self.connections)
+        self._idle_since = self.loop.time()
+        self._arm_idle()
+
+    def on_response_complete(self) -> None:
+        self._idle_since = self.loop.time()
+        super().on_response_complete()
 
     def connection_lost(self, exc) -> None:
         self._cancel_header_timer()
+        if self._write_timer is not None:
+            self._write_timer.cancel()
         super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)  # cancels the idle timer
+        if self._header_bytes is not None:
+            self._header_bytes += len(data)
+            if self._header_bytes > MAX_HEADER_BYTES:
+                return self._refuse(431, "Request Header Fields Too Large", f"request headers over {MAX_HEADER_BYTES} bytes")
+        if not self.transport.is_closing() and not self._request_under_way() and self._header_timer is None:
+            self._arm_idle()  # bytes that start no request (a CRLF) do not keep an idle connection open
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self._header_bytes = 0
         self._cancel_header_timer()
         self._header_timer = self.loop.call_later(self.header_timeout_s, self._headers_too_slow)
 
     def on_headers_complete(self) -> None:
         self._cancel_header_timer()
-        self.scope[CONNECTIONS_KEY] = len(self.connections)
+        self._header_bytes = None
+        self.scope[OVER_LIMIT_KEY] = self._open_at_start >= self.max_connections
         super().on_headers_complete()
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._write_timer is None:
+            self._write_timer = self.loop.call_later(self.write_timeout_s, self.transport.abort)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+
+    def _request_under_way(self) -> bool:
+        return self._header_bytes is not None or (self.cycle is not None and not self.cycle.response_complete)
+
+    def _arm_idle(self) -> None:
+        """Close the connection once it has been idle for the keep-alive timeout since its last response."""
+        self._unset_keepalive_if_required()
+        remaining = self._idle_since + self.timeout_keep_alive - self.loop.time()
+        self.timeout_keep_alive_task = self.loop.call_later(max(remaining, 0.0), self.timeout_keep_alive_handler)
 
     def _cancel_header_timer(self) -> None:
         if self._header_timer is not None:
@@ -51,17 +110,26 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             self._header_timer = None
 
     def _headers_too_slow(self) -> None:
+        if self.cycle is not None and not self.cycle.response_complete:
+            # A pipelined request's headers: its time starts when the response before it has gone.
+            self._header_timer = self.loop.call_later(self.header_timeout_s, self._headers_too_slow)
+            return
         self._header_timer = None
+        self._refuse(408, "Request Timeout", f"request headers not complete within {self.header_timeout_s:g} s (--header-timeout-s)")
+
+    def _refuse(self, status: int, phrase: str, message: str) -> None:
         if self.transport.is_closing():
             return
-        body = f'{{"error": "request headers not complete within {self.header_timeout_s:g} s (header_timeout_s)"}}'.encode()
-        self.transport.write(
-            b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
-            + b"content-length: %d\r\n\r\n" % len(body) + body
-        )
+        if self.cycle is None or self.cycle.response_complete:  # never inside another response
+            body = error_body(message)
+            self.transport.write(
+                b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: %d\r\n\r\n"
+                % (status, phrase.encode(), len(body)) + body
+            )
         self.transport.close()
 
 
-def bounded_protocol(header_timeout_s: float) -> type[BoundedHttpProtocol]:
-    """The protocol class for uvicorn's ``http`` setting, with this header timeout."""
-    return type("BoundedHttpProtocol", (BoundedHttpProtocol,), {"header_timeout_s": header_timeout_s})
+def bounded_protocol(*, header_timeout_s: float, write_timeout_s: float, max_connections: int) -> type[BoundedHttpProtocol]:
+    """The protocol class for uvicorn's ``http`` setting, with these bounds."""
+    bounds = {"header_timeout_s": header_timeout_s, "write_timeout_s": write_timeout_s, "max_connections": max_connections}
+    return type("BoundedHttpProtocol", (BoundedHttpProtocol,), bounds)

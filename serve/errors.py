@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 
 class ServeError(Exception):
     """Answered as ``{"error": message}`` with ``status`` (and ``headers``)."""
@@ -39,3 +41,8 @@ def body_too_large(size: str, limit: int) -> ServeError:
         "request, or their pixels as binary tensors (Triton's binary tensor extension: 4 bytes per FP32 value, ~3x less than JSON)",
         reason="too_large",
     )
+
+
+def error_body(message: str) -> bytes:
+    """The V2 protocol's error body, ``{"error": message}``."""
+    return json.dumps({"error": message}).encode()

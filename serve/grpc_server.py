@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import secrets
 
 import grpc
@@ -82,9 +83,9 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
             self._authorize(name, context)
             return await work()
         except ServeError as exc:
-            await context.abort(STATUS_CODES.get(exc.status, grpc.StatusCode.UNKNOWN), exc.message)
+            await context.abort(STATUS_CODES.get(exc.status, grpc.StatusCode.UNKNOWN), _details(exc.message))
         except ElunetError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{exc.message}; {exc.hint}" if exc.hint else exc.message)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _details(f"{exc.message}; {exc.hint}" if exc.hint else exc.message))
 
     # --- health and metadata ----------------------------------------------------------------------
 
@@ -217,7 +218,7 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def _infer(self, request):
         with self._registry.resolve(request.model_name, request.model_version or None) as served:
             return await infer(served, lambda: self._decode(request, served), lambda req, logits: self._encode(req, served, logits),
-                               self._settings.request_timeout_s)
+                               self._settings.request_timeout_s, self._settings.allow_non_finite)
 
     async def _decode(self, request, served: ServedModel):
         names = [t.name for t in request.inputs]
@@ -225,6 +226,8 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
         datatype, shape = (tensor.datatype, list(tensor.shape)) if tensor is not None else ("", [])
         dtype = check_input(names, datatype, shape, served.card.input_shape)
         raw = request.raw_input_contents
+        if raw and tensor.HasField("contents"):
+            raise bad_request(f"input {names[0]!r} has both contents and raw_input_contents; send one")
         if raw:
             if len(raw) != 1:
                 raise bad_request(f"raw_input_contents holds {len(raw)} tensors; this model has one input")
@@ -235,8 +238,8 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
             if field is None:
                 raise bad_request(f"input {names[0]!r} of datatype {datatype} has no typed contents field; send it in raw_input_contents")
             values = np.asarray(getattr(tensor.contents, field), dtype=np.dtype(INPUT_DATATYPES[datatype]))
-            if values.size != int(np.prod(shape)):
-                raise bad_request(f"input {names[0]!r} has {values.size} values in contents; shape {shape} needs {int(np.prod(shape))}")
+            if values.size != math.prod(shape):  # math.prod: numpy's int64 product wraps around for huge shapes
+                raise bad_request(f"input {names[0]!r} has {values.size} values in contents; shape {shape} needs {math.prod(shape)}")
             pixels = as_pixels(values, shape, datatype, self._settings.allow_non_finite)
         return request, pixels, requested_timeout_us(_parameters(request.parameters))
 
@@ -296,10 +299,26 @@ class HealthService(health_pb2_grpc.HealthServicer):
             await asyncio.sleep(0.5)
 
 
+def _details(message: str) -> str:
+    """A status message that fits in gRPC's metadata (8 KiB by default): one echoing a huge model name would
+    reach the client as RESOURCE_EXHAUSTED "Stream removed" instead of its own status."""
+    return message if len(message) <= MAX_DETAILS else message[: MAX_DETAILS - 20] + " ... (cut short)"
+
+
+MAX_DETAILS = 4096
+
+
 def grpc_server(registry: ModelRegistry, settings: ServeSettings, decoder: Decoder, metrics: ServeMetrics, draining):
     """The gRPC server, not yet started; ``draining()`` says whether SIGTERM came."""
     limit = settings.max_body_bytes
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", -1)])
+    server = grpc.aio.server(options=[
+        ("grpc.max_receive_message_length", limit),
+        ("grpc.max_send_message_length", -1),
+        # The HTTP bounds, for gRPC: a connection must finish its HTTP/2 handshake as HTTP headers must arrive,
+        # and the streams at once are bounded as HTTP connections are.
+        ("grpc.server_handshake_timeout_ms", int(settings.header_timeout_s * 1000)),
+        ("grpc.max_concurrent_streams", settings.max_connections),
+    ])
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(registry, settings, decoder, metrics, draining), server)
     health_pb2_grpc.add_HealthServicer_to_server(HealthService(registry, draining), server)
     address = f"[{settings.host}]:{settings.grpc_port}" if ":" in settings.host else f"{settings.host}:{settings.grpc_port}"

@@ -4,7 +4,9 @@ Every mode Pillow opens is either converted faithfully to [0, 1] or refused
 with 415 naming it: 8-bit modes through Pillow's own conversions (/ 255),
 16-bit greyscale by its full range (/ 65535, not clipped at 255), float
 greyscale as it is when it lies in [0, 1]. Modes whose values have no agreed
-range (32-bit integers) or no conversion in Pillow (LAB) are refused.
+range (32-bit integers) or no conversion in Pillow (LAB) are refused, and so
+are images with several frames or with transparent pixels (what lies behind
+them is not known). EXIF orientation is applied, as a viewer shows the image.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import re
 import warnings
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from elunet.card import Preprocessing
 from elunet.serve.errors import ServeError
@@ -23,17 +25,20 @@ from elunet.serve.errors import ServeError
 EIGHT_BIT_MODES = frozenset({"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "HSV"})
 SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
 FLOAT_MODE = "F"
+ALPHA_MODES = frozenset({"LA", "PA", "RGBA", "RGBa"})
 REFUSED_MODES = {
-    "I": "32-bit integer samples have no agreed range",
+    "I": "32-bit integer samples (Pillow's mode also for 16-bit PGM) have no agreed range",
     "LAB": "Pillow has no conversion from LAB",
 }
+# The formats opened; no others: Pillow's EPS plugin, for one, runs Ghostscript on the client's PostScript.
+FORMATS = ("PNG", "JPEG", "TIFF", "WEBP", "BMP", "GIF", "PPM", "TGA")
 # Pillow's message for a pointer-like repr, e.g. "<_io.BytesIO object at 0x7f...>": not for clients' eyes.
 _INTERNALS = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")
 
 
-def image_pixels(data: bytes, pre: Preprocessing, name: str) -> np.ndarray:
-    """Decode one image (any format Pillow reads) to float32 [C, H, W] in [0, 1]."""
-    image = _open(data, name)
+def image_pixels(data: bytes, pre: Preprocessing, name: str, max_pixels: int) -> np.ndarray:
+    """Decode one image (one of FORMATS) to float32 [C, H, W] in [0, 1]."""
+    image = _open(data, name, max_pixels)
     if image.mode in EIGHT_BIT_MODES:
         # Convert only when needed: converting to the same mode copies the whole image while holding the interpreter lock.
         if image.mode == "HSV":
@@ -58,25 +63,37 @@ def image_pixels(data: bytes, pre: Preprocessing, name: str) -> np.ndarray:
     return np.repeat(grey[None], pre.channels, axis=0)
 
 
-def _open(data: bytes, name: str) -> Image.Image:
+def _open(data: bytes, name: str, max_pixels: int) -> Image.Image:
+    """The decoded image, upright (EXIF orientation applied); 413 past ``max_pixels``, 415 for what cannot be
+    served faithfully: broken data, several frames, transparency."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            image.load()
-            return image
+            image = Image.open(io.BytesIO(data), formats=FORMATS)
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
-        pixels = re.search(r"\((\d+) pixels\)", str(exc))
-        raise ServeError(
-            413,
-            f"image {name!r} has {pixels.group(1) + ' ' if pixels else 'too many '}pixels; the limit is {Image.MAX_IMAGE_PIXELS} "
-            "(a guard against decompression bombs): send it scaled down",
-            reason="too_large",
-        ) from None
+        pixels = re.search(r"\((\d+) pixels\)", str(exc))  # Pillow refuses before it tells the size any other way
+        raise _too_many_pixels(name, pixels.group(1) if pixels else "too many", max_pixels) from None
     except UnidentifiedImageError:
-        raise _undecodable(name, data, "not an image format Pillow reads (PNG, JPEG, TIFF, WebP, BMP, GIF, ...)") from None
+        raise _undecodable(name, data, f"not an image in a format served here ({', '.join(FORMATS)})") from None
     except Exception as exc:  # noqa: BLE001 - Pillow raises many types for broken files
-        raise _undecodable(name, data, f"broken or truncated image data ({_INTERNALS.sub('the data', str(exc)) or type(exc).__name__})") from None
+        raise _broken(name, data, exc) from None
+    width, height = image.size
+    if width * height > max_pixels:
+        raise _too_many_pixels(name, width * height, max_pixels)
+    frames = getattr(image, "n_frames", 1)
+    if frames > 1:
+        raise _unsupported(name, image.mode, f"it has {frames} frames (animated or multi-page), and one picture is classified",
+                           fix="send each frame as an image of its own")
+    try:
+        image.load()
+        image = ImageOps.exif_transpose(image)
+    except Exception as exc:  # noqa: BLE001
+        raise _broken(name, data, exc) from None
+    if image.mode in ALPHA_MODES or "transparency" in image.info:
+        if image.convert("RGBA").getchannel("A").getextrema()[0] < 255:
+            raise _unsupported(name, image.mode, "it has transparent pixels, and what lies behind them is not known",
+                               fix="flatten it onto its background first")
+    return image
 
 
 def _resized(image: Image.Image, pre: Preprocessing) -> Image.Image:
@@ -91,17 +108,24 @@ def _undecodable(name: str, data: bytes, why: str) -> ServeError:
     return ServeError(415, f"image {name!r} ({len(data)} bytes) could not be decoded: {why}", reason="undecodable_image")
 
 
-def _unsupported(name: str, mode: str, why: str) -> ServeError:
+def _broken(name: str, data: bytes, exc: Exception) -> ServeError:
+    return _undecodable(name, data, f"broken or truncated image data ({_INTERNALS.sub('the data', str(exc)) or type(exc).__name__})")
+
+
+def _too_many_pixels(name: str, pixels, limit: int) -> ServeError:
     return ServeError(
-        415,
-        f"image {name!r} has Pillow mode {mode}, which is not served: {why}; send 8-bit or 16-bit greyscale or RGB, or float greyscale in [0, 1]",
-        reason="unsupported_image_mode",
+        413, f"image {name!r} has {pixels} pixels; the limit is {limit} (the server's --max-image-pixels): send it scaled down",
+        reason="too_large",
     )
 
 
-def images_pixels(named_images: list[tuple[str, bytes]], pre: Preprocessing) -> np.ndarray:
+def _unsupported(name: str, mode: str, why: str, fix: str = "send 8-bit or 16-bit greyscale or RGB, or float greyscale in [0, 1]") -> ServeError:
+    return ServeError(415, f"image {name!r} (Pillow mode {mode}) is not served: {why}; {fix}", reason="unsupported_image_mode")
+
+
+def images_pixels(named_images: list[tuple[str, bytes]], pre: Preprocessing, max_pixels: int) -> np.ndarray:
     """Several (name, file bytes) decoded into one float32 batch [n, C, H, W]."""
-    return np.stack([image_pixels(data, pre, name) for name, data in named_images])
+    return np.stack([image_pixels(data, pre, name, max_pixels) for name, data in named_images])
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

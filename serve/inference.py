@@ -14,7 +14,7 @@ from typing import Awaitable, Callable, TypeVar
 
 import numpy as np
 
-from elunet.serve.errors import ServeError
+from elunet.serve.errors import ServeError, bad_request
 from elunet.serve.models import ServedModel
 
 R = TypeVar("R")
@@ -26,8 +26,12 @@ async def infer(
     decode: Callable[[], Awaitable[tuple[R, np.ndarray, float | None]]],
     encode: Callable[[R, np.ndarray], Awaitable[T]],
     server_timeout_s: float,
+    allow_non_finite: bool = False,
 ) -> T:
-    """``decode()`` -> (request, pixels, requested timeout in µs or None); ``encode(request, logits)`` -> the answer."""
+    """``decode()`` -> (request, pixels, requested timeout in µs or None); ``encode(request, logits)`` -> the answer.
+
+    Logits that are not finite (finite pixels far outside [0, 1], e.g. 3e38, overflow the network) are a 400
+    unless ``allow_non_finite``: answered, they would be JSON nulls or "inf" labels, silently wrong."""
     started = time.perf_counter()
     try:
         served.check_ready()
@@ -36,6 +40,11 @@ async def infer(
         served.metrics.decoded(decoded - started)
         logits = await served.predict(pixels, served.timeout(timeout_us, server_timeout_s))
         computed = time.perf_counter()
+        if not allow_non_finite and not np.isfinite(logits).all():
+            raise bad_request(
+                "the model's output is not finite for this input (pixels far outside the model's [0, 1] range overflow it: "
+                f"these lie in [{float(pixels.min()):g}, {float(pixels.max()):g}]); send pixels in [0, 1]"
+            )
         answer = await encode(request, logits)
         served.metrics.encoded(time.perf_counter() - computed)
     except ServeError as exc:

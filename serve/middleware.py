@@ -7,13 +7,13 @@ the hot path and to see the body as it streams in.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import secrets
 import time
+from typing import Callable
 
-from elunet.serve.connections import CONNECTIONS_KEY
-from elunet.serve.errors import body_too_large
+from elunet.serve.connections import OVER_LIMIT_KEY
+from elunet.serve.errors import body_too_large, error_body
 from elunet.serve.logs import ACCESS_LOGGER
 from elunet.serve.protocol import DOCS_ASSETS, ENDPOINT_GROUPS
 
@@ -27,12 +27,13 @@ def open_paths(groups: list[str]) -> set[str]:
     return {path for group in groups for path in ENDPOINT_GROUPS[group]}
 
 
-async def send_error(send, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-    body = json.dumps({"error": message}).encode()
+async def send_error(send, status: int, message: str, headers: dict[str, str] | None = None, *, more_body: bool = False) -> None:
+    """Answer ``{"error": message}``; with ``more_body`` the response stays open (it is whole, as its Content-Length says)."""
+    body = error_body(message)
     raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": raw})
-    await send({"type": "http.response.body", "body": body})
+    await send({"type": "http.response.body", "body": body, "more_body": more_body})
 
 
 class TrailingSlash:
@@ -89,22 +90,28 @@ class AccessLog:
 
 class BodyLimit:
     """Reads the whole request body before the app sees it: 413 beyond ``max_bytes``, 408 when it has not
-    arrived within ``timeout_s``. The app then reads it from memory, and never waits on a slow client.
+    arrived within ``timeout_s``, 503 when the server starts shutting down meanwhile (a slow upload must not
+    hold the shutdown until its grace period runs out). The app then reads the body from memory, and never
+    waits on a slow client.
 
     A Content-Length above the limit is answered at once, before any of the body is read (the client may be
     waiting for it: ``Expect: 100-continue``, or a declared 10^12 bytes that never come). A client that is
     still sending meanwhile sees the 413 rather than a reset: the answer goes out whole first, then what
-    keeps arriving is read and dropped for a while (up to a few times the limit), and only then is the
-    connection closed.
+    keeps arriving is read and dropped for a while (up to a few times the limit, for DRAIN_S at most), and
+    only then is the connection closed.
     """
 
     DRAIN_FACTOR = 4
+    DRAIN_S = 3.0
     DRAIN_IDLE_S = 1.0
+    # How often a body read looks whether the server is shutting down.
+    DRAINING_CHECK_S = 0.25
 
-    def __init__(self, app, max_bytes: int, timeout_s: float):
+    def __init__(self, app, max_bytes: int, timeout_s: float, draining: Callable[[], bool]):
         self.app = app
         self.max_bytes = max_bytes
         self.timeout_s = timeout_s
+        self.draining = draining
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -112,19 +119,18 @@ class BodyLimit:
         headers = dict(scope["headers"])
         length = headers.get(b"content-length")
         if length is None and b"chunked" not in headers.get(b"transfer-encoding", b"").lower():
-            return await self.app(scope, receive, send)  # no body (health probes, GETs)
-        declared = int(length) if length is not None and length.isdigit() else None
-        if declared is not None and declared > self.max_bytes:
-            return await self._refuse(send, receive, f"{declared} bytes (Content-Length)", drain=declared <= self.DRAIN_FACTOR * self.max_bytes)
+            return await self.app(scope, receive, send)
+        if length is not None and int(length) > self.max_bytes:  # the HTTP parser has checked it is a number
+            return await self._refuse(send, receive, f"{int(length)} bytes (Content-Length)", drain=int(length) <= self.DRAIN_FACTOR * self.max_bytes)
         chunks, received = [], 0
         deadline = asyncio.get_running_loop().time() + self.timeout_s
         while True:
-            try:
-                async with asyncio.timeout_at(deadline):
-                    message = await receive()
-            except TimeoutError:
+            message = await self._receive(receive, deadline)
+            if message is None:
+                if self.draining():
+                    return await send_error(send, 503, "the server is shutting down; send the request again", {"Retry-After": "1", "Connection": "close"})
                 return await send_error(
-                    send, 408, f"the request body did not arrive within {self.timeout_s:g} s ({received} bytes came; body_timeout_s)",
+                    send, 408, f"the request body did not arrive within {self.timeout_s:g} s ({received} bytes came; --body-timeout-s)",
                     {"Connection": "close"},
                 )
             if message["type"] != "http.request":
@@ -148,36 +154,44 @@ class BodyLimit:
 
         return await self.app(scope, replay, send)
 
-    async def _refuse(self, send, receive, size: str, drain: bool) -> None:
-        body = json.dumps({"error": body_too_large(size, self.max_bytes).message}).encode()
-        head = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"connection", b"close")]
-        await send({"type": "http.response.start", "status": 413, "headers": head})
-        await send({"type": "http.response.body", "body": body, "more_body": True})  # whole, as Content-Length says
-        dropped = 0
-        while drain and dropped <= self.DRAIN_FACTOR * self.max_bytes:
+    async def _receive(self, receive, deadline: float):
+        """The next message, or None past ``deadline`` or once the server is shutting down."""
+        loop = asyncio.get_running_loop()
+        while not self.draining() and loop.time() < deadline:
             try:
-                async with asyncio.timeout(self.DRAIN_IDLE_S):
-                    message = await receive()
+                async with asyncio.timeout_at(min(deadline, loop.time() + self.DRAINING_CHECK_S)):
+                    return await receive()
             except TimeoutError:
+                continue
+        return None
+
+    async def _refuse(self, send, receive, size: str, drain: bool) -> None:
+        await send_error(send, 413, body_too_large(size, self.max_bytes).message, {"Connection": "close"}, more_body=True)
+        dropped = 0
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.DRAIN_S
+        while drain and dropped <= self.DRAIN_FACTOR * self.max_bytes:
+            message = await self._receive(receive, min(deadline, loop.time() + self.DRAIN_IDLE_S))
+            if message is None:
                 break
             dropped += len(message.get("body", b""))
             drain = message["type"] == "http.request" and message.get("more_body", False)
-        await send({"type": "http.response.body", "body": b""})  # the response ends; the connection closes
+        await send({"type": "http.response.body", "body": b""})  # ends the response, and so the connection
 
 
 class ConnectionLimit:
-    """503 for requests on connections beyond ``max_connections``; health probes are always answered."""
+    """503 for requests on connections made while ``max_connections`` were open (serve/connections.py marks
+    them); health probes are always answered, and connections made within the limit keep being served."""
 
     def __init__(self, app, max_connections: int):
         self.app = app
         self.max_connections = max_connections
 
     async def __call__(self, scope, receive, send):
-        open_now = scope.get(CONNECTIONS_KEY, 0)
-        if scope["type"] == "http" and open_now > self.max_connections and scope["path"] not in HEALTH_PATHS:
+        if scope["type"] == "http" and scope.get(OVER_LIMIT_KEY) and scope["path"] not in HEALTH_PATHS:
             return await send_error(
-                send, 503, f"{open_now} connections are open, the limit is {self.max_connections} (--max-connections): retry later, "
-                "and reuse connections (keep-alive)", {"Retry-After": "1", "Connection": "close"},
+                send, 503, f"this connection was opened while {self.max_connections} were open, the limit (--max-connections): "
+                "retry later, and reuse connections (keep-alive)", {"Retry-After": "1", "Connection": "close"},
             )
         return await self.app(scope, receive, send)
 

@@ -138,7 +138,8 @@ class RepositoryModelRequest(_StrictWire):
 
 class ClassifyRequest(_Wire):
     images: list[str] = Field(min_length=1, description="images (PNG, JPEG, WebP, ...) encoded as base64 strings")
-    top_k: int = Field(5, ge=1, description="how many labels to return per image")
+    # strict: true and "3" are not numbers of labels (as the multipart form's top_k is read strictly too)
+    top_k: int = Field(5, ge=1, strict=True, description="how many labels to return per image")
 
 
 class LabelScore(_Wire):

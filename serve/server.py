@@ -25,13 +25,21 @@ DRAIN_SLACK_S = 5.0
 
 
 class _DrainingServer(uvicorn.Server):
+    drained = False
+
+    async def _wait_tasks_to_complete(self) -> None:
+        await super()._wait_tasks_to_complete()
+        self.drained = True  # not reached when the grace period ran out and uvicorn cancelled requests
+
     @contextlib.contextmanager
     def capture_signals(self):
         with super().capture_signals():
             yield
             # uvicorn raises the captured signal again once it has stopped, so the process would end with
-            # 143 (128 + SIGTERM). A drained shutdown is the expected way to stop: exit 0.
-            self._captured_signals.clear()
+            # 143 (128 + SIGTERM). A shutdown that answered every request is the expected way to stop: exit 0.
+            # One that had to cancel requests keeps the signal's exit status.
+            if self.drained:
+                self._captured_signals.clear()
 
     def handle_exit(self, sig, frame) -> None:
         self.config.app.state.draining = True
@@ -56,7 +64,9 @@ def serve(settings: ServeSettings) -> None:
         port=settings.port,
         access_log=False,  # the AccessLog middleware writes structured lines instead
         log_config=None,
-        http=bounded_protocol(settings.header_timeout_s),
+        http=bounded_protocol(
+            header_timeout_s=settings.header_timeout_s, write_timeout_s=settings.body_timeout_s, max_connections=settings.max_connections
+        ),
         timeout_keep_alive=settings.keep_alive_timeout_s,
         timeout_graceful_shutdown=settings.request_timeout_s + DRAIN_SLACK_S,
         # Allow many simultaneous keep-alive clients without FD trouble on small hosts.

@@ -93,7 +93,13 @@ class ServeSettings(BaseModel):
         False, description="take NaN and ±Inf input values (refused with 400 by default: no model answers them meaningfully)"
     )
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="request bodies larger than this get 413")
-    body_timeout_s: float = Field(60.0, gt=0, description="a request body not received whole within this time gets 408")
+    max_image_pixels: int = Field(
+        25_000_000, ge=1, description="images with more pixels get 413 (decoding one costs about a CPU-second per 25 Mpx)"
+    )
+    body_timeout_s: float = Field(
+        30.0, gt=0, description="a request body not received whole within this time gets 408; a client that takes none of its "
+        "response for this long is disconnected. Below the shutdown grace period (--request-timeout-s + 5 s)"
+    )
     header_timeout_s: float = Field(10.0, gt=0, description="request headers not complete within this time of their first byte: 408, closed")
     keep_alive_timeout_s: float = Field(5.0, gt=0, description="an idle connection (no request under way) is closed after this time")
     max_connections: int = Field(

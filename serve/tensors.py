@@ -32,6 +32,8 @@ from elunet.serve.protocol import (
 )
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
+# Triton's timeout parameter is a uint64 of microseconds; beyond this (about 292,000 years) it means nothing.
+MAX_TIMEOUT_US = 2**63 - 1
 
 
 def decode_infer(
@@ -50,8 +52,8 @@ def requested_timeout_us(parameters) -> float | None:
     wanted = (parameters or {}).get("timeout")
     if wanted is None:
         return None
-    if not _is_number(wanted) or wanted < 0:
-        raise bad_request(f"the timeout parameter must be a non-negative number of microseconds, got {wanted!r}")
+    if not _is_number(wanted) or not 0 <= wanted <= MAX_TIMEOUT_US:
+        raise bad_request(f"the timeout parameter must be a number of microseconds from 0 to {MAX_TIMEOUT_US}, got {_shown(wanted)}")
     return float(wanted) or None
 
 
@@ -65,6 +67,12 @@ def bool_parameter(parameters, name: str, default: bool) -> bool:
 
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _shown(value, limit: int = 40) -> str:
+    """A client's value quoted in an error, cut short: an error should not echo 5000 digits back."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
 
 
 def read_request(
@@ -82,7 +90,7 @@ def read_request(
         try:
             n = int(header_length)
         except ValueError:
-            raise bad_request(f"{HEADER_LENGTH} must be an integer, got {header_length!r}") from None
+            raise bad_request(f"{HEADER_LENGTH} must be an integer, got {_shown(header_length)}") from None
         if not 0 <= n <= len(body):
             raise bad_request(f"{HEADER_LENGTH} is {n}, but the body has only {len(body)} bytes")
         if n == 0:
@@ -114,7 +122,7 @@ def check_input(names: list[str], datatype: str, shape: list[int], image_shape: 
     if datatype not in INPUT_DATATYPES:
         raise bad_request(f"input {INPUT_NAME!r} has datatype {datatype}; expected one of {', '.join(INPUT_DATATYPES)}")
     if len(shape) != 4 or list(shape[1:]) != list(image_shape) or shape[0] < 1:
-        raise bad_request(f"input {INPUT_NAME!r} has shape {list(shape)}; expected {[-1, *image_shape]} (batch of at least 1)")
+        raise bad_request(f"input {INPUT_NAME!r} has shape {_shown(list(shape))}; expected [N, {', '.join(map(str, image_shape))}] with N >= 1 images")
     return np.dtype(INPUT_DATATYPES[datatype]).newbyteorder("<")
 
 
@@ -137,7 +145,7 @@ def as_pixels(values: np.ndarray, shape: list[int], datatype: str, allow_non_fin
         if bad.size:
             raise bad_request(
                 f"input {INPUT_NAME!r} has {bad.size} non-finite values (NaN, ±Inf, null, or beyond float32's range), the first at "
-                f"flat index {bad[0]}: {values.ravel()[bad[0]]!r}; send finite numbers (the server's --allow-non-finite lets them through)"
+                f"flat index {bad[0]}: {float(values.ravel()[bad[0]])}; send finite numbers (the server's --allow-non-finite lets them through)"
             )
     return pixels
 
