@@ -26,6 +26,8 @@ What stays float32, on purpose:
 
 from __future__ import annotations
 
+import contextlib
+import io
 import tempfile
 from pathlib import Path
 
@@ -110,7 +112,8 @@ def quantize_qdq(proto: onnx.ModelProto, pixels: np.ndarray, method: str) -> onn
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}
     proto = _named(proto)
     logits_op = next(n.op_type for n in proto.graph.node if OUTPUT_NAME in n.output)
-    with tempfile.TemporaryDirectory(prefix="elunet-int8-") as tmp, quiet(("",)):
+    # The histogram calibrators print their progress on stdout, where `elunet export` writes only the model's path.
+    with tempfile.TemporaryDirectory(prefix="elunet-int8-") as tmp, quiet(("",)), contextlib.redirect_stdout(io.StringIO()):
         out = Path(tmp) / "int8.onnx"
         quantize_static(
             proto,
