@@ -165,9 +165,10 @@ def test_gcn_zca_preprocessing_of_the_paper_net_stays_float():
 
 
 @pytest.mark.parametrize("method", ["entropy", "percentile"])
-def test_every_calibration_method_gives_a_tensorrt_ready_graph(method):
+def test_every_calibration_method_gives_a_tensorrt_ready_graph(method, capfd):
     card, model, proto = exported("fashion-cnn", 1.0, ExportSettings(dtype="int8"))
     check_qdq_graph(quantize_qdq(proto, synthetic_pixels(card), method))
+    assert capfd.readouterr().out == "", "`elunet export` prints only the model's path on stdout"
 
 
 def test_plugin_elus_in_an_int8_graph_run_in_onnx_runtime():
