@@ -140,9 +140,9 @@ def verify_model(
     card = model_card or card_from_onnx(model_path)
     _check_same_model(card, checkpoint)
     dtype = card.export.dtype if card.export else "fp32"
-    default_tol, gate = criteria(dtype)
+    default_tol, default_gate = criteria(dtype)
     tol = tolerance or default_tol
-    gate = gate and (accuracy_gate or gate)
+    gate = (accuracy_gate or default_gate) if default_gate else None  # only the gated dtypes (int8) have one
     pixels, targets = real_test_pixels(checkpoint.card, None if gate else images, data_dir, "the accuracy gate" if gate else "parity")
     sets = parity_inputs(checkpoint.card, pixels, batch_size)
     largest = max(len(b) for s in sets for b in s.batches)
