@@ -40,7 +40,8 @@ OPSET_RANGE = {"dynamo": (18, 23), "torchscript": (9, 20)}
 QUANTIZED_DTYPES = ("int8",)
 # ONNX Runtime's calibration methods, by elunet's names (export/quantize.py maps them).
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
-# Measured on the fully trained default model (README, "INT8"): DEFAULT_CALIBRATION_METHOD_NOTE
+# Measured on the fully trained default model (benchmarks/int8_calibration.py, README "int8"):
+# every method passed at 64..2048 images; minmax on 512 lost nothing in half a second.
 DEFAULT_CALIBRATION_METHOD = "minmax"
 DEFAULT_CALIBRATION_IMAGES = 512
 
