@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from elunet.contracts import INPUT_LAYOUT, INPUT_RANGE, MODEL_NAME_RE, MODEL_NAME_RULE
+from elunet.dtypes import GRAPH_DTYPES, IO_DTYPES
 from elunet.errors import ElunetError
 from elunet.files import write_atomic
 
@@ -43,16 +44,45 @@ class Preprocessing(_Strict):
     normalization: str = Field(description="normalization module inside the graph, e.g. 'meanstd' or 'gcn+zca'")
 
 
+class AccuracyGate(_Strict):
+    """What a quantized (int8) export must keep, measured on the whole test split of its dataset.
+
+    Element-wise tolerances mean nothing for an int8 graph; accuracy and top-1
+    agreement with float32 PyTorch are what its users measure. The card states
+    the gate an export was held to, parity.json the figures it reached
+    (export/verify.py), both with these field names.
+    """
+
+    max_accuracy_drop_points: float = Field(ge=0, le=100, description="test accuracy may fall at most this many percentage points below float32's")
+    min_top1_agreement: float = Field(ge=0, le=1, description="fraction of test images whose top-1 class equals float32's")
+
+
+class QuantizationInfo(_Strict):
+    """How an int8 graph was made (export/quantize.py)."""
+
+    tool: str  # e.g. "onnxruntime.quantization 1.32.0 quantize_static"
+    format: Literal["QDQ"] = "QDQ"
+    weights: str  # e.g. "int8, symmetric, per output channel"
+    activations: str  # e.g. "int8, symmetric, per tensor"
+    elu: str  # how the ELU layers compute (graph_checks.check_qdq_graph holds the graph to it)
+    calibration_method: str  # one of export/settings.CALIBRATION_METHODS
+    calibration_images: int = Field(ge=1)
+    calibration_split: str  # the dataset split the calibration images come from ("train")
+    calibration_seed: int
+    gate: AccuracyGate
+
+
 class ExportInfo(_Strict):
     elu_mode: Literal["native", "plugin"]
     opset: int
-    dtype: Literal["fp32", "fp16"]  # what the graph computes in
+    dtype: Literal[GRAPH_DTYPES]  # what the graph computes in
     # the element type of the graph's input and output tensors (elunet exports keep them float32
-    # for both dtypes; see export/settings.py)
-    io_dtype: Literal["fp32", "fp16"] = "fp32"
+    # for every dtype; see export/settings.py)
+    io_dtype: Literal[IO_DTYPES] = "fp32"
     exporter: str
     source_checkpoint_sha256: str
     parity: Literal["passed", "skipped"]
+    quantization: QuantizationInfo | None = None  # int8 graphs only
 
 
 class ModelCard(_Strict):

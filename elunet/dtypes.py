@@ -35,3 +35,10 @@ BY_V2 = {d.v2: d for d in DTYPES}
 BY_TRITON = {d.triton: d for d in DTYPES}
 BY_NUMPY = {d.numpy: d for d in DTYPES}
 BY_ONNXRUNTIME = {d.onnxruntime: d for d in DTYPES}
+
+# What an exported graph may compute in (`elunet export --dtype`, the card's
+# export.dtype). int8 is a compute type only: an int8 graph quantizes and
+# dequantizes inside itself, its input and output stay one of IO_DTYPES.
+GRAPH_DTYPES = ("fp32", "fp16", "int8")
+# The element types of an exported graph's input and output tensors.
+IO_DTYPES = ("fp32", "fp16")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from elunet.card import ModelCard
 from elunet.contracts import INPUT_NAME, OUTPUT_NAME
-from elunet.dtypes import BY_NAME, BY_TRITON
+from elunet.dtypes import BY_NAME, BY_TRITON, IO_DTYPES
 from elunet.errors import ElunetError
 from elunet.repository import LABELS_FILE, MODEL_FILES, check_model_name
 
@@ -50,13 +50,13 @@ def build_config(
 
     ``platform`` is a key of elunet.repository.MODEL_FILES; ``io_dtype`` is the
     element type of the model's input and output ("fp32" for elunet's ONNX
-    exports of either compute dtype).
+    exports of every compute dtype).
     """
     check_model_name(name)
     if platform not in MODEL_FILES:
         raise ElunetError(f"unknown Triton platform {platform!r}", hint=f"choose one of: {', '.join(MODEL_FILES)}")
-    if io_dtype not in ("fp32", "fp16"):
-        raise ElunetError(f"unknown I/O dtype {io_dtype!r}", hint="choose fp32 or fp16")
+    if io_dtype not in IO_DTYPES:
+        raise ElunetError(f"unknown I/O dtype {io_dtype!r}", hint=f"choose one of: {', '.join(IO_DTYPES)}")
     if max_batch_size < 1:
         raise ElunetError(f"max_batch_size must be >= 1, got {max_batch_size}", hint="elunet models always take a batch axis")
     pb2 = model_config_pb2()

@@ -7,6 +7,9 @@
   (``Sub`` is no such sign: the normalization subtracts its mean.)
 - Every operator exists at the model's opset and accepts the element types it
   is fed there (e.g. ``Elu`` takes bfloat16 only from opset 22 on).
+- An int8 (QDQ) graph is quantized as export/quantize.py says: symmetric
+  int8 Q/DQ, per-channel int8 weights, float biases, the preprocessing and
+  the logits float32, every ELU in float32 on a dequantized input.
 - ``onnx.checker`` (full check) and strict shape inference pass, and the
   graph has elunet's interface: ``INPUT_NAME`` [batch, C, H, W] and
   ``OUTPUT_NAME`` [batch, classes], float32, batch dynamic.
@@ -68,6 +71,53 @@ def check_elu_nodes(proto: onnx.ModelProto, alphas: list[float], elu_mode: str) 
             f"ELU alphas differ between the graph {sorted(found.elements())} and the network {sorted(_f32(alphas).elements())}",
             hint="the exporter lost an ELU's alpha; report this with the architecture",
         )
+
+
+QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+
+
+def check_qdq_graph(proto: onnx.ModelProto) -> None:
+    """Raise unless the int8 graph is quantized exactly as export/quantize.py describes."""
+    from elunet.export.quantize import WEIGHTED_OPS, preprocessing_nodes
+
+    g = proto.graph
+    contract = elu_plugin_contract()
+    init = {t.name: t for t in g.initializer}
+    producers = {out: n for n in g.node for out in n.output}
+
+    def fail(what: str):
+        raise ElunetError(f"the int8 graph {what}", hint="the quantizer's output changed; report this with the onnxruntime version")
+
+    if not any(n.op_type == "QuantizeLinear" for n in g.node):
+        fail("has no QuantizeLinear node: nothing was quantized")
+    for node in g.node:
+        if node.op_type not in QDQ_OPS:
+            continue
+        zero_point = init.get(node.input[2]) if len(node.input) > 2 else None
+        if zero_point is None or zero_point.data_type != onnx.TensorProto.INT8 or onnx.numpy_helper.to_array(zero_point).any():
+            fail(f"has {node.op_type} {node.name!r} without an int8 zero point of 0 (TensorRT needs symmetric int8)")
+    if any(t.data_type == onnx.TensorProto.INT32 for t in g.initializer):
+        fail("holds int32 initializers: quantized biases, which TensorRT cannot take")
+    for node in g.node:
+        if node.op_type not in WEIGHTED_OPS:
+            continue
+        data, weight = (producers.get(name) for name in node.input[:2])
+        if data is None or data.op_type != "DequantizeLinear" or weight is None or weight.op_type != "DequantizeLinear":
+            fail(f"computes {node.op_type} {node.name!r} on float inputs: its input and weight must be dequantized int8")
+        weights, scale = init.get(weight.input[0]), init.get(weight.input[1])
+        axis = next((a.i for a in weight.attribute if a.name == "axis"), 1)
+        if weights is None or weights.data_type != onnx.TensorProto.INT8 or scale is None or axis != 0 or list(scale.dims) != [weights.dims[0]]:
+            fail(f"does not hold the weights of {node.op_type} {node.name!r} as int8 per output channel")
+    pre = preprocessing_nodes(g)
+    if [n.op_type for n in pre if n.op_type in QDQ_OPS] != list(QDQ_OPS):
+        fail("quantizes inside the preprocessing: only the first weighted layer's input may be quantized")
+    elus = [n for n in g.node if n.op_type == "Elu" or (n.op_type, n.domain) == (contract.op_type, contract.onnx_domain)]
+    for node in elus:
+        source = producers.get(node.input[0])
+        if source is None or source.op_type != "DequantizeLinear":
+            fail(f"feeds {node.op_type} {node.name!r} from {source.op_type if source else 'the graph input'}, not from a DequantizeLinear")
+    if producers[OUTPUT_NAME].op_type == "DequantizeLinear":
+        fail(f"quantizes its output {OUTPUT_NAME!r}: the logits must stay float32")
 
 
 def _schema(op_type: str, opset: int):

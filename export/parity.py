@@ -20,6 +20,13 @@ fp16 graphs are held to 99 % top-1 agreement, not 100 %: half-precision
 rounding swaps the top two classes of an image whose two best logits are
 nearly tied (the demo's fashion-cnn: 1 of 512 test images), and such a swap
 is within the element-wise tolerance.
+
+int8 graphs are judged by an accuracy gate (elunet.card.AccuracyGate), not
+element-wise: on the whole test split, their test accuracy may fall at most
+``max_accuracy_drop_points`` below the float32 reference's, and their top-1
+class must agree with the reference's on ``min_top1_agreement`` of the images.
+Their element-wise figures are recorded with unbounded atol/rtol: only a
+NaN/inf where the reference is finite fails a set.
 """
 
 from __future__ import annotations
@@ -29,13 +36,16 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from elunet.card import ModelCard
+from elunet.card import AccuracyGate, ModelCard
 from elunet.contracts import OUTPUT_NAME
 from elunet.errors import ElunetError
 
 # Defaults per graph dtype (atol, rtol, min top-1 agreement): fp32 is held to
 # float32 rounding, fp16 to half precision (see the module docstring for top-1).
-DEFAULT_TOLERANCES = {"fp32": (1e-4, 1e-4, 1.0), "fp16": (1e-2, 1e-2, 0.99)}
+DEFAULT_TOLERANCES = {"fp32": (1e-4, 1e-4, 1.0), "fp16": (1e-2, 1e-2, 0.99), "int8": (math.inf, math.inf, 0.0)}
+# The dtypes judged by accuracy on the whole test split, and their default gates (the issue's:
+# at most half a point of accuracy lost, 99 % of the top-1 classes kept).
+DEFAULT_ACCURACY_GATES = {"int8": AccuracyGate(max_accuracy_drop_points=0.5, min_top1_agreement=0.99)}
 DEFAULT_IMAGES = 512
 DEFAULT_BATCH = 64
 ODD_BATCH = 13
@@ -57,6 +67,50 @@ class Tolerance:
             rtol=d_rtol if rtol is None else rtol,
             min_top1=d_top1 if min_top1 is None else min_top1,
         )
+
+
+def criteria(
+    dtype: str, *, atol: float | None = None, rtol: float | None = None, min_top1: float | None = None, max_accuracy_drop: float | None = None
+) -> tuple[Tolerance, AccuracyGate | None]:
+    """What a graph of ``dtype`` is held to: element-wise tolerances, and for int8 the accuracy gate.
+
+    ``min_top1`` is the required top-1 agreement: per input set for fp32/fp16, on the whole
+    test split for int8. ``max_accuracy_drop`` (percentage points) is int8's only.
+    """
+    gate = DEFAULT_ACCURACY_GATES.get(dtype)
+    if gate is None:
+        if max_accuracy_drop is not None:
+            raise ElunetError(
+                f"--max-accuracy-drop judges int8 graphs; this one is {dtype}",
+                hint="fp32 and fp16 graphs are held to --atol, --rtol and --min-top1",
+            )
+        return Tolerance.for_dtype(dtype, atol, rtol, min_top1), None
+    if atol is not None or rtol is not None:
+        raise ElunetError(
+            f"{dtype} graphs are judged by accuracy on the whole test split, not element-wise: --atol/--rtol do not apply",
+            hint="use --max-accuracy-drop POINTS and --min-top1 FRACTION",
+        )
+    overrides = {"max_accuracy_drop_points": max_accuracy_drop, "min_top1_agreement": min_top1}
+    gate = AccuracyGate.model_validate({**gate.model_dump(), **{k: v for k, v in overrides.items() if v is not None}})
+    return Tolerance.for_dtype(dtype), gate
+
+
+def judge_accuracy(gate: AccuracyGate, targets: np.ndarray, reference: np.ndarray, actual: np.ndarray) -> dict:
+    """The gate's verdict on logits of the whole test split: the certificate's ``accuracy_gate``."""
+    ref_top, act_top = np.argmax(reference, 1), np.argmax(actual, 1)
+    n = len(targets)
+    ref_correct, act_correct = int(np.sum(ref_top == targets)), int(np.sum(act_top == targets))
+    drop = 100.0 * (ref_correct - act_correct) / n
+    agreement = float(np.mean(ref_top == act_top))
+    return {
+        **gate.model_dump(),
+        "images": n,
+        "reference_accuracy": ref_correct / n,
+        "runner_accuracy": act_correct / n,
+        "accuracy_drop_points": drop,
+        "top1_agreement": agreement,
+        "passed": drop <= gate.max_accuracy_drop_points and agreement >= gate.min_top1_agreement,
+    }
 
 
 @dataclass(frozen=True)

@@ -4,14 +4,16 @@ Steps, all before anything is visible at the destination:
 
 1. load the checkpoint (a missing or corrupt file, a card/weights mismatch or
    an unknown architecture stops here, with the loader's message);
-2. trace the network into ONNX (to_onnx.py); in plugin mode rewrite every
-   Elu into the plugin op (elu_plugin_pass.py);
+2. trace the network into ONNX (to_onnx.py); for int8 quantize it to QDQ,
+   calibrated on real training images (quantize.py); in plugin mode rewrite
+   every Elu into the plugin op (elu_plugin_pass.py);
 3. node-level and opset checks (graph_checks.py); the card, with its export
    section, goes into the graph's metadata;
 4. write the file into a staging folder; onnx.checker (full) and strict shape
    inference run on that file;
 5. verify it against the checkpoint in ONNX Runtime (verify.py) unless
-   --skip-verify, writing parity.json;
+   --skip-verify, writing parity.json (int8: the accuracy gate on the whole
+   test split);
 6. only if parity passed: move it to --out, or publish the version folder
    (model.onnx, card.json, parity.json, model.safetensors) into --repository.
 """
@@ -25,17 +27,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import onnx
 import torch
 
-from elunet.card import CARD_FILE, ExportInfo, ModelCard
+from elunet.card import CARD_FILE, AccuracyGate, ExportInfo, ModelCard
 from elunet.contracts import WEIGHTS_FILE
 from elunet.errors import ElunetError
 from elunet.repository import MODEL_FILES, PARITY_FILE, check_model_name
 from elunet.export.card_metadata import embed_card
 from elunet.export.elu_plugin_pass import rewrite_elu_as_plugin
-from elunet.export.graph_checks import check_elu_nodes, check_onnx_file, check_opset_supports_types, elu_alphas
-from elunet.export.parity import DEFAULT_IMAGES
+from elunet.export.graph_checks import check_elu_nodes, check_onnx_file, check_opset_supports_types, check_qdq_graph, elu_alphas
+from elunet.export.parity import DEFAULT_IMAGES, Tolerance, criteria
+from elunet.export.quantize import CALIBRATION_SEED, CALIBRATION_SPLIT, quantization_info, quantize_qdq
+from elunet.export.real_data import random_train_pixels
 from elunet.export.repository_writer import stage_version
 from elunet.export.settings import IO_DTYPE, ExportSettings
 from elunet.export.to_onnx import torch_to_onnx
@@ -70,12 +75,18 @@ def export_checkpoint(
     images: int = DEFAULT_IMAGES,
     data_dir: Path | None = None,
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+    min_top1: float | None = None,
+    max_accuracy_drop: float | None = None,
     log: Callable[[str], None] = lambda line: None,
 ) -> ExportResult:
-    """Export ``checkpoint`` to ``out`` (a file) or into ``repository`` (a Triton model repository)."""
+    """Export ``checkpoint`` to ``out`` (a file) or into ``repository`` (a Triton model repository).
+
+    ``min_top1`` and ``max_accuracy_drop`` override parity.criteria's defaults for the dtype.
+    """
     from elunet.train.checkpoint import load_checkpoint
 
     settings.validate()
+    judged = criteria(settings.dtype, min_top1=min_top1, max_accuracy_drop=max_accuracy_drop)
     if (out is None) == (repository is None):
         raise ElunetError("give exactly one of --out FILE and --repository DIR", hint="--out writes one ONNX file; --repository publishes a Triton model version")
     if name is not None:
@@ -85,13 +96,18 @@ def export_checkpoint(
         out = Path(out)
         _check_out_free(out, force)
     log(f"loaded {ckpt.card.architecture} ({ckpt.card.activation}) from {ckpt.path}")
+    calibration = None
+    if settings.quantized:
+        calibration = random_train_pixels(ckpt.card, settings.calibration_images, CALIBRATION_SEED, data_dir, f"{settings.dtype} calibration")
+        log(f"calibration: {len(calibration)} {ckpt.card.dataset} {CALIBRATION_SPLIT} images (seed {CALIBRATION_SEED}), method {settings.calibration_method}")
+    build = _Build(ckpt, settings, judged, calibration, skip_verify, images, data_dir, log)
 
     if repository is not None:
         target_name = name or ckpt.card.name
         with stage_version(Path(repository), target_name, version, force) as staged:
-            card = _export_card(ckpt, settings, target_name, staged.version, skip_verify)
+            card = build.card(target_name, staged.version)
             staged.model_files(card, platform=PLATFORM, max_batch_size=max_batch_size, io_dtype=IO_DTYPE)  # fail fast
-            result = _build_and_verify(ckpt, card, settings, staged.path, skip_verify, images, data_dir, log)
+            result = build.run(card, staged.path)
             if not result.passed:
                 return result
             shutil.copyfile(ckpt.path / WEIGHTS_FILE, staged.path / WEIGHTS_FILE)
@@ -99,9 +115,9 @@ def export_checkpoint(
             log(f"published {published.name} v{published.version} in {published.path}")
             return ExportResult(card, published.path / ONNX_FILE, result.report)
 
-    card = _export_card(ckpt, settings, name or ckpt.card.name, version or ckpt.card.version, skip_verify)
+    card = build.card(name or ckpt.card.name, version or ckpt.card.version)
     with _staging_beside(out) as staging:
-        result = _build_and_verify(ckpt, card, settings, staging, skip_verify, images, data_dir, log)
+        result = build.run(card, staging)
         if not result.passed:
             return result
         for file in (PARITY_FILE, CARD_FILE):
@@ -114,48 +130,70 @@ def export_checkpoint(
     return ExportResult(card, out, result.report)
 
 
-def _export_card(ckpt, settings: ExportSettings, name: str, version: int, skip_verify: bool) -> ModelCard:
-    info = ExportInfo(
-        elu_mode=settings.elu_mode,
-        opset=settings.opset,
-        dtype=settings.dtype,
-        io_dtype=IO_DTYPE,
-        exporter=f"torch.onnx ({settings.exporter}), torch {torch.__version__}",
-        source_checkpoint_sha256=ckpt.sha256,
-        # Written before verification: a model whose parity fails is never written out with this card.
-        parity="skipped" if skip_verify else "passed",
-    )
-    return ModelCard.model_validate({**ckpt.card.model_dump(), "name": name, "version": version, "export": info.model_dump()})
+@dataclass
+class _Build:
+    """Steps 2-5 for one checkpoint and settings, into any folder."""
 
+    ckpt: object  # LoadedCheckpoint
+    settings: ExportSettings
+    judged: tuple[Tolerance, AccuracyGate | None]  # parity.criteria for the dtype
+    calibration: np.ndarray | None  # int8: the calibration pixels
+    skip_verify: bool
+    images: int
+    data_dir: Path | None
+    log: Callable[[str], None]
 
-def _build_and_verify(ckpt, card: ModelCard, settings: ExportSettings, folder: Path, skip_verify: bool, images: int, data_dir, log) -> ExportResult:
-    """Steps 2-5 into ``folder``: model.onnx, card.json and (unless skipped) parity.json."""
-    alphas = elu_alphas(ckpt.model)
-    if settings.elu_mode == "plugin" and not alphas:
-        raise ElunetError(
-            f"--elu plugin: the {card.architecture} network has no ELU layers (activation {card.activation!r})",
-            hint="the plugin replaces ELUs; export this model with --elu native",
+    def card(self, name: str, version: int) -> ModelCard:
+        ckpt, settings = self.ckpt, self.settings
+        gate = self.judged[1]
+        info = ExportInfo(
+            elu_mode=settings.elu_mode,
+            opset=settings.opset,
+            dtype=settings.dtype,
+            io_dtype=IO_DTYPE,
+            exporter=f"torch.onnx ({settings.exporter}), torch {torch.__version__}",
+            source_checkpoint_sha256=ckpt.sha256,
+            # Written before verification: a model whose parity fails is never written out with this card.
+            parity="skipped" if self.skip_verify else "passed",
+            quantization=quantization_info(settings, len(self.calibration), gate) if settings.quantized else None,
         )
-    log(f"exporting with torch.onnx ({settings.exporter}), opset {settings.opset}, {settings.dtype}, ELU {settings.elu_mode}")
-    proto = torch_to_onnx(ckpt.model, card, settings)
-    if settings.elu_mode == "plugin":
-        rewrite_elu_as_plugin(proto)
-    check_elu_nodes(proto, alphas, settings.elu_mode)
-    check_opset_supports_types(proto)
-    embed_card(proto, card)
-    model_path = folder / ONNX_FILE
-    onnx.save(proto, str(model_path))
-    check_onnx_file(model_path, card)
-    card.save(folder / CARD_FILE)
-    log(f"checks passed: {len(alphas)} ELU layers as {settings.elu_mode} nodes, onnx.checker (full) and shape inference")
-    if skip_verify:
-        log("parity NOT verified (--skip-verify); the card records parity: skipped")
-        return ExportResult(card, model_path, None)
-    report = verify_model(model_path, ckpt, images=images, data_dir=data_dir, model_card=card)
-    report.save(folder / PARITY_FILE)
-    for line in report.lines():
-        log(line)
-    return ExportResult(card, model_path, report)
+        return ModelCard.model_validate({**ckpt.card.model_dump(), "name": name, "version": version, "export": info.model_dump()})
+
+    def run(self, card: ModelCard, folder: Path) -> ExportResult:
+        """model.onnx, card.json and (unless skipped) parity.json into ``folder``."""
+        ckpt, settings, log = self.ckpt, self.settings, self.log
+        alphas = elu_alphas(ckpt.model)
+        if settings.elu_mode == "plugin" and not alphas:
+            raise ElunetError(
+                f"--elu plugin: the {card.architecture} network has no ELU layers (activation {card.activation!r})",
+                hint="the plugin replaces ELUs; export this model with --elu native",
+            )
+        log(f"exporting with torch.onnx ({settings.exporter}), opset {settings.opset}, {settings.dtype}, ELU {settings.elu_mode}")
+        proto = torch_to_onnx(ckpt.model, card, settings)
+        if settings.quantized:
+            proto = quantize_qdq(proto, self.calibration, settings.calibration_method)
+            log(f"quantized to {settings.dtype} QDQ with {card.export.quantization.tool}; ELUs compute in {card.export.quantization.elu}")
+        if settings.elu_mode == "plugin":
+            rewrite_elu_as_plugin(proto)
+        check_elu_nodes(proto, alphas, settings.elu_mode)
+        if settings.quantized:
+            check_qdq_graph(proto)
+        check_opset_supports_types(proto)
+        embed_card(proto, card)
+        model_path = folder / ONNX_FILE
+        onnx.save(proto, str(model_path))
+        check_onnx_file(model_path, card)
+        card.save(folder / CARD_FILE)
+        log(f"checks passed: {len(alphas)} ELU layers as {settings.elu_mode} nodes, onnx.checker (full) and shape inference")
+        if self.skip_verify:
+            log("parity NOT verified (--skip-verify); the card records parity: skipped")
+            return ExportResult(card, model_path, None)
+        tolerance, gate = self.judged
+        report = verify_model(model_path, ckpt, tolerance=tolerance, accuracy_gate=gate, images=self.images, data_dir=self.data_dir, model_card=card)
+        report.save(folder / PARITY_FILE)
+        for line in report.lines():
+            log(line)
+        return ExportResult(card, model_path, report)
 
 
 def _check_out_free(out: Path, force: bool) -> None:

@@ -47,10 +47,10 @@ def torch_to_onnx(model: nn.Module, card: ModelCard, settings: ExportSettings) -
     """Trace ``model`` (eval, CPU, float32) into an ONNX graph; ``model`` is left unchanged."""
     settings.validate()
     model = copy.deepcopy(model).eval().to("cpu", TORCH_DTYPES[IO_DTYPE])
-    if settings.dtype != IO_DTYPE:
-        model = _CastAround(model, TORCH_DTYPES[settings.dtype], TORCH_DTYPES[IO_DTYPE]).eval()
+    if settings.traced_dtype != IO_DTYPE:
+        model = _CastAround(model, TORCH_DTYPES[settings.traced_dtype], TORCH_DTYPES[IO_DTYPE]).eval()
     example = torch.rand(EXAMPLE_BATCH, *card.input_shape, dtype=TORCH_DTYPES[IO_DTYPE])
-    with _quiet_exporter(), torch.no_grad():
+    with quiet(), torch.no_grad():
         if settings.exporter == "dynamo":
             proto = _export_dynamo(model, example, settings.opset)
         else:
@@ -104,10 +104,14 @@ def opset_of(proto: onnx.ModelProto) -> int:
     raise ElunetError("the ONNX model imports no default-domain opset", hint="re-export it with `elunet export`")
 
 
+EXPORTER_LOGGERS = ("torch.onnx", "torch.export", "onnxscript", "torch._dynamo")
+
+
 @contextlib.contextmanager
-def _quiet_exporter():
-    """The exporters log per-op chatter and deprecation notes; elunet reports its own checks instead."""
-    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "onnxscript", "torch._dynamo")]
+def quiet(logger_names: tuple[str, ...] = EXPORTER_LOGGERS):
+    """The exporters (and ONNX Runtime's quantizer, on the root logger) log per-op chatter and
+    deprecation notes; elunet reports its own checks instead."""
+    loggers = [logging.getLogger(name) for name in logger_names]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)

@@ -19,11 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from elunet.card import ModelCard
+from elunet.card import AccuracyGate, ModelCard
 from elunet.files import sha256_file, write_atomic
 from elunet.contracts import OUTPUT_NAME
 from elunet.errors import ElunetError
-from elunet.export.parity import DEFAULT_BATCH, DEFAULT_IMAGES, Tolerance, finite_or_text, parity_inputs, run_set, set_to_json
+from elunet.export.real_data import real_test_pixels
+from elunet.export.parity import DEFAULT_BATCH, DEFAULT_IMAGES, Tolerance, criteria, finite_or_text, judge_accuracy, parity_inputs, run_set, set_to_json
 from elunet.runtime import open_engine
 
 # What `elunet verify` (and `elunet export` before publishing) runs the model under test on.
@@ -62,44 +63,56 @@ class ParityReport:
     def lines(self) -> list[str]:
         """A human summary: what the columns mean, one line per input set, then the verdict."""
         d = self.data
-        tol = d["tolerance"]
-        out = [
-            f"parity: {d['runner']} vs {d['reference']}  (atol {tol['atol']:g}, rtol {tol['rtol']:g}, top-1 >= {tol['min_top1']:.0%})",
-            f"  {tol['rule']}; rel err = abs err / |reference|: large where a reference logit is near 0, undefined (inf) where it is 0",
-            "  atol needed: the smallest atol that passes every element at this rtol (0: rtol alone passes them all)",
-        ]
+        tol, gate = d["tolerance"], d.get("accuracy_gate")
+        if gate is None:
+            out = [
+                f"parity: {d['runner']} vs {d['reference']}  (atol {_fmt(tol['atol'])}, rtol {_fmt(tol['rtol'])}, top-1 >= {tol['min_top1']:.0%})",
+                f"  {tol['rule']}; rel err = abs err / |reference|: large where a reference logit is near 0, undefined (inf) where it is 0",
+                "  atol needed: the smallest atol that passes every element at this rtol (0: rtol alone passes them all)",
+            ]
+        else:
+            out = [f"parity: {d['runner']} vs {d['reference']}  ({d['model'].get('dtype')}: judged by accuracy on the whole test split; "
+                   "element-wise figures for the record)"]
         for s in d["sets"]:
             o = s["outputs"][OUTPUT_NAME]
             mark = "ok  " if s["passed"] else "FAIL"
+            needed = f"atol needed {_fmt(o['needed_atol'])}  " if gate is None else ""  # int8 sets have no atol to need
             out.append(
                 f"  {mark} {s['name']:<20} n={s['images']:<5} max abs {_fmt(o['max_abs_err'])}  max rel {_fmt(o['max_rel_err'])}  "
-                f"atol needed {_fmt(o['needed_atol'])}  top-1 {o['top1_agreement']:.2%}"
+                f"{needed}top-1 {o['top1_agreement']:.2%}"
             )
         acc = d.get("accuracy")
         if acc:
             out.append(f"  test accuracy on {acc['images']} images: reference {acc['reference']:.4f}, {d['backend']} {acc['runner']:.4f}")
+        if gate is not None:
+            out.append(f"  {'ok  ' if gate['passed'] else 'FAIL'} accuracy gate: {_gate_figures(gate)}")
         out.append(f"parity {'PASSED' if self.passed else 'FAILED'}: max abs err {_fmt(d['summary']['max_abs_err'])} over all inputs")
         return out
 
 
+    def gate_failure(self) -> ElunetError | None:
+        """The error for a failed accuracy gate: the figures, and what to change (None unless it failed)."""
+        gate = self.data.get("accuracy_gate")
+        if gate is None or gate["passed"]:
+            return None
+        return ElunetError(
+            f"the {self.data['model'].get('dtype')} model failed its accuracy gate, so nothing was written: {_gate_figures(gate)}",
+            hint="calibrate on more images (--calibration-images, e.g. 2048), try another --calibration-method "
+            "(minmax, entropy, percentile), or keep this model in fp32 (--dtype fp32); "
+            "--max-accuracy-drop and --min-top1 set the gate",
+        )
+
+
+def _gate_figures(gate: dict) -> str:
+    return (
+        f"on {gate['images']} test images, accuracy {gate['runner_accuracy']:.2%} vs float32 {gate['reference_accuracy']:.2%} "
+        f"({gate['accuracy_drop_points']:.2f} points lost, at most {gate['max_accuracy_drop_points']:g} allowed), "
+        f"top-1 agreement {gate['top1_agreement']:.2%} (at least {gate['min_top1_agreement']:.2%} required)"
+    )
+
+
 def _fmt(value) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
-
-
-def real_test_pixels(card: ModelCard, count: int, data_dir: Path | None) -> tuple[np.ndarray, np.ndarray]:
-    """The first ``count`` test images of the card's dataset as float32 pixels in [0, 1], and their targets."""
-    from elunet.train.data import load_dataset
-
-    p = card.preprocessing
-    try:
-        data = load_dataset(card.dataset, "test", data_dir, image_size=p.height, channels=p.channels)
-    except ElunetError as exc:
-        raise ElunetError(
-            f"parity needs real test images of {card.dataset!r}, the model's dataset: {exc.message}",
-            hint=f"{exc.hint + '; ' if exc.hint else ''}or point --data-dir at it (`elunet export` also takes --skip-verify, recorded in the card)",
-        ) from None
-    images = data.images[:count].numpy().astype(np.float32) / 255.0
-    return images, data.targets[:count].numpy()
 
 
 def verify_model(
@@ -109,6 +122,7 @@ def verify_model(
     backend: str = DEFAULT_BACKEND,
     device: str = "auto",
     tolerance: Tolerance | None = None,
+    accuracy_gate: AccuracyGate | None = None,
     images: int = DEFAULT_IMAGES,
     batch_size: int = DEFAULT_BATCH,
     data_dir: Path | None = None,
@@ -117,7 +131,9 @@ def verify_model(
     """Run the reference and the runner under test on the parity inputs; returns the certificate.
 
     ``checkpoint`` is a LoadedCheckpoint (elunet.train.checkpoint). ``model_card``
-    is the card inside the model (read from the file when not given).
+    is the card inside the model (read from the file when not given). Defaults:
+    parity.criteria for the model's dtype. A dtype with an accuracy gate (int8)
+    runs on the whole test split, whatever ``images`` says.
     """
     from tqdm import tqdm
 
@@ -127,8 +143,10 @@ def verify_model(
     card = model_card or card_from_onnx(model_path)
     _check_same_model(card, checkpoint)
     dtype = card.export.dtype if card.export else "fp32"
-    tol = tolerance or Tolerance.for_dtype(dtype)
-    pixels, targets = real_test_pixels(checkpoint.card, images, data_dir)
+    default_tol, default_gate = criteria(dtype)
+    tol = tolerance or default_tol
+    gate = (accuracy_gate or default_gate) if default_gate else None  # only the gated dtypes (int8) have one
+    pixels, targets = real_test_pixels(checkpoint.card, None if gate else images, data_dir, "the accuracy gate" if gate else "parity")
     sets = parity_inputs(checkpoint.card, pixels, batch_size)
     largest = max(len(b) for s in sets for b in s.batches)
     results = []
@@ -146,11 +164,12 @@ def verify_model(
                     "reference": float(np.mean(np.argmax(ref, 1) == targets)),
                     "runner": float(np.mean(np.argmax(act, 1) == targets)),
                 }
+                verdict = judge_accuracy(gate, targets, ref, act) if gate else None
         runner_name = runner.name
     outputs = [o for r in results for o in r.outputs.values()]
     data = {
         "format": PARITY_FORMAT,
-        "passed": all(r.passed for r in results),
+        "passed": all(r.passed for r in results) and (verdict is None or verdict["passed"]),
         "model": {
             "file": model_path.name,  # parity.json lives beside the model it certifies
             "sha256": sha256_file(model_path),
@@ -162,13 +181,19 @@ def verify_model(
         "backend": backend,
         "runner": runner_name,
         "reference": reference.name,
-        "tolerance": {"atol": tol.atol, "rtol": tol.rtol, "min_top1": tol.min_top1, "rule": "an element fails when abs err > atol and rel err > rtol"},
+        "tolerance": {
+            "atol": finite_or_text(tol.atol),
+            "rtol": finite_or_text(tol.rtol),
+            "min_top1": tol.min_top1,
+            "rule": "an element fails when abs err > atol and rel err > rtol",
+        },
         "summary": {
             key: finite_or_text(max(getattr(o, key) for o in outputs))
             for key in ("max_abs_err", "max_rel_err", "needed_atol", "needed_rtol")
         }
         | {"min_top1_agreement": min(o.top1_agreement for o in outputs)},
         "accuracy": accuracy,
+        **({"accuracy_gate": verdict} if verdict else {}),
         "sets": [set_to_json(r) for r in results],
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

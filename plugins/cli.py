@@ -43,6 +43,10 @@ def build_engine_command(
     labels.txt} for Triton's tensorrt_plan platform. With --checkpoint the engine is first verified against
     PyTorch (as `elunet verify --backend tensorrt`), and nothing is published if parity fails.
 
+    An int8 export (`elunet export --dtype int8`, a QDQ graph) builds an explicitly quantized engine: strongly typed,
+    int8 where the graph's Q/DQ say so, no precision flags; the engine is checked to hold int8 layers, and with
+    --checkpoint it must pass the export's accuracy gate (whole test split) instead of element-wise tolerances.
+
     Models with the ELU plugin op need the plugin library (cmake -S plugins/elu -B build/plugins) or
     --python-plugin; the built engine is checked to contain the plugin layers. Needs TensorRT and an NVIDIA GPU;
     an engine runs only on the GPU type and TensorRT version that built it.
@@ -72,4 +76,4 @@ def build_engine_command(
     published = publish_engine(built, card, repository=repository, name=name, version=version, max_batch=max_batch,
                                force=force, checkpoint=checkpoint, images=images, data_dir=data_dir, log=typer.echo)
     typer.echo(f"published {published.path} ({len(built.plan) / 2**20:.1f} MiB engine, {built.plugin_layers} plugin "
-               f"layers for {built.elu_plugin_nodes} EluPlugin nodes)")
+               f"layers for {built.elu_plugin_nodes} EluPlugin nodes, {built.int8_layers} int8 layers)")

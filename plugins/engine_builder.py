@@ -2,6 +2,13 @@
 
 - strongly typed network: the engine computes in the ONNX model's types (an
   fp16 export gives an fp16 engine), TensorRT does not pick precisions;
+- explicit quantization: an int8 export is a QDQ graph (QuantizeLinear /
+  DequantizeLinear, symmetric int8, weights per channel), which TensorRT's
+  ONNX parser turns into IQuantizeLayer / IDequantizeLayer; with strong
+  typing TensorRT builds int8 kernels where the Q/DQ say so, and no precision
+  flag (kINT8, kFP16) may be set (TensorRT 10/11 "Explicit Quantization").
+  The built engine is inspected for layers with int8 tensors, so an engine in
+  which TensorRT computed everything in float is never published;
 - one optimization profile over the batch axis (min/opt/max batch);
 - a timing cache file, reused and updated across builds;
 - a workspace limit;
@@ -53,16 +60,24 @@ class BuiltEngine:
     plan: bytes
     plugin_layers: int
     elu_plugin_nodes: int
-    layers: list[dict] = field(default_factory=list)
+    layers: list[dict] = field(default_factory=list)  # the plugin layers
+    quantize_nodes: int = 0  # QuantizeLinear nodes in the ONNX (an int8 export)
+    int8_layers: int = 0  # engine layers with int8 tensors
 
 
-def count_elu_plugin_nodes(onnx_path: Path) -> int:
-    """EluPlugin nodes in the main graph (not inside the reference function)."""
+@dataclass(frozen=True)
+class OnnxNodes:
+    elu_plugin: int  # EluPlugin nodes in the main graph (not inside the reference function)
+    quantize: int  # QuantizeLinear nodes: the graph is explicitly quantized
+
+
+def count_onnx_nodes(onnx_path: Path) -> OnnxNodes:
     import onnx
 
     contract = elu_plugin_contract()
     model = onnx.load(str(onnx_path), load_external_data=False)
-    return sum(1 for n in model.graph.node if n.op_type == contract.op_type and n.domain == contract.onnx_domain)
+    ops = [(n.domain or "", n.op_type) for n in model.graph.node]
+    return OnnxNodes(elu_plugin=ops.count((contract.onnx_domain, contract.op_type)), quantize=ops.count(("", "QuantizeLinear")))
 
 
 def register_elu_plugin(options: EngineOptions) -> None:
@@ -82,8 +97,8 @@ def strongly_typed_flags(trt) -> int:
     return 0 if flag is None else 1 << int(flag)
 
 
-def engine_plugin_layers(trt, plan: bytes) -> list[dict]:
-    """The plugin layers of a built engine, from the engine inspector's JSON."""
+def engine_layers(trt, plan: bytes) -> list[dict]:
+    """The layers of a built engine, from the engine inspector's JSON."""
     runtime = trt.Runtime(tensorrt_logger())
     engine = runtime.deserialize_cuda_engine(plan)
     if engine is None:
@@ -92,7 +107,21 @@ def engine_plugin_layers(trt, plan: bytes) -> list[dict]:
     layers = info.get("Layers", [])
     if layers and not isinstance(layers[0], dict):
         raise ElunetError("the engine inspector returned layer names only; it needs ProfilingVerbosity.DETAILED")
+    return layers
+
+
+def plugin_layers(layers: list[dict]) -> list[dict]:
     return [layer for layer in layers if "plugin" in str(layer.get("LayerType", "")).lower()]
+
+
+def int8_layers(layers: list[dict]) -> list[dict]:
+    """Layers with an int8 input or output; the inspector names each tensor's format and type in
+    "Format/Datatype", e.g. "Thirty-two wide channel vectorized row major Int8 format"."""
+    return [
+        layer
+        for layer in layers
+        if any("int8" in str(t.get("Format/Datatype", "")).lower() for t in (*layer.get("Inputs", []), *layer.get("Outputs", [])) if isinstance(t, dict))
+    ]
 
 
 def build_engine(onnx_path: Path, options: EngineOptions, log=print) -> BuiltEngine:
@@ -102,7 +131,8 @@ def build_engine(onnx_path: Path, options: EngineOptions, log=print) -> BuiltEng
     if not onnx_path.is_file():
         raise ElunetError(f"no ONNX model at {onnx_path}", hint="export one with `elunet export`")
 
-    plugin_nodes = count_elu_plugin_nodes(onnx_path)
+    nodes = count_onnx_nodes(onnx_path)
+    plugin_nodes = nodes.elu_plugin
     if plugin_nodes:
         register_elu_plugin(options)
 
@@ -147,7 +177,8 @@ def build_engine(onnx_path: Path, options: EngineOptions, log=print) -> BuiltEng
     config.set_timing_cache(cache, ignore_mismatch=False)
 
     log(f"building a TensorRT {trt.__version__} engine for {onnx_path} (batch {options.min_batch}..{options.max_batch}, "
-        f"opt {options.opt_batch}); this takes a while")
+        f"opt {options.opt_batch}{', explicitly quantized: ' + str(nodes.quantize) + ' QuantizeLinear nodes' if nodes.quantize else ''}); "
+        "this takes a while")
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise ElunetError("TensorRT failed to build the engine (see its log above)",
@@ -158,14 +189,22 @@ def build_engine(onnx_path: Path, options: EngineOptions, log=print) -> BuiltEng
 
         write_atomic(options.timing_cache, bytes(config.get_timing_cache().serialize()))
 
-    plugin_layers = engine_plugin_layers(trt, plan)
-    if len(plugin_layers) < plugin_nodes:
+    layers = engine_layers(trt, plan)
+    plugins, quantized = plugin_layers(layers), int8_layers(layers)
+    if len(plugins) < plugin_nodes:
         raise ElunetError(
-            f"the engine has {len(plugin_layers)} plugin layers for {plugin_nodes} EluPlugin nodes: the plugin "
+            f"the engine has {len(plugins)} plugin layers for {plugin_nodes} EluPlugin nodes: the plugin "
             "was replaced by its reference function",
             hint="load the plugin library before building (--plugin-lib) and rebuild",
         )
-    return BuiltEngine(plan=plan, plugin_layers=len(plugin_layers), elu_plugin_nodes=plugin_nodes, layers=plugin_layers)
+    if nodes.quantize and not quantized:
+        raise ElunetError(
+            f"{onnx_path} is explicitly quantized ({nodes.quantize} QuantizeLinear nodes) but the engine has no int8 layer: "
+            "TensorRT computed it in float",
+            hint="see TensorRT's log above for why; for a GPU without int8 kernels export --dtype fp16 or fp32 instead",
+        )
+    return BuiltEngine(plan=plan, plugin_layers=len(plugins), elu_plugin_nodes=plugin_nodes, layers=plugins,
+                       quantize_nodes=nodes.quantize, int8_layers=len(quantized))
 
 
 def engine_io_dtype(plan: bytes) -> str:

@@ -104,3 +104,32 @@ def test_python_plugin_builds_too(trt, tmp_path):
     built = build_engine(elu_plugin_onnx(tmp_path / "m.onnx", alpha=1.0),
                          EngineOptions(min_batch=1, opt_batch=2, max_batch=4, python_plugin=True))
     assert built.plugin_layers == 1
+
+
+def test_int8_export_builds_an_explicitly_quantized_engine(trt, tmp_path):
+    """An untrained fashion-cnn quantized on synthetic pixels: the engine's structure and its agreement with ONNX Runtime."""
+    pytest.importorskip("torch")
+    import onnx
+
+    from elunet.export.graph_checks import check_qdq_graph
+    from elunet.export.quantize import quantize_qdq
+    from elunet.export.settings import ExportSettings
+    from elunet.plugins.engine_builder import EngineOptions, build_engine
+    from elunet.runtime import open_engine
+    from test_export_graph import exported
+
+    card, _, proto = exported("fashion-cnn", 1.0, ExportSettings(dtype="int8"))
+    synthetic = np.random.default_rng(0).random((64, *card.input_shape), dtype=np.float32)
+    quantized = quantize_qdq(proto, synthetic, "minmax")
+    check_qdq_graph(quantized)
+    onnx_path = tmp_path / "model.onnx"
+    onnx.save(quantized, str(onnx_path))
+    built = build_engine(onnx_path, EngineOptions(min_batch=1, opt_batch=8, max_batch=16))
+    assert built.quantize_nodes > 0 and built.int8_layers > 0
+    plan = tmp_path / "model.plan"
+    plan.write_bytes(built.plan)
+    x = synthetic[:16]
+    with open_engine("tensorrt", plan, device="cuda") as engine, open_engine("onnxruntime", onnx_path, device="cpu") as reference:
+        got, want = engine.create_instance().infer(x), reference.create_instance().infer(x)
+    # Both compute the same int8 graph; kernels may round differently by a quantization step.
+    np.testing.assert_allclose(got, want, atol=0.05 * float(np.abs(want).max()))
