@@ -1,0 +1,291 @@
+"""elunet beside the servers a user would pick instead, on the same ONNX model, in one run.
+
+For each model (a freshly initialised network of the architecture, exported by elunet into a
+temporary repository: speed does not depend on the weights), one after the other on 127.0.0.1:
+
+- MLServer (a small runtime of ours runs the ONNX file, benchmarks/peers/mlserver_onnx.py; its adaptive
+  batching on) and LitServe (benchmarks/peers/litserve_onnx.py; its batching on), both with elunet's
+  max batch size and queue delay, as read from the model's served configuration;
+- elunet serve with its defaults: V2 JSON, the binary tensor extension, and gRPC;
+- ONNX Runtime in this process, no server: batch 1, and the batch size elunet's server formed under
+  the JSON load (the ceiling of what serving can reach).
+
+Every server is first checked to answer the model's logits for the test image (atol 1e-4 against ONNX
+Runtime here), then driven by wrk (-c CONNECTIONS, one fixed V2 JSON request of one image; the binary
+body for elunet binary) or, for gRPC, by benchmarks/grpc_load.py (the same number of calls in flight
+from one Python process). All ONNX Runtime sessions have the same settings (elunet's engine's).
+Prints requests/s, p50, p99 and the ratios to MLServer, and the issue's targets, met or not.
+
+MLServer and LitServe are installed once into a virtual environment of their own (--peers-venv,
+default ~/.cache/elunet-bench/peers-venv; needs PyPI): their dependencies must not change elunet's.
+
+    python benchmarks/serve_peers.py                 # both models, 15 s per server
+    python benchmarks/serve_peers.py --short         # fashion-cnn, 3 s per server: does it all run?
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "tests"))
+from fixtures_serve import ServerProcess, binary_infer_body, free_port, http, parse_infer_response  # noqa: E402
+from grpc_load import grpc_load, infer_request  # noqa: E402
+from serve_load import batch_totals, make_repository, raw_engine  # noqa: E402
+from wrk_load import wrk  # noqa: E402
+
+from elunet.repository import ModelRepository  # noqa: E402
+from elunet.runtime.cpus import available_cpus  # noqa: E402
+
+DEFAULT_VENV = Path.home() / ".cache" / "elunet-bench" / "peers-venv"
+# The peers' releases measured (the issue's table was MLServer 1.7.1, LitServe 0.2.19).
+# uvloop 0.22 broke MLServer 1.7's parallel inference workers (asyncio.get_event_loop() in a fresh process raises).
+PEER_PACKAGES = ("mlserver>=1.7,<1.8", "litserve>=0.2,<0.3", "onnxruntime", "numpy", "uvloop<0.22")
+# The exit status when the peers cannot be installed (no PyPI): the test skips on it.
+NO_PEERS = 3
+# The issue's targets (float32, same run).
+TARGET_JSON = {"fashion-cnn": 1.5, "elu-cifar11": 1.2}
+TARGET_SERVED_RAW = {"elu-cifar11": 0.85}
+
+
+class PeersUnavailable(Exception):
+    pass
+
+
+@dataclass
+class Row:
+    name: str
+    requests_per_s: float
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    errors: int = 0
+
+
+def peers_python(venv: Path) -> Path:
+    """The peers' interpreter, installing MLServer and LitServe into ``venv`` the first time."""
+    python = venv / "bin" / "python"
+    installed = venv / "elunet-peers.txt"  # what was installed, so that a change of PEER_PACKAGES reinstalls
+    wanted = "\n".join(PEER_PACKAGES)
+    if python.is_file() and installed.is_file() and installed.read_text() == wanted:
+        return python
+    print(f"installing {', '.join(PEER_PACKAGES)} into {venv} (once; a few minutes)", flush=True)
+    steps = [[sys.executable, "-m", "venv", str(venv)], [str(python), "-m", "pip", "install", "-q", *PEER_PACKAGES]]
+    for step in steps:
+        done = subprocess.run(step, capture_output=True, text=True)
+        if done.returncode:
+            raise PeersUnavailable(f"{' '.join(step[:4])} … failed (is PyPI reachable?):\n{done.stderr[-2000:]}")
+    installed.write_text(wanted)
+    return python
+
+
+def peer_versions(python: Path) -> dict[str, str]:
+    code = "import json, mlserver, litserve; print(json.dumps({'MLServer': mlserver.__version__, 'LitServe': litserve.__version__}))"
+    return json.loads(subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=True).stdout)
+
+
+class PeerProcess:
+    """A peer server in a session of its own (its workers are child processes), stopped as a group."""
+
+    def __init__(self, args: list[str], log: Path, ready_url: str, cwd: Path):
+        self._log = open(log, "wb")
+        self.log_path = log
+        env = {**os.environ, "PYTHONPATH": str(HERE / "peers")}
+        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, cwd=cwd, env=env, start_new_session=True)
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{args[1]} exited with {self.proc.returncode}:\n{log.read_text(errors='replace')[-4000:]}")
+            try:
+                if http("GET", ready_url, timeout=2)[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.3)
+        self.stop()
+        raise RuntimeError(f"{args[1]} not ready after 180 s:\n{log.read_text(errors='replace')[-4000:]}")
+
+    def stop(self) -> None:
+        for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+            if self.proc.poll() is not None:
+                break
+            os.killpg(self.proc.pid, sig)
+            try:
+                self.proc.wait(wait)
+            except subprocess.TimeoutExpired:
+                continue
+        self._log.close()
+
+
+def start_mlserver(python: Path, root: Path, name: str, onnx: Path, max_batch: int, delay_s: float, threads: int) -> tuple[PeerProcess, str]:
+    port = free_port()
+    (root / name).mkdir(parents=True)
+    # debug off: MLServer's production setting (no access log), its fastest.
+    (root / "settings.json").write_text(json.dumps({"host": "127.0.0.1", "http_port": port, "grpc_port": free_port(),
+                                                    "metrics_port": free_port(), "debug": False}))
+    (root / name / "model-settings.json").write_text(json.dumps({
+        "name": name, "implementation": "mlserver_onnx.OnnxRuntimeModel", "max_batch_size": max_batch, "max_batch_time": delay_s,
+        "parameters": {"uri": str(onnx), "extra": {"intra_op_threads": threads}},
+    }))
+    url = f"http://127.0.0.1:{port}"
+    mlserver = python.parent / "mlserver"
+    return PeerProcess([str(mlserver), "start", str(root)], root / "mlserver.log", f"{url}/v2/models/{name}/ready", root), url
+
+
+def start_litserve(python: Path, root: Path, name: str, onnx: Path, max_batch: int, delay_s: float, threads: int) -> tuple[PeerProcess, str]:
+    port = free_port()
+    root.mkdir(parents=True)
+    args = [str(python), str(HERE / "peers" / "litserve_onnx.py"), "--model", str(onnx), "--name", name, "--port", str(port),
+            "--max-batch-size", str(max_batch), "--batch-timeout", str(delay_s), "--threads", str(threads)]
+    url = f"http://127.0.0.1:{port}"
+    return PeerProcess(args, root / "litserve.log", f"{url}/health", root), url
+
+
+def check_json_answer(url: str, name: str, body: bytes, expected: np.ndarray) -> None:
+    status, _, answer = http("POST", f"{url}/v2/models/{name}/infer", body, {"Content-Type": "application/json"})
+    if status != 200:
+        raise RuntimeError(f"{url}: infer answered {status}: {answer[:500]!r}")
+    got = np.asarray(json.loads(answer)["outputs"][0]["data"], dtype=np.float32).reshape(expected.shape)
+    np.testing.assert_allclose(got, expected, atol=1e-4, err_msg=f"{url} answered other logits than ONNX Runtime")
+
+
+def scheduling(url: str, name: str) -> tuple[int, float]:
+    """(max batch size, queue delay in s) that elunet serves the model with: the peers get the same."""
+    config = json.loads(http("GET", f"{url}/v2/models/{name}/config")[2])
+    return int(config["max_batch_size"]), int(config["dynamic_batching"].get("max_queue_delay_microseconds", 0)) / 1e6
+
+
+def measure(architecture: str, tmp: Path, python: Path, versions: dict[str, str], args) -> list[Row]:
+    repository = make_repository(architecture, tmp / architecture)
+    version = ModelRepository(repository).get(architecture)
+    onnx = version.path / "model.onnx"
+    image = np.random.default_rng(0).random((1, *version.card.input_shape), dtype=np.float32)
+    json_body = json.dumps({"inputs": [{"name": "input", "shape": list(image.shape), "datatype": "FP32", "data": image.ravel().tolist()}]}).encode()
+    json_headers = {"Content-Type": "application/json"}
+    threads = available_cpus()
+    rows: list[Row] = []
+    load = lambda url, body=json_body, headers=json_headers: wrk(  # noqa: E731
+        f"{url}/v2/models/{architecture}/infer", body, headers, connections=args.connections, duration_s=args.duration)
+
+    print(f"  elunet serve", flush=True)
+    server = ServerProcess(repository, tmp / f"{architecture}-elunet.log", allow_unverified=True).wait_ready(300)
+    try:
+        expected = _reference(onnx, image, threads)
+        max_batch, delay_s = scheduling(server.url, architecture)
+        check_json_answer(server.url, architecture, json_body, expected)
+        before = batch_totals(server.url, architecture)
+        elunet_json = load(server.url)
+        after = batch_totals(server.url, architecture)
+        formed = max(1, round((after[1] - before[1]) / max(1.0, after[0] - before[0])))
+        body, headers = binary_infer_body(image)
+        status, answer_headers, answer = http("POST", f"{server.url}/v2/models/{architecture}/infer", body, headers)
+        np.testing.assert_allclose(parse_infer_response(answer_headers, answer), expected, atol=1e-4)
+        elunet_binary = load(server.url, body, headers)
+        grpc = grpc_load(server.grpc_url, infer_request(architecture, image), concurrency=args.connections, duration_s=args.duration)
+        _check_grpc_answer(grpc.first_answer, expected)
+    finally:
+        server.stop()
+
+    print(f"  ONNX Runtime in process, batch 1 and {formed}", flush=True)
+    for batch in (1, formed):
+        raw = raw_engine(version.path, "onnxruntime", "cpu", batch, image[0], args.duration / 2, 1)
+        rows.append(Row(f"raw ONNX Runtime, batch {batch} (img/s)", raw.images_per_s))
+
+    for peer, start in (("MLServer", start_mlserver), ("LitServe", start_litserve)):
+        print(f"  {peer} {versions[peer]}", flush=True)
+        process, url = start(python, tmp / f"{architecture}-{peer}", architecture, onnx, max_batch, delay_s, threads)
+        try:
+            check_json_answer(url, architecture, json_body, expected)
+            r = load(url)
+        finally:
+            process.stop()
+        rows.append(Row(f"{peer} {versions[peer]} JSON", r.requests_per_s, r.p50_ms, r.p99_ms, r.errors))
+
+    rows.append(Row("elunet JSON", elunet_json.requests_per_s, elunet_json.p50_ms, elunet_json.p99_ms, elunet_json.errors))
+    rows.append(Row("elunet binary", elunet_binary.requests_per_s, elunet_binary.p50_ms, elunet_binary.p99_ms, elunet_binary.errors))
+    rows.append(Row("elunet gRPC (Python client)", grpc.requests_per_s, grpc.p50_ms, grpc.p99_ms, grpc.errors))
+    print(f"\n{architecture} (input {'x'.join(map(str, version.card.input_shape))}): max batch {max_batch}, delay {delay_s * 1000:g} ms, "
+          f"{args.connections} connections, {args.duration:g} s each; elunet formed batches of {formed}")
+    _print_table(architecture, rows, formed)
+    return rows
+
+
+def _reference(onnx: Path, image: np.ndarray, threads: int) -> np.ndarray:
+    sys.path.insert(0, str(HERE / "peers"))
+    from peer_session import open_session
+
+    session = open_session(str(onnx), threads)
+    return session.run(["logits"], {"input": image})[0]
+
+
+def _check_grpc_answer(answer: bytes, expected: np.ndarray) -> None:
+    from tritonclient.grpc import service_pb2
+
+    response = service_pb2.ModelInferResponse.FromString(answer)
+    got = np.frombuffer(response.raw_output_contents[0], dtype="<f4").reshape(expected.shape)
+    np.testing.assert_allclose(got, expected, atol=1e-4, err_msg="elunet gRPC answered other logits than ONNX Runtime")
+
+
+def _print_table(architecture: str, rows: list[Row], formed: int) -> None:
+    by_name = {r.name.split(" ")[0] if r.name.startswith(("MLServer", "LitServe")) else r.name: r for r in rows}
+    mlserver = by_name["MLServer"]
+    print(f"  {'':<38}{'requests/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'x MLServer':>12}")
+    for r in rows:
+        if r.p99_ms is None:
+            print(f"  {r.name:<38}{r.requests_per_s:>11.0f}")
+        else:
+            print(f"  {r.name:<38}{r.requests_per_s:>11.0f}{r.p50_ms:>9.1f}{r.p99_ms:>9.1f}{r.errors:>8}"
+                  f"{r.requests_per_s / mlserver.requests_per_s:>12.2f}")
+    elunet = by_name["elunet JSON"]
+    ratio = elunet.requests_per_s / mlserver.requests_per_s
+    if architecture in TARGET_JSON:
+        met = ratio >= TARGET_JSON[architecture] and elunet.p99_ms <= mlserver.p99_ms
+        print(f"  elunet JSON / MLServer = {ratio:.2f} at p99 {elunet.p99_ms:.0f} vs {mlserver.p99_ms:.0f} ms "
+              f"(target >= {TARGET_JSON[architecture]} at <= its p99): {'met' if met else 'NOT met'}")
+    raw = by_name[f"raw ONNX Runtime, batch {formed} (img/s)"]
+    served = elunet.requests_per_s / raw.requests_per_s
+    target = TARGET_SERVED_RAW.get(architecture)
+    print(f"  elunet JSON / raw ONNX Runtime at batch {formed} = {served:.2f}"
+          + (f" (target >= {target}): {'met' if served >= target else 'NOT met'}" if target else ""))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="fashion-cnn,elu-cifar11", help="architectures, comma-separated")
+    parser.add_argument("--duration", type=float, default=15.0, help="seconds of load per server")
+    parser.add_argument("--connections", type=int, default=64, help="wrk connections (and gRPC calls in flight)")
+    parser.add_argument("--short", action="store_true", help="fashion-cnn only, 3 s per server: checks that everything runs")
+    parser.add_argument("--peers-venv", type=Path, default=DEFAULT_VENV, help="virtual environment for MLServer and LitServe")
+    args = parser.parse_args()
+    if args.short:
+        args.models, args.duration = "fashion-cnn", 3.0
+    try:
+        python = peers_python(args.peers_venv)
+    except PeersUnavailable as exc:
+        print(f"peers unavailable: {exc}", file=sys.stderr)
+        return NO_PEERS
+    versions = peer_versions(python)
+    print(f"{available_cpus()} CPU(s), load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
+          f"MLServer {versions['MLServer']}, LitServe {versions['LitServe']}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="serve-peers-") as tmp:
+        for architecture in args.models.split(","):
+            print(f"{architecture}:", flush=True)
+            measure(architecture, Path(tmp), python, versions, args)
+    print(f"load average at the end {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
