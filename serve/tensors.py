@@ -14,6 +14,7 @@ import math
 import zlib
 
 import numpy as np
+import orjson
 from pydantic import ValidationError
 
 from elunet.contracts import INPUT_NAME, OUTPUT_NAME
@@ -26,9 +27,7 @@ from elunet.serve.protocol import (
     RAW_DATATYPE,
     UINT8_SCALE,
     InferenceRequest,
-    InferenceResponse,
     RequestInput,
-    ResponseOutput,
 )
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -73,11 +72,38 @@ def read_request(
         if n == 0:
             return _raw_request(body, image_shape), memoryview(body)
         json_part, binary = body[:n], memoryview(body)[n:]
+    return parse_request(json_part), binary
+
+
+def parse_request(text: bytes) -> InferenceRequest:
+    """The validated JSON request; 400 saying what is wrong.
+
+    The tensor's numbers, nearly all of the text, skip pydantic: orjson parses the document, pydantic
+    validates it without the first input's ``data`` list (which input_pixels checks, as numbers of the
+    datatype), and the list is put back. Anything orjson or that validation refuses is validated again
+    by pydantic from the text, so the errors and what is accepted stay pydantic's.
+    """
     try:
-        request = InferenceRequest.model_validate_json(json_part)
-    except ValidationError as exc:
-        raise bad_request(f"invalid inference request: {_first_errors(exc)}") from None
-    return request, binary
+        document = orjson.loads(text)
+        data = _take_data(document)
+        request = InferenceRequest.model_validate_json(orjson.dumps(document))
+    except (orjson.JSONDecodeError, orjson.JSONEncodeError, ValidationError):
+        try:
+            return InferenceRequest.model_validate_json(text)
+        except ValidationError as exc:
+            raise bad_request(f"invalid inference request: {_first_errors(exc)}") from None
+    if data is not None:
+        request.inputs[0].data = data
+    return request
+
+
+def _take_data(document) -> list | None:
+    """Remove and return the first input's ``data`` when it is a list (what the schema takes), else None."""
+    inputs = document.get("inputs") if isinstance(document, dict) else None
+    first = inputs[0] if isinstance(inputs, list) and inputs else None
+    if isinstance(first, dict) and isinstance(first.get("data"), list):
+        return first.pop("data")
+    return None
 
 
 def _raw_request(body: bytes, image_shape: tuple[int, int, int]) -> InferenceRequest:
@@ -187,16 +213,18 @@ def response_body(
             binary = bool(params.get("binary_data", binary))
     datatype, shape, values = output_tensor(logits, classes, labels)
     data = tensor_bytes(datatype, values) if binary else None
-    # model_construct: the values are ours and already of the wire types; validating them again costs time.
-    output = ResponseOutput.model_construct(
-        name=OUTPUT_NAME,
-        datatype=datatype,
-        shape=shape,
-        parameters={"binary_data_size": len(data)} if binary else None,
-        data=None if binary else values.ravel().tolist(),
-    )
-    response = InferenceResponse.model_construct(model_name=model_name, model_version=str(model_version), id=request.id, outputs=[output])
-    head = response.model_dump_json(exclude_none=True).encode()
+    # The fields of InferenceResponse, without None ones; the values are ours and of the wire types already,
+    # so orjson writes them directly (a pydantic model costs more than the rest of the answer).
+    output = {"name": OUTPUT_NAME, "datatype": datatype, "shape": shape}
+    if binary:
+        output["parameters"] = {"binary_data_size": len(data)}
+    else:
+        output["data"] = values.ravel().tolist()
+    response = {"model_name": model_name, "model_version": str(model_version)}
+    if request.id is not None:
+        response["id"] = request.id
+    response["outputs"] = [output]
+    head = orjson.dumps(response)
     if binary:
         content, headers = head + data, {"Content-Type": "application/octet-stream", HEADER_LENGTH: str(len(head))}
     else:
