@@ -7,7 +7,7 @@ temporary repository: speed does not depend on the weights), one after the other
   batching on) and LitServe (benchmarks/peers/litserve_onnx.py; its batching on), both with elunet's
   max batch size and queue delay, as read from the model's served configuration;
 - elunet serve with its defaults: V2 JSON, the binary tensor extension, and gRPC;
-- ONNX Runtime in this process, no server: batch 1, and the batch size elunet's server formed under
+- elunet's ONNX Runtime engine without a server (a process of its own): batch 1, and the batch size elunet's server formed under
   the JSON load (the ceiling of what serving can reach).
 
 Every server is first checked to answer the model's logits for the test image (atol 1e-4 against ONNX
@@ -26,6 +26,7 @@ default ~/.cache/elunet-bench/peers-venv; needs PyPI): their dependencies must n
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -42,7 +43,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
-from fixtures_serve import ServerProcess, binary_infer_body, free_port, http, parse_infer_response  # noqa: E402
+from fixtures_serve import binary_infer_body, free_port, http, parse_infer_response  # noqa: E402
 from grpc_load import grpc_load, infer_request  # noqa: E402
 from serve_load import batch_totals, make_repository, raw_engine  # noqa: E402
 from wrk_load import wrk  # noqa: E402
@@ -96,8 +97,13 @@ def peer_versions(python: Path) -> dict[str, str]:
     return json.loads(subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=True).stdout)
 
 
-class PeerProcess:
-    """A peer server in a session of its own (its workers are child processes), stopped as a group."""
+class Service:
+    """A server in a session of its own, stopped as a group (the peers' workers are child processes).
+
+    Each server has its own session because the Linux scheduler shares the CPU between sessions first
+    (autogroup): a server in the benchmark's session would share one part with wrk, the others would not.
+    The in-process ONNX Runtime figures are measured in a session of their own too (``--raw``).
+    """
 
     def __init__(self, args: list[str], log: Path, ready_url: str, cwd: Path):
         self._log = open(log, "wb")
@@ -118,18 +124,20 @@ class PeerProcess:
         raise RuntimeError(f"{args[1]} not ready after 180 s:\n{log.read_text(errors='replace')[-4000:]}")
 
     def stop(self) -> None:
-        for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
-            if self.proc.poll() is not None:
-                break
-            os.killpg(self.proc.pid, sig)
-            try:
-                self.proc.wait(wait)
-            except subprocess.TimeoutExpired:
-                continue
+        """SIGTERM to the group, then SIGKILL to whatever of it is left: a peer's workers outlive its main process."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            pass
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
         self._log.close()
 
 
-def start_mlserver(python: Path, root: Path, name: str, onnx: Path, max_batch: int, delay_s: float, threads: int) -> tuple[PeerProcess, str]:
+def start_mlserver(python: Path, root: Path, name: str, onnx: Path, max_batch: int, delay_s: float, threads: int) -> tuple[Service, str]:
     port = free_port()
     (root / name).mkdir(parents=True)
     # debug off: MLServer's production setting (no access log), its fastest.
@@ -141,16 +149,16 @@ def start_mlserver(python: Path, root: Path, name: str, onnx: Path, max_batch: i
     }))
     url = f"http://127.0.0.1:{port}"
     mlserver = python.parent / "mlserver"
-    return PeerProcess([str(mlserver), "start", str(root)], root / "mlserver.log", f"{url}/v2/models/{name}/ready", root), url
+    return Service([str(mlserver), "start", str(root)], root / "mlserver.log", f"{url}/v2/models/{name}/ready", root), url
 
 
-def start_litserve(python: Path, root: Path, name: str, onnx: Path, max_batch: int, delay_s: float, threads: int) -> tuple[PeerProcess, str]:
+def start_litserve(python: Path, root: Path, name: str, onnx: Path, max_batch: int, delay_s: float, threads: int) -> tuple[Service, str]:
     port = free_port()
     root.mkdir(parents=True)
     args = [str(python), str(HERE / "peers" / "litserve_onnx.py"), "--model", str(onnx), "--name", name, "--port", str(port),
             "--max-batch-size", str(max_batch), "--batch-timeout", str(delay_s), "--threads", str(threads)]
     url = f"http://127.0.0.1:{port}"
-    return PeerProcess(args, root / "litserve.log", f"{url}/health", root), url
+    return Service(args, root / "litserve.log", f"{url}/health", root), url
 
 
 def check_json_answer(url: str, name: str, body: bytes, expected: np.ndarray) -> None:
@@ -179,29 +187,32 @@ def measure(architecture: str, tmp: Path, python: Path, versions: dict[str, str]
     load = lambda url, body=json_body, headers=json_headers: wrk(  # noqa: E731
         f"{url}/v2/models/{architecture}/infer", body, headers, connections=args.connections, duration_s=args.duration)
 
-    print(f"  elunet serve", flush=True)
-    server = ServerProcess(repository, tmp / f"{architecture}-elunet.log", allow_unverified=True).wait_ready(300)
+    print("  elunet serve (defaults)", flush=True)
+    port, grpc_port = free_port(), free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = Service([sys.executable, "-m", "elunet", "serve", "--repository", str(repository), "--host", "127.0.0.1", "--port", str(port),
+                      "--grpc-port", str(grpc_port), "--allow-unverified", "true"], tmp / f"{architecture}-elunet.log", f"{url}/v2/health/ready", tmp)
     try:
         expected = _reference(onnx, image, threads)
-        max_batch, delay_s = scheduling(server.url, architecture)
-        check_json_answer(server.url, architecture, json_body, expected)
-        before = batch_totals(server.url, architecture)
-        elunet_json = load(server.url)
-        after = batch_totals(server.url, architecture)
+        max_batch, delay_s = scheduling(url, architecture)
+        check_json_answer(url, architecture, json_body, expected)
+        before, loop_before = batch_totals(url, architecture), main_thread_cpu_s(server.proc.pid)
+        elunet_json = load(url)
+        after, loop_after = batch_totals(url, architecture), main_thread_cpu_s(server.proc.pid)
+        loop_us = 1e6 * (loop_after - loop_before) / (elunet_json.requests_per_s * args.duration)
         formed = max(1, round((after[1] - before[1]) / max(1.0, after[0] - before[0])))
         body, headers = binary_infer_body(image)
-        status, answer_headers, answer = http("POST", f"{server.url}/v2/models/{architecture}/infer", body, headers)
+        status, answer_headers, answer = http("POST", f"{url}/v2/models/{architecture}/infer", body, headers)
         np.testing.assert_allclose(parse_infer_response(answer_headers, answer), expected, atol=1e-4)
-        elunet_binary = load(server.url, body, headers)
-        grpc = grpc_load(server.grpc_url, infer_request(architecture, image), concurrency=args.connections, duration_s=args.duration)
+        elunet_binary = load(url, body, headers)
+        grpc = grpc_load(f"127.0.0.1:{grpc_port}", infer_request(architecture, image), concurrency=args.connections, duration_s=args.duration)
         _check_grpc_answer(grpc.first_answer, expected)
     finally:
         server.stop()
 
-    print(f"  ONNX Runtime in process, batch 1 and {formed}", flush=True)
+    print(f"  ONNX Runtime without a server, batch 1 and {formed}", flush=True)
     for batch in (1, formed):
-        raw = raw_engine(version.path, "onnxruntime", "cpu", batch, image[0], args.duration / 2, 1)
-        rows.append(Row(f"raw ONNX Runtime, batch {batch} (img/s)", raw.images_per_s))
+        rows.append(Row(f"raw ONNX Runtime, batch {batch} (img/s)", raw_in_own_session(version.path, batch, args.duration / 2)))
 
     for peer, start in (("MLServer", start_mlserver), ("LitServe", start_litserve)):
         print(f"  {peer} {versions[peer]}", flush=True)
@@ -217,9 +228,25 @@ def measure(architecture: str, tmp: Path, python: Path, versions: dict[str, str]
     rows.append(Row("elunet binary", elunet_binary.requests_per_s, elunet_binary.p50_ms, elunet_binary.p99_ms, elunet_binary.errors))
     rows.append(Row("elunet gRPC (Python client)", grpc.requests_per_s, grpc.p50_ms, grpc.p99_ms, grpc.errors))
     print(f"\n{architecture} (input {'x'.join(map(str, version.card.input_shape))}): max batch {max_batch}, delay {delay_s * 1000:g} ms, "
-          f"{args.connections} connections, {args.duration:g} s each; elunet formed batches of {formed}")
+          f"{args.connections} connections, {args.duration:g} s each; elunet formed batches of {formed}, "
+          f"its event loop took {loop_us:.0f} us of CPU per JSON request")
     _print_table(architecture, rows, formed)
     return rows
+
+
+def main_thread_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) of a process's main thread, the one that runs the event loop (Linux)."""
+    fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def raw_in_own_session(version_dir: Path, batch: int, duration_s: float) -> float:
+    """Images/s of elunet's ONNX Runtime engine driven in a process (and session) of its own, as the server drives it."""
+    done = subprocess.run([sys.executable, __file__, "--raw", str(version_dir), str(batch), str(duration_s)],
+                          capture_output=True, text=True, timeout=duration_s + 300, start_new_session=True)
+    if done.returncode:
+        raise RuntimeError(f"the raw ONNX Runtime run failed:\n{done.stderr[-4000:]}")
+    return float(done.stdout.split()[-1])
 
 
 def _reference(onnx: Path, image: np.ndarray, threads: int) -> np.ndarray:
@@ -262,6 +289,12 @@ def _print_table(architecture: str, rows: list[Row], formed: int) -> None:
 
 
 def main() -> int:
+    if sys.argv[1:2] == ["--raw"]:  # raw_in_own_session's child
+        version_dir, batch, duration = Path(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+        image = np.random.default_rng(0).random(ModelRepository(version_dir.parent.parent).get(version_dir.parent.name).card.input_shape,
+                                                dtype=np.float32)
+        print(raw_engine(version_dir, "onnxruntime", "cpu", batch, image, duration, 1).images_per_s)
+        return 0
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="fashion-cnn,elu-cifar11", help="architectures, comma-separated")
     parser.add_argument("--duration", type=float, default=15.0, help="seconds of load per server")
