@@ -79,32 +79,37 @@ def read_request(
 def parse_request(text: bytes) -> InferenceRequest:
     """The validated JSON request; 400 saying what is wrong.
 
-    The tensor's numbers, nearly all of the text, skip pydantic: orjson parses the document, pydantic
-    validates it without the first input's ``data`` list (which input_pixels checks, as numbers of the
-    datatype), and the list is put back. Anything orjson or that validation refuses is validated again
-    by pydantic from the text, so the errors and what is accepted stay pydantic's.
+    A float tensor's numbers, nearly all of the text, skip pydantic: orjson parses the document,
+    pydantic validates it without the first input's ``data`` list (which input_pixels checks, as
+    numbers of the datatype), and the list is put back. Any other request, and anything orjson or that
+    validation refuses, is validated by pydantic from the text, so errors and what is accepted stay
+    pydantic's. (orjson reads integers beyond 64 bits as floats: into a float tensor they become the
+    same pixels; integer tensors therefore take pydantic's way.)
     """
     try:
         document = orjson.loads(text)
         data = _take_data(document)
-        request = InferenceRequest.model_validate_json(orjson.dumps(document))
+        if data is not None:
+            request = InferenceRequest.model_validate_json(orjson.dumps(document))
+            request.inputs[0].data = data
+            return request
     except (orjson.JSONDecodeError, orjson.JSONEncodeError, ValidationError):
-        try:
-            return InferenceRequest.model_validate_json(text)
-        except ValidationError as exc:
-            raise bad_request(f"invalid inference request: {_first_errors(exc)}") from None
-    if data is not None:
-        request.inputs[0].data = data
-    return request
+        pass
+    try:
+        return InferenceRequest.model_validate_json(text)
+    except ValidationError as exc:
+        raise bad_request(f"invalid inference request: {_first_errors(exc)}") from None
 
 
 def _take_data(document) -> list | None:
-    """Remove and return the first input's ``data`` when it is a list (what the schema takes), else None."""
+    """Remove and return the first input's ``data`` when it is a list of a float datatype's numbers, else None."""
     inputs = document.get("inputs") if isinstance(document, dict) else None
     first = inputs[0] if isinstance(inputs, list) and inputs else None
-    if isinstance(first, dict) and isinstance(first.get("data"), list):
-        return first.pop("data")
-    return None
+    if not isinstance(first, dict) or not isinstance(first.get("data"), list) or not isinstance(first.get("datatype"), str):
+        return None
+    if first["datatype"] not in INPUT_DATATYPES or np.dtype(INPUT_DATATYPES[first["datatype"]]).kind != "f":
+        return None
+    return first.pop("data")
 
 
 def _raw_request(body: bytes, image_shape: tuple[int, int, int]) -> InferenceRequest:
