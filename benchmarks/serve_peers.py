@@ -5,7 +5,9 @@ temporary repository: speed does not depend on the weights), one after the other
 
 - MLServer (a small runtime of ours runs the ONNX file, benchmarks/peers/mlserver_onnx.py; its adaptive
   batching on) and LitServe (benchmarks/peers/litserve_onnx.py; its batching on), both with elunet's
-  max batch size and queue delay, as read from the model's served configuration;
+  max batch size and queue delay, as read from the model's served configuration; each with its
+  defaults (one inference process), and MLServer also with one inference process per CPU, one ONNX
+  Runtime thread each (the layout of elunet's default instances);
 - elunet serve with its defaults: V2 JSON, the binary tensor extension, and gRPC;
 - elunet's ONNX Runtime engine without a server (a process of its own): batch 1, and the batch size elunet's server formed under
   the JSON load (the ceiling of what serving can reach).
@@ -137,12 +139,14 @@ class Service:
         self._log.close()
 
 
-def start_mlserver(python: Path, root: Path, name: str, onnx: Path, max_batch: int, delay_s: float, threads: int) -> tuple[Service, str]:
+def start_mlserver(python: Path, root: Path, name: str, onnx: Path, max_batch: int, delay_s: float, threads: int,
+                   workers: int = 1) -> tuple[Service, str]:
+    """MLServer with ``workers`` inference processes (its parallel_workers; 1 is its default), ``threads`` each."""
     port = free_port()
     (root / name).mkdir(parents=True)
     # debug off: MLServer's production setting (no access log), its fastest.
     (root / "settings.json").write_text(json.dumps({"host": "127.0.0.1", "http_port": port, "grpc_port": free_port(),
-                                                    "metrics_port": free_port(), "debug": False}))
+                                                    "metrics_port": free_port(), "debug": False, "parallel_workers": workers}))
     (root / name / "model-settings.json").write_text(json.dumps({
         "name": name, "implementation": "mlserver_onnx.OnnxRuntimeModel", "max_batch_size": max_batch, "max_batch_time": delay_s,
         "parameters": {"uri": str(onnx), "extra": {"intra_op_threads": threads}},
@@ -214,15 +218,18 @@ def measure(architecture: str, tmp: Path, python: Path, versions: dict[str, str]
     for batch in (1, formed):
         rows.append(Row(f"raw ONNX Runtime, batch {batch} (img/s)", raw_in_own_session(version.path, batch, args.duration / 2)))
 
-    for peer, start in (("MLServer", start_mlserver), ("LitServe", start_litserve)):
-        print(f"  {peer} {versions[peer]}", flush=True)
-        process, url = start(python, tmp / f"{architecture}-{peer}", architecture, onnx, max_batch, delay_s, threads)
+    # The peers' defaults, and MLServer laid out as elunet's default is (an inference process per core, a thread each).
+    peers = (("MLServer", "", start_mlserver, threads, {}), ("MLServer", f", {threads} workers", start_mlserver, 1, {"workers": threads}),
+             ("LitServe", "", start_litserve, threads, {}))
+    for peer, variant, start, peer_threads, options in peers:
+        print(f"  {peer} {versions[peer]}{variant}", flush=True)
+        process, url = start(python, tmp / f"{architecture}-{peer}{len(rows)}", architecture, onnx, max_batch, delay_s, peer_threads, **options)
         try:
             check_json_answer(url, architecture, json_body, expected)
             r = load(url)
         finally:
             process.stop()
-        rows.append(Row(f"{peer} {versions[peer]} JSON", r.requests_per_s, r.p50_ms, r.p99_ms, r.errors))
+        rows.append(Row(f"{peer} {versions[peer]} JSON{variant}", r.requests_per_s, r.p50_ms, r.p99_ms, r.errors))
 
     rows.append(Row("elunet JSON", elunet_json.requests_per_s, elunet_json.p50_ms, elunet_json.p99_ms, elunet_json.errors))
     rows.append(Row("elunet binary", elunet_binary.requests_per_s, elunet_binary.p50_ms, elunet_binary.p99_ms, elunet_binary.errors))
@@ -266,8 +273,8 @@ def _check_grpc_answer(answer: bytes, expected: np.ndarray) -> None:
 
 
 def _print_table(architecture: str, rows: list[Row], formed: int) -> None:
-    by_name = {r.name.split(" ")[0] if r.name.startswith(("MLServer", "LitServe")) else r.name: r for r in rows}
-    mlserver = by_name["MLServer"]
+    by_name = {r.name: r for r in rows}
+    mlserver = next(r for r in rows if r.name.startswith("MLServer"))  # its defaults: the ratios' base
     print(f"  {'':<38}{'requests/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'x MLServer':>12}")
     for r in rows:
         if r.p99_ms is None:
