@@ -173,13 +173,16 @@ def check_json_answer(url: str, name: str, body: bytes, expected: np.ndarray) ->
     np.testing.assert_allclose(got, expected, atol=1e-4, err_msg=f"{url} answered other logits than ONNX Runtime")
 
 
-def scheduling(url: str, name: str) -> tuple[int, float]:
-    """(max batch size, queue delay in s) that elunet serves the model with: the peers get the same."""
+def scheduling(url: str, name: str) -> tuple[int, float, int]:
+    """(max batch size, queue delay in s, instances) that elunet serves the model with: the peers get the same batching."""
     config = json.loads(http("GET", f"{url}/v2/models/{name}/config")[2])
-    return int(config["max_batch_size"]), int(config["dynamic_batching"].get("max_queue_delay_microseconds", 0)) / 1e6
+    instances = sum(int(group.get("count", 1)) for group in config.get("instance_group", [])) or 1
+    return int(config["max_batch_size"]), int(config["dynamic_batching"].get("max_queue_delay_microseconds", 0)) / 1e6, instances
 
 
 def measure(architecture: str, tmp: Path, python: Path, versions: dict[str, str], args) -> list[Row]:
+    """Every server twice, in mirrored order (elunet, peers; peers, elunet), ONNX Runtime alone in between:
+    on a host whose foreign load drifts, each figure is the mean of two runs that straddle the same moment."""
     repository = make_repository(architecture, tmp / architecture)
     version = ModelRepository(repository).get(architecture)
     onnx = version.path / "model.onnx"
@@ -187,56 +190,68 @@ def measure(architecture: str, tmp: Path, python: Path, versions: dict[str, str]
     json_body = json.dumps({"inputs": [{"name": "input", "shape": list(image.shape), "datatype": "FP32", "data": image.ravel().tolist()}]}).encode()
     json_headers = {"Content-Type": "application/json"}
     threads = available_cpus()
-    rows: list[Row] = []
+    expected = _reference(onnx, image, threads)
     load = lambda url, body=json_body, headers=json_headers: wrk(  # noqa: E731
         f"{url}/v2/models/{architecture}/infer", body, headers, connections=args.connections, duration_s=args.duration)
+    runs: dict[str, list] = {}
+    elunet_figures: list[tuple[int, float, int, float, float]] = []  # max batch, delay, instances, formed batch, loop us
 
-    print("  elunet serve (defaults)", flush=True)
-    port, grpc_port = free_port(), free_port()
-    url = f"http://127.0.0.1:{port}"
-    server = Service([sys.executable, "-m", "elunet", "serve", "--repository", str(repository), "--host", "127.0.0.1", "--port", str(port),
-                      "--grpc-port", str(grpc_port), "--allow-unverified", "true"], tmp / f"{architecture}-elunet.log", f"{url}/v2/health/ready", tmp)
-    try:
-        expected = _reference(onnx, image, threads)
-        max_batch, delay_s = scheduling(url, architecture)
-        check_json_answer(url, architecture, json_body, expected)
-        before, loop_before = batch_totals(url, architecture), main_thread_cpu_s(server.proc.pid)
-        elunet_json = load(url)
-        after, loop_after = batch_totals(url, architecture), main_thread_cpu_s(server.proc.pid)
-        loop_us = 1e6 * (loop_after - loop_before) / (elunet_json.requests_per_s * args.duration)
-        formed = max(1, round((after[1] - before[1]) / max(1.0, after[0] - before[0])))
-        body, headers = binary_infer_body(image)
-        status, answer_headers, answer = http("POST", f"{url}/v2/models/{architecture}/infer", body, headers)
-        np.testing.assert_allclose(parse_infer_response(answer_headers, answer), expected, atol=1e-4)
-        elunet_binary = load(url, body, headers)
-        grpc = grpc_load(f"127.0.0.1:{grpc_port}", infer_request(architecture, image), concurrency=args.connections, duration_s=args.duration)
-        _check_grpc_answer(grpc.first_answer, expected)
-    finally:
-        server.stop()
-
-    print(f"  ONNX Runtime without a server, batch 1 and {formed}", flush=True)
-    for batch in (1, formed):
-        rows.append(Row(f"raw ONNX Runtime, batch {batch} (img/s)", raw_in_own_session(version.path, batch, args.duration / 2)))
-
-    # The peers' defaults, and MLServer laid out as elunet's default is (an inference process per core, a thread each).
-    peers = (("MLServer", "", start_mlserver, threads, {}), ("MLServer", f", {threads} workers", start_mlserver, 1, {"workers": threads}),
-             ("LitServe", "", start_litserve, threads, {}))
-    for peer, variant, start, peer_threads, options in peers:
-        print(f"  {peer} {versions[peer]}{variant}", flush=True)
-        process, url = start(python, tmp / f"{architecture}-{peer}{len(rows)}", architecture, onnx, max_batch, delay_s, peer_threads, **options)
+    def elunet() -> None:
+        print("  elunet serve (defaults)", flush=True)
+        port, grpc_port = free_port(), free_port()
+        url = f"http://127.0.0.1:{port}"
+        server = Service([sys.executable, "-m", "elunet", "serve", "--repository", str(repository), "--host", "127.0.0.1", "--port", str(port),
+                          "--grpc-port", str(grpc_port), "--allow-unverified", "true"], tmp / f"{architecture}-elunet.log", f"{url}/v2/health/ready", tmp)
         try:
             check_json_answer(url, architecture, json_body, expected)
-            r = load(url)
+            before, loop_before = batch_totals(url, architecture), main_thread_cpu_s(server.proc.pid)
+            result = load(url)
+            after, loop_after = batch_totals(url, architecture), main_thread_cpu_s(server.proc.pid)
+            runs.setdefault("elunet JSON", []).append(result)
+            formed = (after[1] - before[1]) / max(1.0, after[0] - before[0])
+            elunet_figures.append((*scheduling(url, architecture), formed, 1e6 * (loop_after - loop_before) / (result.requests_per_s * args.duration)))
+            body, headers = binary_infer_body(image)
+            status, answer_headers, answer = http("POST", f"{url}/v2/models/{architecture}/infer", body, headers)
+            np.testing.assert_allclose(parse_infer_response(answer_headers, answer), expected, atol=1e-4)
+            runs.setdefault("elunet binary", []).append(load(url, body, headers))
+            grpc = grpc_load(f"127.0.0.1:{grpc_port}", infer_request(architecture, image), concurrency=args.connections, duration_s=args.duration)
+            _check_grpc_answer(grpc.first_answer, expected)
+            runs.setdefault("elunet gRPC (Python client)", []).append(grpc)
         finally:
-            process.stop()
-        rows.append(Row(f"{peer} {versions[peer]} JSON{variant}", r.requests_per_s, r.p50_ms, r.p99_ms, r.errors))
+            server.stop()
 
-    rows.append(Row("elunet JSON", elunet_json.requests_per_s, elunet_json.p50_ms, elunet_json.p99_ms, elunet_json.errors))
-    rows.append(Row("elunet binary", elunet_binary.requests_per_s, elunet_binary.p50_ms, elunet_binary.p99_ms, elunet_binary.errors))
-    rows.append(Row("elunet gRPC (Python client)", grpc.requests_per_s, grpc.p50_ms, grpc.p99_ms, grpc.errors))
+    def peer(name: str, variant: str, start, peer_threads: int, options: dict):
+        def run() -> None:
+            max_batch, delay_s = elunet_figures[0][:2]
+            print(f"  {name} {versions[name]}{variant}", flush=True)
+            process, url = start(python, tmp / f"{architecture}-{name}{len(runs)}-{sum(map(len, runs.values()))}", architecture, onnx,
+                                 max_batch, delay_s, peer_threads, **options)
+            try:
+                check_json_answer(url, architecture, json_body, expected)
+                runs.setdefault(f"{name} {versions[name]} JSON{variant}", []).append(load(url))
+            finally:
+                process.stop()
+        return run
+
+    # The peers' defaults, and MLServer laid out as elunet's default is (an inference process per CPU, one thread each).
+    order = [elunet, peer("MLServer", "", start_mlserver, threads, {}),
+             peer("MLServer", f", {threads} workers", start_mlserver, 1, {"workers": threads}), peer("LitServe", "", start_litserve, threads, {})]
+    for target in order:
+        target()
+    max_batch, delay_s, instances = elunet_figures[0][:3]
+    formed = max(1, round(elunet_figures[0][3]))
+    print(f"  ONNX Runtime without a server, batch 1 and {formed}, {instances} instance(s) as served", flush=True)
+    raw = [Row(f"raw ONNX Runtime, batch {b} (img/s)", raw_in_own_session(version.path, b, args.duration / 2, instances)) for b in (1, formed)]
+    for target in reversed(order):
+        target()
+
+    rows = raw + [Row(name, *(float(np.mean([getattr(r, f) for r in results])) for f in ("requests_per_s", "p50_ms", "p99_ms")),
+                      sum(r.errors for r in results)) for name, results in sorted(runs.items(), key=lambda kv: kv[0].startswith("elunet"))]
     print(f"\n{architecture} (input {'x'.join(map(str, version.card.input_shape))}): max batch {max_batch}, delay {delay_s * 1000:g} ms, "
-          f"{args.connections} connections, {args.duration:g} s each; elunet formed batches of {formed}, "
-          f"its event loop took {loop_us:.0f} us of CPU per JSON request")
+          f"{args.connections} connections, {args.duration:g} s per run, mean of 2 runs each; elunet: {instances} instance(s), batches of "
+          f"{' and '.join(f'{f[3]:.0f}' for f in elunet_figures)} formed, its event loop took "
+          f"{' and '.join(f'{f[4]:.0f}' for f in elunet_figures)} us of CPU per JSON request")
+    print("  runs (requests/s): " + "; ".join(f"{name} {' / '.join(f'{r.requests_per_s:.0f}' for r in results)}" for name, results in runs.items()))
     _print_table(architecture, rows, formed)
     return rows
 
@@ -247,9 +262,10 @@ def main_thread_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def raw_in_own_session(version_dir: Path, batch: int, duration_s: float) -> float:
-    """Images/s of elunet's ONNX Runtime engine driven in a process (and session) of its own, as the server drives it."""
-    done = subprocess.run([sys.executable, __file__, "--raw", str(version_dir), str(batch), str(duration_s)],
+def raw_in_own_session(version_dir: Path, batch: int, duration_s: float, instances: int) -> float:
+    """Images/s of elunet's ONNX Runtime engine driven in a process (and session) of its own, as the server drives it:
+    ``instances`` instances with their share of the CPUs, each computing batches of ``batch`` in a thread of its own."""
+    done = subprocess.run([sys.executable, __file__, "--raw", str(version_dir), str(batch), str(duration_s), str(instances)],
                           capture_output=True, text=True, timeout=duration_s + 300, start_new_session=True)
     if done.returncode:
         raise RuntimeError(f"the raw ONNX Runtime run failed:\n{done.stderr[-4000:]}")
@@ -297,10 +313,10 @@ def _print_table(architecture: str, rows: list[Row], formed: int) -> None:
 
 def main() -> int:
     if sys.argv[1:2] == ["--raw"]:  # raw_in_own_session's child
-        version_dir, batch, duration = Path(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+        version_dir, batch, duration, instances = Path(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
         image = np.random.default_rng(0).random(ModelRepository(version_dir.parent.parent).get(version_dir.parent.name).card.input_shape,
                                                 dtype=np.float32)
-        print(raw_engine(version_dir, "onnxruntime", "cpu", batch, image, duration, 1).images_per_s)
+        print(raw_engine(version_dir, "onnxruntime", "cpu", batch, image, duration, instances).images_per_s)
         return 0
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="fashion-cnn,elu-cifar11", help="architectures, comma-separated")
