@@ -28,7 +28,7 @@ DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 
 Backend = Literal["auto", "onnxruntime", "tensorrt", "torch"]
 # Instances per model version when config.pbtxt names none (benchmarks/serve_defaults.py).
-DEFAULT_INSTANCES = 1
+DEFAULT_INSTANCES = 2
 
 
 class ServeSettings(BaseModel):

@@ -11,9 +11,11 @@ all).
 from __future__ import annotations
 
 import math
+import struct
 import zlib
 
 import numpy as np
+import orjson
 from pydantic import ValidationError
 
 from elunet.contracts import INPUT_NAME, OUTPUT_NAME
@@ -26,9 +28,7 @@ from elunet.serve.protocol import (
     RAW_DATATYPE,
     UINT8_SCALE,
     InferenceRequest,
-    InferenceResponse,
     RequestInput,
-    ResponseOutput,
 )
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -96,11 +96,43 @@ def read_request(
         if n == 0:
             return _raw_request(body, image_shape), memoryview(body)
         json_part, binary = body[:n], memoryview(body)[n:]
+    return parse_request(json_part), binary
+
+
+def parse_request(text: bytes) -> InferenceRequest:
+    """The validated JSON request; 400 saying what is wrong.
+
+    A float tensor's numbers, nearly all of the text, skip pydantic: orjson parses the document,
+    pydantic validates it without the first input's ``data`` list (which input_pixels checks, as
+    numbers of the datatype), and the list is put back. Any other request, and anything orjson or that
+    validation refuses, is validated by pydantic from the text, so errors and what is accepted stay
+    pydantic's. (orjson reads integers beyond 64 bits as floats: into a float tensor they become the
+    same pixels; integer tensors therefore take pydantic's way.)
+    """
     try:
-        request = InferenceRequest.model_validate_json(json_part)
+        document = orjson.loads(text)
+        data = _take_data(document)
+        if data is not None:
+            request = InferenceRequest.model_validate_json(orjson.dumps(document))
+            request.inputs[0].data = data
+            return request
+    except (orjson.JSONDecodeError, orjson.JSONEncodeError, ValidationError):
+        pass
+    try:
+        return InferenceRequest.model_validate_json(text)
     except ValidationError as exc:
         raise bad_request(f"invalid inference request: {_first_errors(exc)}") from None
-    return request, binary
+
+
+def _take_data(document) -> list | None:
+    """Remove and return the first input's ``data`` when it is a list of a float datatype's numbers, else None."""
+    inputs = document.get("inputs") if isinstance(document, dict) else None
+    first = inputs[0] if isinstance(inputs, list) and inputs else None
+    if not isinstance(first, dict) or not isinstance(first.get("data"), list) or not isinstance(first.get("datatype"), str):
+        return None
+    if first["datatype"] not in INPUT_DATATYPES or np.dtype(INPUT_DATATYPES[first["datatype"]]).kind != "f":
+        return None
+    return first.pop("data")
 
 
 def _raw_request(body: bytes, image_shape: tuple[int, int, int]) -> InferenceRequest:
@@ -173,12 +205,27 @@ def input_pixels(request: InferenceRequest, binary: memoryview, image_shape: tup
         if tensor.data is None:
             raise bad_request(f"input {INPUT_NAME!r} has no 'data' and no binary_data_size parameter")
         try:
-            values = np.asarray(tensor.data, dtype=dtype)
+            values = json_values(tensor.data, dtype)
         except (ValueError, TypeError, OverflowError):
             raise bad_request(f"input {INPUT_NAME!r} data must be a (nested) list of {tensor.datatype} numbers") from None
         if values.size != count:
             raise bad_request(f"input {INPUT_NAME!r} has {values.size} values; shape {shape} needs {count}")
     return as_pixels(values, shape, tensor.datatype, allow_non_finite)
+
+
+def json_values(data: list, dtype: np.dtype) -> np.ndarray:
+    """The numbers of a JSON tensor as ``dtype``, numpy's conversion of the (nested) list.
+
+    A flat list of numbers into a float dtype, nearly every request, goes through struct's packing into
+    float64 first: the same values (one rounding, from the double), 3.5x faster than numpy's conversion
+    of Python floats (27 vs 96 us for 3072 numbers). Anything else gets numpy's conversion and errors.
+    """
+    if dtype.kind == "f":
+        try:
+            return np.frombuffer(struct.pack(f"<{len(data)}d", *data), dtype="<f8").astype(dtype)
+        except (struct.error, TypeError, OverflowError):
+            pass
+    return np.asarray(data, dtype=dtype)
 
 
 def classification_count(value) -> int:
@@ -218,16 +265,18 @@ def response_body(
             binary = bool_parameter(params, "binary_data", binary)
     datatype, shape, values = output_tensor(logits, classes, labels)
     data = tensor_bytes(datatype, values) if binary else None
-    # model_construct: the values are ours and already of the wire types; validating them again costs time.
-    output = ResponseOutput.model_construct(
-        name=OUTPUT_NAME,
-        datatype=datatype,
-        shape=shape,
-        parameters={"binary_data_size": len(data)} if binary else None,
-        data=None if binary else values.ravel().tolist(),
-    )
-    response = InferenceResponse.model_construct(model_name=model_name, model_version=str(model_version), id=request.id, outputs=[output])
-    head = response.model_dump_json(exclude_none=True).encode()
+    # The fields of InferenceResponse, without None ones; the values are ours and of the wire types already,
+    # so orjson writes them directly (a pydantic model costs more than the rest of the answer).
+    output = {"name": OUTPUT_NAME, "datatype": datatype, "shape": shape}
+    if binary:
+        output["parameters"] = {"binary_data_size": len(data)}
+    else:
+        output["data"] = values.ravel().tolist()
+    response = {"model_name": model_name, "model_version": str(model_version)}
+    if request.id is not None:
+        response["id"] = request.id
+    response["outputs"] = [output]
+    head = orjson.dumps(response)
     if binary:
         content, headers = head + data, {"Content-Type": "application/octet-stream", HEADER_LENGTH: str(len(head))}
     else:
