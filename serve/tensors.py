@@ -154,7 +154,7 @@ def check_input(names: list[str], datatype: str, shape: list[int], image_shape: 
     if datatype not in INPUT_DATATYPES:
         raise bad_request(f"input {INPUT_NAME!r} has datatype {datatype}; expected one of {', '.join(INPUT_DATATYPES)}")
     if len(shape) != 4 or list(shape[1:]) != list(image_shape) or shape[0] < 1:
-        raise bad_request(f"input {INPUT_NAME!r} has shape {_shown(list(shape))}; expected [N, {', '.join(map(str, image_shape))}] with N >= 1 images")
+        raise bad_request(f"input {INPUT_NAME!r} has shape {_shown(list(shape))}; expected {[-1, *image_shape]} (batch of at least 1)")
     return np.dtype(INPUT_DATATYPES[datatype]).newbyteorder("<")
 
 

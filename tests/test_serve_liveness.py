@@ -122,7 +122,8 @@ def assert_live_while(server, path: str, body: bytes, content_type: str, *, conc
 
 @pytest.fixture(scope="module")
 def server(start_server, synthetic_repository):
-    return start_server(synthetic_repository, max_body_bytes=BODY_LIMIT, max_batch_size=64, instances=1, allow_unverified=True)
+    return start_server(synthetic_repository, max_body_bytes=BODY_LIMIT, max_batch_size=64, instances=1, allow_unverified=True,
+                        max_image_pixels=70_000_000)  # the 64 Mpx PNGs below
 
 
 def test_liveness_answers_while_eight_16_mb_json_bodies_are_decoded(server):
@@ -134,7 +135,9 @@ def test_liveness_answers_while_eight_16_mb_json_bodies_are_decoded(server):
     assert 15 * 1024 * 1024 < len(body) <= BODY_LIMIT
 
     # two rounds of 8 concurrent bodies
-    decode_s = process_seconds(lambda: np.asarray(json.loads(body)["inputs"][0]["data"], dtype=np.float32))
+    from elunet.serve.tensors import decode_infer
+
+    decode_s = process_seconds(lambda: decode_infer(body, None, None, BODY_LIMIT, SYNTHETIC_SHAPE))  # what the workers run
     assert_live_while(server, f"/v2/models/{LINEAR}/infer", body, "application/json", concurrent=8, requests=16, decode_s=decode_s)
 
 
