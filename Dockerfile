@@ -51,9 +51,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_
     ELUNET_REPOSITORY=/models \
     ELUNET_HOST=0.0.0.0
 RUN --mount=type=bind,source=deploy/runtime-setup.sh,target=/tmp/runtime-setup.sh sh /tmp/runtime-setup.sh
+# Which sources the wheel was built from: buildah keys this layer's cache on the command, not on the mounted
+# wheel (always elunet-0.1.0-*.whl), so without it a rebuild kept installing the first wheel it ever built.
+ARG ELUNET_SOURCE=unknown
 RUN --mount=from=wheel,source=/dist,target=/dist \
     --mount=type=bind,source=deploy/install-serve.sh,target=/tmp/install-serve.sh \
-    sh /tmp/install-serve.sh "$(ls /dist/elunet-*.whl)" serve "$ORT_PACKAGE"
+    echo "elunet from sources $ELUNET_SOURCE" && sh /tmp/install-serve.sh "$(ls /dist/elunet-*.whl)" serve "$ORT_PACKAGE"
 COPY --chmod=755 deploy/healthcheck.py /opt/elunet/bin/elunet-healthcheck
 USER elunet
 WORKDIR /home/elunet

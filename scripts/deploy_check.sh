@@ -162,8 +162,10 @@ for standin in python nginx prometheus; do
     build "localhost/elunet-check/$standin:bookworm" "$standin" -f "$ROOT/deploy/check/Containerfile" --target "$standin" --build-arg "BASE=$BASE"
 done
 # The Dockerfile's serve target, as docker-compose.yml's server-cpu builds it, from the local bases.
+SOURCE=$({ git -C "$ROOT" rev-parse HEAD; git -C "$ROOT" diff HEAD; } 2>/dev/null | sha256sum | cut -c1-16)
 build elunet:serve-cpu serve-cpu -f "$ROOT/Dockerfile" --target serve \
-    --build-arg WHEEL_BASE=localhost/elunet-check/python:bookworm --build-arg "SERVE_BASE=$BASE" --build-arg ORT_PACKAGE=onnxruntime
+    --build-arg WHEEL_BASE=localhost/elunet-check/python:bookworm --build-arg "SERVE_BASE=$BASE" --build-arg ORT_PACKAGE=onnxruntime \
+    --build-arg "ELUNET_SOURCE=$SOURCE"
 
 # ------------------------------------------------------- 3. a tiny model
 # The run is cached (training is the slow part); the export, with its parity
