@@ -157,12 +157,13 @@ class BodyLimit:
     async def _receive(self, receive, deadline: float):
         """The next message, or None past ``deadline`` or once the server is shutting down."""
         loop = asyncio.get_running_loop()
-        while not self.draining() and loop.time() < deadline:
+        while loop.time() < deadline:
             try:
                 async with asyncio.timeout_at(min(deadline, loop.time() + self.DRAINING_CHECK_S)):
                     return await receive()
             except TimeoutError:
-                continue
+                if self.draining():  # only a body that stalls is cut off: one that keeps coming is read and answered
+                    return None
         return None
 
     async def _refuse(self, send, receive, size: str, drain: bool) -> None:

@@ -112,6 +112,14 @@ def synthetic_repository(tmp_path_factory) -> Path:
     return make_synthetic_repository(tmp_path_factory.mktemp("synthetic-repository"))
 
 
+def free_ports(n: int) -> list[int]:
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -132,9 +140,9 @@ class ServerProcess:
     """`python -m elunet serve` as a subprocess; stopped with SIGTERM (killed if it hangs)."""
 
     def __init__(self, repository: Path, log_path: Path, env: dict | None = None, **options):
-        self.port = free_port()
+        self.port, spare = free_ports(2)  # held together: two free_port() calls may return the same port
         self.url = f"http://127.0.0.1:{self.port}"
-        self.grpc_port = options.pop("grpc_port", None) or free_port()
+        self.grpc_port = options.pop("grpc_port", None) or spare
         self.grpc_url = f"127.0.0.1:{self.grpc_port}"
         args = [sys.executable, "-m", "elunet", "serve", "--repository", str(repository), "--host", "127.0.0.1", "--port", str(self.port),
                 "--grpc-port", str(self.grpc_port)]
