@@ -18,20 +18,18 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+from wrk_load import WrkResult
+
+from elunet.contracts import INPUT_NAME, OUTPUT_NAME
 
 METHOD = "/inference.GRPCInferenceService/ModelInfer"
 
 
 @dataclass
-class GrpcResult:
-    requests_per_s: float
-    p50_ms: float
-    p99_ms: float
-    errors: int
-    first_answer: bytes
+class GrpcResult(WrkResult):
+    """wrk's figures, for gRPC, and the first answer (to check it against the engine's)."""
 
-    def cells(self) -> str:
-        return f"{self.requests_per_s:>9.0f} rps  p50 {self.p50_ms:>7.1f} ms  p99 {self.p99_ms:>7.1f} ms  errors {self.errors}"
+    first_answer: bytes = b""
 
 
 def infer_request(model: str, pixels: np.ndarray) -> bytes:
@@ -39,9 +37,9 @@ def infer_request(model: str, pixels: np.ndarray) -> bytes:
     from tritonclient.grpc import service_pb2
 
     request = service_pb2.ModelInferRequest(model_name=model)
-    tensor = request.inputs.add(name="input", datatype="FP32")
+    tensor = request.inputs.add(name=INPUT_NAME, datatype="FP32")
     tensor.shape.extend(pixels.shape)
-    request.outputs.add(name="logits")
+    request.outputs.add(name=OUTPUT_NAME)
     request.raw_input_contents.append(np.ascontiguousarray(pixels, dtype="<f4").tobytes())
     return request.SerializeToString()
 

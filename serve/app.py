@@ -38,7 +38,13 @@ from elunet.serve.middleware import AccessLog, ApiKey, BodyLimit, ConnectionLimi
 from elunet.serve.models import READY, ModelRegistry, ServedModel
 from elunet.serve.protocol import (
     DOCS_ASSETS,
+    DOCS_OAUTH2_PATH,
+    DOCS_PATH,
     EXTENSIONS,
+    LIVE_PATH,
+    METRICS_PATH,
+    OPENAPI_PATH,
+    READY_PATH,
     SERVER_NAME,
     ClassifyRequest,
     ClassifyResponse,
@@ -101,6 +107,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
         "with a /v1 convenience endpoint that takes image files.",
         lifespan=lifespan,
         redirect_slashes=False,  # /v2/ is answered as /v2 (TrailingSlash), never redirected
+        openapi_url=OPENAPI_PATH,
         docs_url=None,  # FastAPI's /docs loads Swagger UI from a CDN: blank offline (_add_docs serves it from a package)
         redoc_url=None,
     )
@@ -112,7 +119,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
     infer = _add_v2_routes(app, registry, settings, decoder, metrics)
     _add_v1_routes(app, registry, settings, decoder)
 
-    @app.get("/metrics", tags=["operations"], response_class=Response)
+    @app.get(METRICS_PATH, tags=["operations"], response_class=Response)
     async def prometheus_metrics() -> Response:
         """Prometheus text format: request success/failure, durations, batch sizes, queue depth."""
         return Response(metrics.render(), media_type=metrics.content_type)
@@ -195,11 +202,11 @@ def _add_v2_routes(app: FastAPI, registry: ModelRegistry, settings: ServeSetting
     async def server_metadata() -> ServerMetadata:
         return ServerMetadata(name=SERVER_NAME, version=elunet.__version__, extensions=EXTENSIONS)
 
-    @app.get("/v2/health/live", tags=["v2"], responses=_ERRORS)
+    @app.get(LIVE_PATH, tags=["v2"], responses=_ERRORS)
     async def server_live() -> dict:
         return {"live": True}
 
-    @app.get("/v2/health/ready", tags=["v2"], responses=_ERRORS)
+    @app.get(READY_PATH, tags=["v2"], responses=_ERRORS)
     async def server_ready(request: Request) -> dict:
         if request.app.state.draining:
             raise ServeError(503, "server is shutting down")
@@ -463,15 +470,15 @@ def _add_docs(app: FastAPI) -> None:
 
     app.mount(DOCS_ASSETS.rstrip("/"), StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="docs-assets")
 
-    @app.get("/docs", include_in_schema=False)
+    @app.get(DOCS_PATH, include_in_schema=False)
     async def docs() -> Response:
         return get_swagger_ui_html(
-            openapi_url=app.openapi_url, title=f"{app.title} - docs", oauth2_redirect_url="/docs/oauth2-redirect",
+            openapi_url=app.openapi_url, title=f"{app.title} - docs", oauth2_redirect_url=DOCS_OAUTH2_PATH,
             swagger_js_url=DOCS_ASSETS + "swagger-ui-bundle.js", swagger_css_url=DOCS_ASSETS + "swagger-ui.css",
             swagger_favicon_url=DOCS_ASSETS + "favicon-32x32.png",
         )
 
-    @app.get("/docs/oauth2-redirect", include_in_schema=False)
+    @app.get(DOCS_OAUTH2_PATH, include_in_schema=False)
     async def oauth2_redirect() -> Response:
         return get_swagger_ui_oauth2_redirect_html()
 

@@ -120,8 +120,9 @@ class BodyLimit:
         length = headers.get(b"content-length")
         if length is None and b"chunked" not in headers.get(b"transfer-encoding", b"").lower():
             return await self.app(scope, receive, send)
-        if length is not None and int(length) > self.max_bytes:  # the HTTP parser has checked it is a number
-            return await self._refuse(send, receive, f"{int(length)} bytes (Content-Length)", drain=int(length) <= self.DRAIN_FACTOR * self.max_bytes)
+        declared = int(length) if length is not None else 0  # the HTTP parser has checked it is a number
+        if declared > self.max_bytes:
+            return await self._refuse(send, receive, f"{declared} bytes (Content-Length)", drain=declared <= self.DRAIN_FACTOR * self.max_bytes)
         chunks, received = [], 0
         deadline = asyncio.get_running_loop().time() + self.timeout_s
         while True:

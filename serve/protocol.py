@@ -20,10 +20,13 @@ EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration", "mo
 
 # The paths of each endpoint group that --open-endpoints can leave open when an API key is set
 # (probes and scrapers often carry no key).
+LIVE_PATH, READY_PATH = "/v2/health/live", "/v2/health/ready"
+METRICS_PATH = "/metrics"
+DOCS_PATH, DOCS_OAUTH2_PATH, OPENAPI_PATH = "/docs", "/docs/oauth2-redirect", "/openapi.json"
 ENDPOINT_GROUPS = {
-    "health": ("/v2/health/live", "/v2/health/ready"),
-    "metrics": ("/metrics",),
-    "docs": ("/docs", "/docs/oauth2-redirect", "/openapi.json"),
+    "health": (LIVE_PATH, READY_PATH),
+    "metrics": (METRICS_PATH,),
+    "docs": (DOCS_PATH, DOCS_OAUTH2_PATH, OPENAPI_PATH),
 }
 # Swagger UI's files, served from the swagger-ui-bundle package (the docs work offline).
 DOCS_ASSETS = "/docs/static/"
