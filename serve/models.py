@@ -116,7 +116,10 @@ class ServedModel:
         """Logits for ``pixels`` through the batcher; ServeError 503/504/500 when that fails."""
         self.check_ready()
         try:
-            return await asyncio.wait_for(self.batcher.submit(pixels), timeout_s)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for runs submit() in a task of its own, a turn
+            # of the event loop later, which hands the batcher a burst of requests only after the whole burst.
+            async with asyncio.timeout(timeout_s):
+                return await self.batcher.submit(pixels)
         except TimeoutError:
             raise ServeError(504, f"request not answered within {timeout_s:g} s (queue depth {self.batcher.depth})", reason="timeout") from None
         except BackendFailure as exc:
@@ -502,10 +505,9 @@ class ModelRegistry:
         """Reasons name files relative to the repository: clients see no absolute server paths."""
         return text.replace(f"{self.repository.root.resolve()}/", "").replace(f"{self.repository.root}/", "")
 
-    @staticmethod
-    def _instances(want: Desired) -> int:
-        count = sum(g.count or 1 for g in want.config.instance_group) if want.config is not None else 0
-        return len(want.versions) * (count or 1)
+    def _instances(self, want: Desired) -> int:
+        """The instances ``want`` will load: its versions times their scheduling's count (config.pbtxt, else --instances)."""
+        return len(want.versions) * scheduling(want.config, self.settings).instances
 
     async def close(self) -> None:
         """Answer everything queued, then release the engines."""

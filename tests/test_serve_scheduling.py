@@ -16,8 +16,9 @@ import pytest
 from fixtures_serve import LINEAR, SYNTHETIC_SHAPE, binary_infer_body, http
 
 from elunet.model_config import model_config_pb2
+from elunet.runtime.cpus import available_cpus
 from elunet.serve.scheduling import scheduling
-from elunet.serve.settings import load_settings
+from elunet.serve.settings import DEFAULT_INSTANCES, load_settings
 
 pytestmark = pytest.mark.slow
 
@@ -77,6 +78,20 @@ def test_config_pbtxt_sets_batching_queue_and_instances_over_the_server_defaults
     assert len(used) == 3, used
     batch_counts = {m.split('le="')[1].split('"')[0]: float(m.split()[-1]) for m in metrics.splitlines() if m.startswith("elunet_inference_batch_size_bucket")}
     assert batch_counts["16.0"] == batch_counts["+Inf"], f"no batch may exceed config's max_batch_size 16: {batch_counts}"
+
+
+def test_the_cpus_are_shared_by_every_instance_that_loads_server_defaults_included(tmp_path, synthetic_repository, start_server):
+    # One model without config.pbtxt (the server's --instances, 2 by default) and one whose instance_group asks 3:
+    # 5 instances, each with its share of the CPUs. Counting 1 for the first once gave each instance twice its share,
+    # and 2 x 2 threads on 2 cores cost elu-cifar11 a fifth of its served throughput.
+    root = repository_with(tmp_path, {LINEAR: "", "tuned": TUNED.replace('"synthetic-linear"', '"tuned"')}, synthetic_repository)
+    (root / LINEAR / "config.pbtxt").unlink()
+    server = start_server(root, allow_unverified=True)
+    cpus = available_cpus()
+    assert f"5 instance(s) in all share {cpus} CPU(s): {max(1, cpus // 5)} intra-op thread(s) each" in server.log(), server.log()
+    metrics = http("GET", server.url + "/metrics")[2].decode()
+    counts = sorted(m.split('instances="')[1].split('"')[0] for m in metrics.splitlines() if m.startswith("elunet_inference_scheduling{"))
+    assert counts == [str(DEFAULT_INSTANCES), "3"], counts
 
 
 def test_a_config_that_contradicts_its_model_makes_it_unavailable_with_every_difference(tmp_path, synthetic_repository, start_server):
