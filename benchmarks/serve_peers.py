@@ -190,7 +190,7 @@ def measure(architecture: str, tmp: Path, python: Path, versions: dict[str, str]
     json_body = json.dumps({"inputs": [{"name": "input", "shape": list(image.shape), "datatype": "FP32", "data": image.ravel().tolist()}]}).encode()
     json_headers = {"Content-Type": "application/json"}
     threads = available_cpus()
-    expected = _reference(onnx, image, threads)
+    expected = onnx_logits(onnx, image, threads)
     load = lambda url, body=json_body, headers=json_headers: wrk(  # noqa: E731
         f"{url}/v2/models/{architecture}/infer", body, headers, connections=args.connections, duration_s=args.duration)
     runs: dict[str, list] = {}
@@ -272,7 +272,7 @@ def raw_in_own_session(version_dir: Path, batch: int, duration_s: float, instanc
     return float(done.stdout.split()[-1])
 
 
-def _reference(onnx: Path, image: np.ndarray, threads: int) -> np.ndarray:
+def onnx_logits(onnx: Path, image: np.ndarray, threads: int) -> np.ndarray:
     sys.path.insert(0, str(HERE / "peers"))
     from peer_session import open_session
 
