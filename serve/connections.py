@@ -17,7 +17,9 @@ uvicorn's httptools protocol, plus what it lacks:
 - connections made while ``max_connections`` were already open are marked
   in each request's scope (``OVER_LIMIT_KEY``), for
   ``middleware.ConnectionLimit`` to refuse their requests (health probes
-  excepted); connections made within the limit keep being served.
+  excepted); connections made within the limit keep being served;
+- a request the HTTP parser refuses gets the V2 error body (JSON), as every
+  other error, where uvicorn answers text/plain.
 
 The body's own time bound is ``middleware.BodyLimit``'s.
 """
@@ -94,6 +96,10 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         if self._write_timer is not None:
             self._write_timer.cancel()
             self._write_timer = None
+
+    def send_400_response(self, msg: str) -> None:
+        """A request the HTTP parser refused (uvicorn answers text/plain): the V2 error body, as every other error."""
+        self._refuse(400, "Bad Request", "invalid HTTP/1.1 request: its request line, a header or its chunked framing could not be parsed")
 
     def _request_under_way(self) -> bool:
         return self._header_bytes is not None or (self.cycle is not None and not self.cycle.response_complete)

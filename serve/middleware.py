@@ -117,12 +117,19 @@ class BodyLimit:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
-        length = headers.get(b"content-length")
-        if length is None and b"chunked" not in headers.get(b"transfer-encoding", b"").lower():
+        length, coding = headers.get(b"content-length"), headers.get(b"transfer-encoding")
+        if length is None and coding is None:
             return await self.app(scope, receive, send)
+        if coding is not None and [c.strip() for c in coding.lower().split(b",")] != [b"chunked"]:
+            # The HTTP parser undoes the chunked framing only: a body in "gzip, chunked" would reach the app
+            # still compressed. RFC 9112 asks 501 for a transfer coding the server does not implement.
+            message = (f"Transfer-Encoding {coding.decode('latin-1')!r} is not implemented: send the body as it is, with a "
+                       "Content-Length or 'Transfer-Encoding: chunked'")
+            return await self._refuse(send, receive, 501, message, drain=True)
         declared = int(length) if length is not None else 0  # the HTTP parser has checked it is a number
         if declared > self.max_bytes:
-            return await self._refuse(send, receive, f"{declared} bytes (Content-Length)", drain=declared <= self.DRAIN_FACTOR * self.max_bytes)
+            too_large = body_too_large(f"{declared} bytes (Content-Length)", self.max_bytes).message
+            return await self._refuse(send, receive, 413, too_large, drain=declared <= self.DRAIN_FACTOR * self.max_bytes)
         chunks, received = [], 0
         deadline = asyncio.get_running_loop().time() + self.timeout_s
         while True:
@@ -140,7 +147,7 @@ class BodyLimit:
             received += len(chunks[-1])
             more = message.get("more_body", False)
             if received > self.max_bytes:
-                return await self._refuse(send, receive, f"more than {self.max_bytes} bytes", drain=more)
+                return await self._refuse(send, receive, 413, body_too_large(f"more than {self.max_bytes} bytes", self.max_bytes).message, drain=more)
             if not more:
                 break
         body = b"".join(chunks)
@@ -167,8 +174,8 @@ class BodyLimit:
                     return None
         return None
 
-    async def _refuse(self, send, receive, size: str, drain: bool) -> None:
-        await send_error(send, 413, body_too_large(size, self.max_bytes).message, {"Connection": "close"}, more_body=True)
+    async def _refuse(self, send, receive, status: int, message: str, drain: bool) -> None:
+        await send_error(send, status, message, {"Connection": "close"}, more_body=True)
         dropped = 0
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.DRAIN_S

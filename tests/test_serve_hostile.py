@@ -3,6 +3,7 @@ came) or a bounded wait, never a 500, a hang or a silently wrong answer. A real 
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import socket
@@ -78,6 +79,24 @@ def test_allowed_non_finite_inputs_still_get_valid_json(start_server, synthetic_
     output = strict_json(body)["outputs"][0]
     assert None in output["data"], "a NaN logit is answered as null"
     server.stop()
+
+
+@pytest.mark.parametrize("value, kind", [("true", "boolean"), ("false", "boolean"), ('"0.5"', "string"), ("{}", "object")])
+def test_json_data_that_is_not_a_number_is_refused_not_converted(server, value, kind):
+    # numpy reads "0.5" as 0.5 and true as 1.0; Triton refuses both. In a flat list and in a nested one.
+    status, body = post_json_text(server, infer_text(value))
+    assert status == 400 and f"a JSON {kind}" in json.loads(body)["error"], body
+    nested = json.loads(infer_text("0.5"))
+    nested["inputs"][0]["data"] = [[json.loads(value)] + [0.5] * 63]
+    status, body = post_json_text(server, json.dumps(nested))
+    assert status == 400 and f"a JSON {kind}" in json.loads(body)["error"], body
+
+
+def test_booleans_elsewhere_in_the_body_leave_the_numbers_alone(server):
+    request = json.loads(infer_text("1.0"))
+    request["outputs"] = [{"name": "logits", "parameters": {"binary_data": False}}]
+    status, body = post_json_text(server, json.dumps(request))
+    assert status == 200, body
 
 
 # --- strictly typed parameters ----------------------------------------------------------
@@ -230,6 +249,24 @@ def test_a_chunked_body_crossing_the_limit_in_its_last_chunk_is_answered(server)
     received, seconds = raw_exchange(server.port, head(INFER, "Transfer-Encoding: chunked\r\n") + body)
     assert received.startswith(b"HTTP/1.1 413"), received[:200]
     assert seconds < DRAIN_IDLE_BOUND_S
+
+
+def test_a_transfer_coding_other_than_chunked_is_501_not_read_as_the_body(server):
+    # The parser undoes the chunked framing only: without the check, a gzip body would reach the JSON parser compressed.
+    payload = gzip.compress(infer_text("0.5").encode())
+    body = b"%x\r\n" % len(payload) + payload + b"\r\n0\r\n\r\n"
+    received, seconds = raw_exchange(server.port, head(INFER, "Transfer-Encoding: gzip, chunked\r\n") + body)
+    status_line, _, rest = received.partition(b"\r\n")
+    assert status_line == b"HTTP/1.1 501 Not Implemented", received[:300]
+    assert "gzip, chunked" in json.loads(rest.split(b"\r\n\r\n", 1)[1])["error"]
+    assert seconds < DRAIN_IDLE_BOUND_S
+
+
+def test_a_request_the_http_parser_refuses_gets_a_json_400(server):
+    received, _ = raw_exchange(server.port, b"POST /v2 HTTP/1.1\r\nHost: x\r\nContent-Length: nope\r\n\r\n")
+    head_part, _, body = received.partition(b"\r\n\r\n")
+    assert head_part.startswith(b"HTTP/1.1 400") and b"content-type: application/json" in head_part.lower(), received
+    assert "invalid HTTP/1.1 request" in json.loads(body)["error"]
 
 
 def test_a_client_still_sending_an_oversized_body_reads_the_413(server):
