@@ -240,7 +240,12 @@ class DynamicBatcher:
     def _finished(self, instance: Instance, batch: list[_Item], timing: _Timing, future: asyncio.Future) -> None:
         self._running.discard(future)
         self._free.append(instance)
-        self._dispatch()  # first: the instance takes its next batch before these answers go out
+        try:
+            self._dispatch()  # first: the instance takes its next batch before these answers go out
+        finally:
+            self._answer(instance, batch, timing, future)
+
+    def _answer(self, instance: Instance, batch: list[_Item], timing: _Timing, future: asyncio.Future) -> None:
         try:
             outputs = future.result()
         except Exception as exc:  # noqa: BLE001 - any engine failure fails this batch only
