@@ -15,7 +15,7 @@ APT_PACKAGES := dataset-fashion-mnist cmake g++ binutils
 # TEST_APT_PACKAGES=` skips them, and those tests skip with a reason.
 TEST_APT_PACKAGES ?= docker-compose prometheus nginx wrk
 # scripts/deploy_check.sh's own list (it installs them itself when run alone, e.g. by the tests).
-DEPLOY_APT_PACKAGES := podman runc netavark aardvark-dns debootstrap docker-compose
+DEPLOY_APT_PACKAGES := podman runc netavark aardvark-dns iptables debootstrap docker-compose
 STAMP := $(VENV)/.elunet-installed
 
 .PHONY: setup system-deps demo test deploy-check clean

@@ -2,7 +2,7 @@
 # make deploy-check: the Docker Compose deployment, built and run for real on a
 # machine without Docker Engine, GPU or image registry (README.md, Deploy).
 #
-#   1. podman: Debian's podman, runc, netavark, aardvark-dns, debootstrap and
+#   1. podman: Debian's podman, runc, netavark, aardvark-dns, iptables, debootstrap and
 #      docker-compose (installed when missing); a private containers.conf; the
 #      podman API socket, which Debian's docker-compose 1.29 talks to.
 #   2. images: a Debian bookworm base made by debootstrap (cached), the
@@ -54,7 +54,7 @@ ELUNET=${ELUNET:-$(command -v elunet || true)}
 [ -x "$ELUNET" ] || die "no elunet CLI (run \`make setup\`, or set ELUNET=/path/to/elunet)"
 
 # ------------------------------------------------------- 1. podman
-PACKAGES=(podman runc netavark aardvark-dns debootstrap docker-compose)
+PACKAGES=(podman runc netavark aardvark-dns iptables debootstrap docker-compose)
 missing=()
 for p in "${PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -69,7 +69,8 @@ mkdir -p "$CACHE"
 # for the podman processes started here):
 # - ulimits: podman's defaults exceed this machine's hard limits ("error setting rlimit type 7");
 # - runc: crun 1.8 refuses hybrid cgroup hierarchies ("cgroups in hybrid mode not supported");
-# - netavark + aardvark-dns: compose service names resolve on the project network;
+# - netavark + aardvark-dns: compose service names resolve on the project network (netavark runs
+#   iptables for the bridge, which Debian does not make it depend on: "netavark: No such file or directory");
 # - events in a file: no journald without systemd.
 nofile=$(ulimit -Hn)
 nproc=$(ulimit -Hu)
