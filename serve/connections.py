@@ -98,7 +98,14 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             self._write_timer = None
 
     def send_400_response(self, msg: str) -> None:
-        """A request the HTTP parser refused (uvicorn answers text/plain): the V2 error body, as every other error."""
+        """A request the HTTP parser refused (uvicorn answers text/plain): the V2 error body, as every other error.
+        When its chunked body is what broke, the request's app is running: it is told the client left, and the
+        400 is its answer."""
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_started:
+            cycle.disconnected = True  # the app's receive() now gets http.disconnect, its send() is dropped
+            cycle.message_event.set()
+            self.cycle = None
         self._refuse(400, "Bad Request", "invalid HTTP/1.1 request: its request line, a header or its chunked framing could not be parsed")
 
     def _request_under_way(self) -> bool:

@@ -117,13 +117,16 @@ class BodyLimit:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
-        length, coding = headers.get(b"content-length"), headers.get(b"transfer-encoding")
+        length = headers.get(b"content-length")
+        # Every Transfer-Encoding header, in order: the parser takes "gzip" then "chunked" as two headers too.
+        coding = b", ".join(value for name, value in scope["headers"] if name == b"transfer-encoding") or None
         if length is None and coding is None:
             return await self.app(scope, receive, send)
         if coding is not None and [c.strip() for c in coding.lower().split(b",")] != [b"chunked"]:
             # The HTTP parser undoes the chunked framing only: a body in "gzip, chunked" would reach the app
             # still compressed. RFC 9112 asks 501 for a transfer coding the server does not implement.
-            message = (f"Transfer-Encoding {coding.decode('latin-1')!r} is not implemented: send the body as it is, with a "
+            shown = coding[:80].decode("latin-1") + ("..." if len(coding) > 80 else "")
+            message = (f"Transfer-Encoding {shown!r} is not implemented: send the body as it is, with a "
                        "Content-Length or 'Transfer-Encoding: chunked'")
             return await self._refuse(send, receive, 501, message, drain=True)
         declared = int(length) if length is not None else 0  # the HTTP parser has checked it is a number

@@ -41,9 +41,8 @@ def decode_infer(
     allow_non_finite: bool = False,
 ) -> tuple[InferenceRequest, np.ndarray]:
     """The whole decoding of an infer body: the validated request and its input as float32 pixels."""
-    request, binary = read_request(body, header_length, content_encoding, max_bytes, image_shape)
-    # JSON true and false are numbers to Python; only a body with those words can carry them (a fast test).
-    pixels = input_pixels(request, binary, image_shape, allow_non_finite, booleans_possible=b"true" in body or b"false" in body)
+    request, binary, booleans_possible = read_request(body, header_length, content_encoding, max_bytes, image_shape)
+    pixels = input_pixels(request, binary, image_shape, allow_non_finite, booleans_possible)
     request.inputs[0].data = None  # now in ``pixels``; the request travels on without it (maybe between processes)
     return request, pixels
 
@@ -78,8 +77,10 @@ def _shown(value, limit: int = 40) -> str:
 
 def read_request(
     body: bytes, header_length: str | None, content_encoding: str | None, max_bytes: int, image_shape: tuple[int, int, int]
-) -> tuple[InferenceRequest, memoryview]:
-    """Split and validate the body: the JSON header and the binary section after it.
+) -> tuple[InferenceRequest, memoryview, bool]:
+    """Split and validate the body: the JSON header, the binary section after it, and whether the JSON
+    may hold a true or false (JSON booleans are numbers to Python; only a text with those words can
+    carry them, a fast test on the decompressed text).
 
     ``Inference-Header-Content-Length: 0`` is Triton's raw binary request: no header at all, the
     body is the model's one input, float32 images of ``image_shape`` (as many as the bytes hold).
@@ -95,9 +96,9 @@ def read_request(
         if not 0 <= n <= len(body):
             raise bad_request(f"{HEADER_LENGTH} is {n}, but the body has only {len(body)} bytes")
         if n == 0:
-            return _raw_request(body, image_shape), memoryview(body)
+            return _raw_request(body, image_shape), memoryview(body), False
         json_part, binary = body[:n], memoryview(body)[n:]
-    return parse_request(json_part), binary
+    return parse_request(json_part), binary, b"true" in json_part or b"false" in json_part
 
 
 def parse_request(text: bytes) -> InferenceRequest:

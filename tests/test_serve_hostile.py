@@ -92,6 +92,12 @@ def test_json_data_that_is_not_a_number_is_refused_not_converted(server, value, 
     assert status == 400 and f"a JSON {kind}" in json.loads(body)["error"], body
 
 
+def test_a_boolean_in_a_compressed_body_is_refused_too(server):
+    body = gzip.compress(infer_text("true").encode())
+    status, _, answer = http("POST", server.url + INFER, body, {"Content-Type": "application/json", "Content-Encoding": "gzip"})
+    assert status == 400 and "a JSON boolean" in json.loads(answer)["error"], answer
+
+
 def test_booleans_elsewhere_in_the_body_leave_the_numbers_alone(server):
     request = json.loads(infer_text("1.0"))
     request["outputs"] = [{"name": "logits", "parameters": {"binary_data": False}}]
@@ -260,6 +266,21 @@ def test_a_transfer_coding_other_than_chunked_is_501_not_read_as_the_body(server
     assert status_line == b"HTTP/1.1 501 Not Implemented", received[:300]
     assert "gzip, chunked" in json.loads(rest.split(b"\r\n\r\n", 1)[1])["error"]
     assert seconds < DRAIN_IDLE_BOUND_S
+
+
+def test_two_transfer_encoding_headers_are_read_together(server):
+    # httptools takes "gzip" then "chunked" as two headers and undoes the chunking only.
+    payload = gzip.compress(infer_text("0.5").encode())
+    body = b"%x\r\n" % len(payload) + payload + b"\r\n0\r\n\r\n"
+    received, _ = raw_exchange(server.port, head(INFER, "Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n") + body)
+    assert received.startswith(b"HTTP/1.1 501"), received[:300]
+
+
+def test_a_broken_chunked_body_gets_a_json_400(server):
+    received, _ = raw_exchange(server.port, head(INFER, "Transfer-Encoding: chunked\r\n") + b"zz\r\nnot a chunk\r\n")
+    head_part, _, body = received.partition(b"\r\n\r\n")
+    assert head_part.startswith(b"HTTP/1.1 400") and b"content-type: application/json" in head_part.lower(), received
+    assert "chunked framing" in json.loads(body)["error"]
 
 
 def test_a_request_the_http_parser_refuses_gets_a_json_400(server):

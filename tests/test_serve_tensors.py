@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from elunet.serve.errors import ServeError
 from elunet.serve.protocol import InferenceRequest, InferenceResponse, ResponseOutput
-from elunet.serve.tensors import _first_errors, decode_infer, input_pixels, json_values, response_body
+from elunet.serve.tensors import NotANumber, _first_errors, decode_infer, input_pixels, json_values, response_body
 
 SHAPE = (1, 1, 2)
 GOOD = {"id": "r-1", "parameters": {"timeout": 5}, "inputs": [{"name": "input", "shape": [1, 1, 1, 2], "datatype": "FP32", "data": [0.5, 1]}],
@@ -81,7 +81,7 @@ def test_json_requests_decode_as_pydantic_and_numpy_decoded_them(text):
 
 
 @pytest.mark.parametrize("dtype", ["<f4", "<f2", "<u1"])
-@pytest.mark.parametrize("data", [[0.1, 1 / 3, 2, True, 1e-40], [[0.25, 0.5], [1, 2]], ["1", 2.0], [1e300]])
+@pytest.mark.parametrize("data", [[0.1, 1 / 3, 2, 1e-40], [[0.25, 0.5], [1, 2]], [1e300], [[0.5, None]]])
 def test_json_values_are_numpys_conversion(dtype, data):
     with np.errstate(over="ignore"):  # 1e300 into float32 is inf, with numpy's warning
         try:
@@ -92,6 +92,16 @@ def test_json_values_are_numpys_conversion(dtype, data):
             return
         got = json_values(data, np.dtype(dtype))
     assert got.dtype == expected.dtype and np.array_equal(got, expected)
+
+
+@pytest.mark.parametrize("dtype", ["<f4", "<u1"])
+@pytest.mark.parametrize("data, kind", [([0.5, True], "boolean"), (["1", 2.0], "string"), ([[0.5], [{}]], "object"),
+                                        ([[0.5, False]], "boolean")])
+def test_json_values_refuse_what_numpy_would_convert(dtype, data, kind):
+    # numpy reads "1" as 1 and True as 1.0; a JSON tensor of another type than numbers is refused, as Triton does.
+    with pytest.raises(NotANumber, match=f"a JSON {kind}"):
+        json_values(data, np.dtype(dtype))
+    assert json_values([0.5, 1.0], np.dtype(dtype), booleans_possible=False).tolist() == np.asarray([0.5, 1.0], dtype).tolist()
 
 
 @pytest.mark.parametrize("binary", [False, True])
