@@ -91,7 +91,7 @@ def test_json_values_are_numpys_conversion(dtype, data):
                 json_values(data, np.dtype(dtype))
             return
         got = json_values(data, np.dtype(dtype))
-    assert got.dtype == expected.dtype and np.array_equal(got, expected)
+    assert got.dtype == expected.dtype and np.array_equal(got, expected, equal_nan=expected.dtype.kind == "f")
 
 
 @pytest.mark.parametrize("dtype", ["<f4", "<u1"])
