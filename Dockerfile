@@ -51,12 +51,14 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_
     ELUNET_REPOSITORY=/models \
     ELUNET_HOST=0.0.0.0
 RUN --mount=type=bind,source=deploy/runtime-setup.sh,target=/tmp/runtime-setup.sh sh /tmp/runtime-setup.sh
-# Which sources the wheel was built from: buildah keys this layer's cache on the command, not on the mounted
-# wheel (always elunet-0.1.0-*.whl), so without it a rebuild kept installing the first wheel it ever built.
+# The wheel is copied in, not bind-mounted from its stage: COPY keys the cache on the wheel itself, and
+# buildah 1.28 (podman 4.3) could not mount a stage it had taken from its cache ("couldn't find
+# .../merged/dist on host"), leaving /dist empty. Which sources it came from, for the build log:
 ARG ELUNET_SOURCE=unknown
-RUN --mount=from=wheel,source=/dist,target=/dist \
-    --mount=type=bind,source=deploy/install-serve.sh,target=/tmp/install-serve.sh \
-    echo "elunet from sources $ELUNET_SOURCE" && sh /tmp/install-serve.sh "$(ls /dist/elunet-*.whl)" serve "$ORT_PACKAGE"
+COPY --from=wheel /dist/ /tmp/dist/
+RUN --mount=type=bind,source=deploy/install-serve.sh,target=/tmp/install-serve.sh \
+    echo "elunet from sources $ELUNET_SOURCE" && sh /tmp/install-serve.sh "$(ls /tmp/dist/elunet-*.whl)" serve "$ORT_PACKAGE" \
+ && rm -rf /tmp/dist
 COPY --chmod=755 deploy/healthcheck.py /opt/elunet/bin/elunet-healthcheck
 USER elunet
 WORKDIR /home/elunet
@@ -104,10 +106,10 @@ COPY --chmod=755 deploy/healthcheck.py /opt/elunet/bin/elunet-healthcheck
 # ------------------------------------------------------------ serve-trt
 FROM trt-base AS serve-trt
 ENV ELUNET_BACKEND=tensorrt
-RUN --mount=from=wheel,source=/dist,target=/dist \
-    --mount=type=bind,source=deploy/install-serve.sh,target=/tmp/install-serve.sh \
-    PIP_CONSTRAINT=/opt/elunet/tensorrt-constraint.txt sh /tmp/install-serve.sh "$(ls /dist/elunet-*.whl)" serve,tensorrt onnxruntime \
- && elunet build-engine --help >/dev/null
+COPY --from=wheel /dist/ /tmp/dist/
+RUN --mount=type=bind,source=deploy/install-serve.sh,target=/tmp/install-serve.sh \
+    PIP_CONSTRAINT=/opt/elunet/tensorrt-constraint.txt sh /tmp/install-serve.sh "$(ls /tmp/dist/elunet-*.whl)" serve,tensorrt onnxruntime \
+ && rm -rf /tmp/dist && elunet build-engine --help >/dev/null
 USER elunet
 WORKDIR /home/elunet
 VOLUME ["/models"]
@@ -123,8 +125,8 @@ FROM trt-base AS train
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends dataset-fashion-mnist \
  && rm -rf /var/lib/apt/lists/*
-RUN --mount=from=wheel,source=/dist,target=/dist \
-    pip install -c /opt/elunet/tensorrt-constraint.txt "$(ls /dist/elunet-*.whl)[export,tensorrt]" \
+COPY --from=wheel /dist/ /tmp/dist/
+RUN pip install -c /opt/elunet/tensorrt-constraint.txt "$(ls /tmp/dist/elunet-*.whl)[export,tensorrt]" && rm -rf /tmp/dist \
  && python -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda)" \
  && elunet train --help >/dev/null && elunet export --help >/dev/null && elunet build-engine --help >/dev/null
 USER elunet
