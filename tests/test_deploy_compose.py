@@ -144,7 +144,7 @@ def test_serve_image_has_no_torch_and_runs_as_an_unprivileged_user():
     extras = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     for target in ("serve", "serve-trt"):
         runs = " ".join(args for kw, args in stages[target].instructions if kw == "RUN")
-        (chosen,) = re.findall(r'install-serve\.sh "\$\(ls /dist/elunet-\*\.whl\)" (\S+) ', runs)
+        (chosen,) = re.findall(r'install-serve\.sh "\$\(ls /tmp/dist/elunet-\*\.whl\)" (\S+) ', runs)
         for extra in chosen.split(","):
             assert not any(dep.startswith(("torch", "elunet[train", "elunet[export")) for dep in extras[extra]), (target, extra)
 
