@@ -46,3 +46,9 @@ def body_too_large(size: str, limit: int) -> ServeError:
 def error_body(message: str) -> bytes:
     """The V2 protocol's error body, ``{"error": message}``."""
     return json.dumps({"error": message}).encode()
+
+
+def shown(value, limit: int = 40) -> str:
+    """A client's value quoted in an error, cut short: an error should not echo 5000 digits back."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"

@@ -13,7 +13,7 @@ import time
 from typing import Callable
 
 from elunet.serve.connections import OVER_LIMIT_KEY
-from elunet.serve.errors import body_too_large, error_body
+from elunet.serve.errors import body_too_large, error_body, shown
 from elunet.serve.logs import ACCESS_LOGGER
 from elunet.serve.protocol import DOCS_ASSETS, ENDPOINT_GROUPS
 
@@ -125,8 +125,7 @@ class BodyLimit:
         if coding is not None and [c.strip() for c in coding.lower().split(b",")] != [b"chunked"]:
             # The HTTP parser undoes the chunked framing only: a body in "gzip, chunked" would reach the app
             # still compressed. RFC 9112 asks 501 for a transfer coding the server does not implement.
-            shown = coding[:80].decode("latin-1") + ("..." if len(coding) > 80 else "")
-            message = (f"Transfer-Encoding {shown!r} is not implemented: send the body as it is, with a "
+            message = (f"Transfer-Encoding {shown(coding.decode('latin-1'), 80)} is not implemented: send the body as it is, with a "
                        "Content-Length or 'Transfer-Encoding: chunked'")
             return await self._refuse(send, receive, 501, message, drain=True)
         declared = int(length) if length is not None else 0  # the HTTP parser has checked it is a number
