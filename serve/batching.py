@@ -20,6 +20,16 @@ The batch is computed on that one instance in a worker thread (the event loop
 keeps answering), and the instance goes back to the free list only when it is
 done: no instance ever computes two batches at once. While every instance is
 busy, requests accumulate, so batches grow with load.
+
+The rules are applied the moment anything changes (a request arrives, an
+instance comes back, the oldest request's delay runs out), inside that
+callback, and a batch that may leave starts its worker thread there and then.
+A batcher that woke up only on its own turn of the event loop would see a
+burst of requests (e.g. 64 clients answered by one batch, all sending again)
+only after the loop had parsed the whole burst: every request would join one
+batch far past its delay, and parsing and computing would take turns instead
+of overlapping (fashion-cnn, V2 JSON, wrk -c64 on 2 cores: 1854 requests/s,
+batches of 63, that way; 2172-2436 requests/s, batches of 19, this way).
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Protocol, Sequence
 
 import numpy as np
@@ -65,6 +76,13 @@ class _Item:
     counted: bool = True
 
 
+@dataclass
+class _Timing:
+    started: float
+    gathered: float = 0.0
+    computed: float = 0.0
+
+
 class DynamicBatcher:
     def __init__(
         self,
@@ -88,16 +106,15 @@ class DynamicBatcher:
         self._preferred = frozenset(n for n in preferred_batch_sizes if 0 < n <= max_batch_size)
         self._dynamic = dynamic
         self._observer = observer
+        self._loop = asyncio.get_running_loop()
         self._executor = ThreadPoolExecutor(len(self.instances), thread_name_prefix=f"infer-{name}")
-        self._free: asyncio.Queue[Instance] = asyncio.Queue()
-        for instance in self.instances:
-            self._free.put_nowait(instance)
+        self._free: deque[Instance] = deque(self.instances)
         self._pending: deque[_Item] = deque()
         self._pending_requests = 0
-        self._wakeup = asyncio.Event()
-        self._running: set[asyncio.Task] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._deadline = 0.0  # when the timer fires
+        self._running: set[asyncio.Future] = set()
         self._closing = False
-        self._task = asyncio.get_running_loop().create_task(self._form_batches())
 
     @property
     def depth(self) -> int:
@@ -115,14 +132,13 @@ class DynamicBatcher:
                 reason="queue_full",
                 headers={"Retry-After": "1"},
             )
-        loop = asyncio.get_running_loop()
         n = len(inputs)
         chunks = [inputs[i : i + self.max_batch_size] for i in range(0, n, self.max_batch_size)]
-        items = [_Item(chunk, loop.create_future(), counted=k == 0) for k, chunk in enumerate(chunks)]
+        items = [_Item(chunk, self._loop.create_future(), counted=k == 0) for k, chunk in enumerate(chunks)]
         self._pending.extend(items)
         self._pending_requests += 1
         self._report_depth()
-        self._wakeup.set()
+        self._dispatch()
         try:
             if len(items) == 1:
                 return await items[0].future
@@ -138,50 +154,52 @@ class DynamicBatcher:
     async def close(self) -> None:
         """Answer everything queued (without waiting for the delay), then stop."""
         self._closing = True
-        self._wakeup.set()
-        await self._task
-        if self._running:
-            await asyncio.gather(*self._running, return_exceptions=True)
+        self._dispatch()
+        while self._running:  # each batch that ends starts the next (_finished), until nothing is left
+            await asyncio.wait(set(self._running))
+        if self._timer:
+            self._timer.cancel()
         self._executor.shutdown(wait=True)
 
-    async def _form_batches(self) -> None:
-        while True:
-            instance = await self._free.get()
-            batch = await self._next_batch()
-            if not batch:
-                self._free.put_nowait(instance)
-                if batch is None:
-                    return
-                continue  # every waiting request had timed out
-            task = asyncio.get_running_loop().create_task(self._compute(instance, batch))
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
-
-    async def _next_batch(self) -> list[_Item] | None:
-        """The next batch by the rules above; None once closing with nothing left."""
-        while True:
+    def _dispatch(self) -> None:
+        """Start every batch that may leave now, each on a free instance; else wake up when the oldest request's delay ends."""
+        while self._free:
             self._drop_cancelled()
             if not self._pending:
-                if self._closing:
-                    return None
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            if not self._dynamic:
-                return self._take(1)
-            fits, total, preferred = self._prefix()
-            if total == self.max_batch_size or fits < len(self._pending):  # as full as it can get
-                return self._take(fits)
-            if preferred:
-                return self._take(preferred)
-            remaining = self._pending[0].enqueued + self._delay - time.monotonic()
-            if remaining <= 0 or self._closing:
-                return self._take(fits)
-            self._wakeup.clear()
-            try:
-                await asyncio.wait_for(self._wakeup.wait(), remaining)
-            except TimeoutError:
-                pass
+                return
+            count = self._ready()
+            if count is None:
+                self._wake_at(self._pending[0].enqueued + self._delay)
+                return
+            batch = self._take(count)
+            if batch:  # else every request taken had timed out
+                self._start(self._free.popleft(), batch)
+
+    def _ready(self) -> int | None:
+        """How many of the oldest requests leave as one batch now by the rules above, or None to wait."""
+        if not self._dynamic:
+            return 1
+        fits, total, preferred = self._prefix()
+        if total == self.max_batch_size or fits < len(self._pending):  # as full as it can get
+            return fits
+        if preferred:
+            return preferred
+        if self._closing or self._pending[0].enqueued + self._delay <= time.monotonic():
+            return fits
+        return None
+
+    def _wake_at(self, deadline: float) -> None:
+        # call_later, not call_at: uvloop's loop.time() is not time.monotonic().
+        if self._timer and not self._timer.cancelled() and self._deadline <= deadline:
+            return
+        if self._timer:
+            self._timer.cancel()
+        self._deadline = deadline
+        self._timer = self._loop.call_later(max(0.0, deadline - time.monotonic()), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._dispatch()
 
     def _prefix(self) -> tuple[int, int, int]:
         """(how many of the oldest requests fit into one batch, their images, the longest prefix of them
@@ -210,26 +228,34 @@ class DynamicBatcher:
         self._report_depth()
         return batch
 
-    async def _compute(self, instance: Instance, batch: list[_Item]) -> None:
+    def _start(self, instance: Instance, batch: list[_Item]) -> None:
+        timing = _Timing(time.monotonic())
+        if self._observer:
+            for item in batch:
+                self._observer.queued(timing.started - item.enqueued)
+        future = self._loop.run_in_executor(self._executor, _compute, instance, batch, timing)
+        self._running.add(future)
+        future.add_done_callback(partial(self._finished, instance, batch, timing))
+
+    def _finished(self, instance: Instance, batch: list[_Item], timing: _Timing, future: asyncio.Future) -> None:
+        self._running.discard(future)
+        self._free.append(instance)
         try:
-            start = time.monotonic()
-            if self._observer:
-                for item in batch:
-                    self._observer.queued(start - item.enqueued)
-            inputs = batch[0].inputs if len(batch) == 1 else np.concatenate([item.inputs for item in batch])
-            gathered = time.monotonic()
-            try:
-                outputs = await asyncio.get_running_loop().run_in_executor(self._executor, instance.infer, inputs)
-                if len(outputs) != len(inputs):
-                    raise RuntimeError(f"engine returned {len(outputs)} rows for a batch of {len(inputs)}")
-            except Exception as exc:  # noqa: BLE001 - any engine failure fails this batch only
-                failure = BackendFailure(f"{type(exc).__name__}: {exc}")
-                log.error("batch of %d images (%d requests) failed on instance %d: %s", len(inputs), len(batch), instance.index, failure)
-                for item in batch:
-                    if not item.future.done():
-                        item.future.set_exception(failure)
-                return
-            computed = time.monotonic()
+            self._dispatch()  # first: the instance takes its next batch before these answers go out
+        finally:
+            self._answer(instance, batch, timing, future)
+
+    def _answer(self, instance: Instance, batch: list[_Item], timing: _Timing, future: asyncio.Future) -> None:
+        try:
+            outputs = future.result()
+        except Exception as exc:  # noqa: BLE001 - any engine failure fails this batch only
+            failure = BackendFailure(f"{type(exc).__name__}: {exc}")
+            images = sum(len(item.inputs) for item in batch)
+            log.error("batch of %d images (%d requests) failed on instance %d: %s", images, len(batch), instance.index, failure)
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(failure)
+        else:
             offset = 0
             for item in batch:
                 n = len(item.inputs)
@@ -237,11 +263,10 @@ class DynamicBatcher:
                     item.future.set_result(outputs[offset : offset + n])
                 offset += n
             if self._observer:
-                self._observer.computed(len(inputs), len(batch), gathered - start, computed - gathered, time.monotonic() - computed)
-        finally:
-            self._free.put_nowait(instance)  # first: nothing below may keep the instance from the next batch
-            if self._observer:
-                self._observer.instance_ran(instance)
+                t = timing
+                self._observer.computed(len(outputs), len(batch), t.gathered - t.started, t.computed - t.gathered, time.monotonic() - t.computed)
+        if self._observer:
+            self._observer.instance_ran(instance)
 
     def _uncount(self, item: _Item) -> None:
         if item.counted:
@@ -251,3 +276,14 @@ class DynamicBatcher:
     def _report_depth(self) -> None:
         if self._observer:
             self._observer.queue_depth(self._pending_requests)
+
+
+def _compute(instance: Instance, batch: list[_Item], timing: _Timing) -> np.ndarray:
+    """In an inference thread: the batch's rows, gathered and computed on ``instance``."""
+    inputs = batch[0].inputs if len(batch) == 1 else np.concatenate([item.inputs for item in batch])
+    timing.gathered = time.monotonic()
+    outputs = instance.infer(inputs)
+    timing.computed = time.monotonic()
+    if len(outputs) != len(inputs):
+        raise RuntimeError(f"engine returned {len(outputs)} rows for a batch of {len(inputs)}")
+    return outputs

@@ -99,6 +99,32 @@ def test_a_lone_request_leaves_after_the_queue_delay_not_before():
     assert 0.18 <= waited < 2.0
 
 
+def test_a_burst_parsed_in_one_turn_of_the_loop_leaves_in_batches_as_the_delay_runs_out():
+    # 40 requests whose handlers each hold the loop 1 ms (parsing), all woken in one turn: a client burst. The batch
+    # of the oldest must leave once it has waited the 2 ms delay, while the rest of the burst is still being parsed,
+    # so that parsing and computing overlap; it must not wait for the end of the burst and take all 40.
+    backend = Recorder(delay_s=0.001, instances=2)
+    started: list[float] = []
+
+    async def main():
+        b = DynamicBatcher(backend, max_batch_size=64, max_queue_delay_s=0.002, max_queue_size=100)
+
+        async def request(k: int):
+            time.sleep(0.001)  # the handler's parsing, on the loop
+            started.append(time.monotonic())
+            return await b.submit(np.full((1, 1), k, np.float32))
+
+        outs = await asyncio.gather(*(request(k) for k in range(40)))
+        await b.close()
+        return outs
+
+    outs = run(main())
+    assert [float(o[0, 0]) for o in outs] == [2.0 * k for k in range(40)]
+    batches = backend[0].engine.batches
+    assert len(batches) >= 2 and batches[0] <= 6, f"batches {batches}: the first should leave ~2 ms into the 40 ms burst"
+    assert sum(batches) == 40
+
+
 def test_a_full_batch_leaves_without_waiting_for_the_delay():
     backend = Recorder()
 
