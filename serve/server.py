@@ -3,7 +3,8 @@
 On SIGTERM/SIGINT uvicorn stops listening and waits for the requests it has
 already accepted; the batchers keep computing until every one of them is
 answered, then the lifespan closes the backends. Readiness reports 503 from
-the first signal on, so a load balancer stops sending traffic.
+the first signal on, so a load balancer stops sending traffic. Last, the
+process waits until the kernel has delivered those answers (delivery.py).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import uvicorn
 
 from elunet.serve.app import create_app
 from elunet.serve.connections import bounded_protocol
+from elunet.serve.delivery import await_delivery
 from elunet.serve.logs import configure_logging
 from elunet.serve.ports import check_ports_free
 from elunet.serve.settings import ServeSettings
@@ -26,6 +28,12 @@ DRAIN_SLACK_S = 5.0
 
 class _DrainingServer(uvicorn.Server):
     drained = False
+    ports: frozenset[int] = frozenset()
+
+    async def startup(self, sockets=None) -> None:
+        await super().startup(sockets)
+        # The bound ports, not the configured ones: port 0 picks a free one.
+        self.ports = frozenset(sock.getsockname()[1] for server in self.servers for sock in server.sockets)
 
     async def _wait_tasks_to_complete(self) -> None:
         await super()._wait_tasks_to_complete()
@@ -73,4 +81,6 @@ def serve(settings: ServeSettings) -> None:
         backlog=2048,
         loop=settings.event_loop,
     )
-    _DrainingServer(config).run()
+    server = _DrainingServer(config)
+    server.run()
+    await_delivery([*server.ports, settings.grpc_port])
