@@ -657,7 +657,7 @@ def check_down(compose: Compose, profiles, ports, replicas: dict[str, str], figu
         event = json.loads(line)
         # podman leaves ContainerExitCode out of the event when it is 0
         exits[event["Name"]] = (event.get("ContainerExitCode", 0), parse_time(event["Time"]))
-    server_log = {}
+    server_log, delivery_waits = {}, 0
     for name, process in logs.items():
         try:
             text = process.communicate(timeout=30)[0]
@@ -665,6 +665,7 @@ def check_down(compose: Compose, profiles, ports, replicas: dict[str, str], figu
             process.kill()
             text = process.communicate()[0]
         server_log[name] = answered(text, phase_start)
+        delivery_waits += text.count("until the kernel had delivered")  # serve/delivery.py
 
     ok = {name: sum(o.kind == "ok" and o.target == name for o in outcomes) for name in targets}
     reset = [o for o in outcomes if o.kind == "failed"]
@@ -681,13 +682,14 @@ def check_down(compose: Compose, profiles, ports, replicas: dict[str, str], figu
     figures["down"] = {
         "s": round(down_s, 1), "requests": len(outcomes), "in_flight_answered": len(in_flight), "lost": lost,
         "server_answered": sum(direct.values()) + via_lb, "client_ok": sum(ok.values()),
-        "reset_unread": len(reset), "resets": tally(f"{o.target}: {o.detail}" for o in reset),
+        "reset_unread": len(reset), "resets": tally(f"{o.target}: {o.detail}" for o in reset), "delivery_waits": delivery_waits,
         "exit_codes": {name: exits.get(name, (None,))[0] for name in [*servers, lb]},
     }
     d = figures["down"]
     log(f"down in {down_s:.1f} s: the servers answered {d['server_answered']} requests 200 in this phase, the clients got "
         f"{d['client_ok']}; {len(in_flight)} of them were in flight during the shutdown; lost {lost}; "
-        f"connections reset before a request was read: {len(reset)} {d['resets']}; exit codes {d['exit_codes']}")
+        f"connections reset before a request was read: {len(reset)} {d['resets']}; exit codes {d['exit_codes']}; "
+        f"servers that waited for the kernel to deliver their last answers: {delivery_waits}")
     for o in reset[:5]:
         died = exits.get(container_of[o.target], (None, down_at))[1]
         log(f"  reset: {o.target} {o.detail}: started {o.start - down_at:+.2f} s after down began, "
