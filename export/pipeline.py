@@ -4,7 +4,8 @@ Steps, all before anything is visible at the destination:
 
 1. load the checkpoint (a missing or corrupt file, a card/weights mismatch or
    an unknown architecture stops here, with the loader's message);
-2. trace the network into ONNX (to_onnx.py); for int8 quantize it to QDQ,
+2. trace the network into ONNX (to_onnx.py, which also moves each max-pool
+   before the ELU it follows); for int8 quantize it to QDQ,
    calibrated on real training images (quantize.py); in plugin mode rewrite
    every Elu into the plugin op (elu_plugin_pass.py);
 3. node-level and opset checks (graph_checks.py); the card, with its export

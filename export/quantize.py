@@ -19,9 +19,10 @@ What stays float32, on purpose:
   float (int8 logits would tie close classes);
 - the ELU layers: ONNX Runtime's QDQ quantizer has no int8 Elu (Elu is not in
   its QDQ registry), so each Elu computes in float32 on the dequantized
-  output of its convolution (DequantizeLinear -> Elu), and the next layer
-  quantizes its input again (a MaxPool after an Elu runs in float32 too).
-  graph_checks.check_qdq_graph holds every export to exactly this.
+  output of its convolution or of the max-pool moved before it
+  (pool_before_elu.py; that pool runs on int8), and the next layer quantizes
+  its input again. graph_checks.check_qdq_graph holds every export to exactly
+  this.
 """
 
 from __future__ import annotations

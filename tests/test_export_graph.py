@@ -22,6 +22,7 @@ from elunet.contracts import INPUT_NAME, OUTPUT_NAME, elu_plugin_contract
 from elunet.errors import ElunetError
 from elunet.export.elu_plugin_pass import elu_plugin_function, rewrite_elu_as_plugin
 from elunet.export.graph_checks import check_elu_nodes, check_opset_supports_types, elu_alphas
+from elunet.export.pool_before_elu import pool_before_elu
 from elunet.export.settings import ExportSettings
 from elunet.export.to_onnx import torch_to_onnx
 from elunet.train.models import ARCHITECTURES, build_model
@@ -94,6 +95,45 @@ def test_every_architecture_exports_in_both_elu_modes(arch):
     check_opset_supports_types(plugin)
     onnx.checker.check_model(plugin, full_check=True)
     assert_close_to_torch(model, plugin, card, batch=3)  # an odd batch through the dynamic axis
+
+
+# The ELUs each network computes after a max-pool once the export has moved the pools: fashion-cnn pools after
+# its 1st, 3rd and 5th convolution, the 11-layer net after the last convolution of each of its first 5 stacks.
+POOLED_ELUS = {"fashion-cnn": 3, "mlp-8x128": 0, "elu-cifar11": 5, "elu-cifar18": 5}
+
+
+@pytest.mark.parametrize("arch", ARCH_PARAMS)
+def test_every_max_pool_after_an_elu_is_moved_before_it(arch):
+    _, _, native = exported(arch)
+    producer = {out: n for n in native.graph.node for out in n.output}
+    pools = [n for n in native.graph.node if n.op_type == "MaxPool"]
+    assert len(pools) == POOLED_ELUS[arch]
+    assert all(producer[n.input[0]].op_type != "Elu" for n in pools)  # torch_to_onnx ran the pass
+    elus_after_pools = [n for n in native.graph.node if n.op_type == "Elu" and producer[n.input[0]].op_type == "MaxPool"]
+    assert len(elus_after_pools) == POOLED_ELUS[arch]
+    assert pool_before_elu(native) == 0  # nothing left to move
+
+
+def test_pool_before_elu_keeps_every_value_and_only_moves_a_pool_the_elu_feeds_alone():
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 2, 5, 5])
+    outs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in ("pooled", "kept", "also")]
+    nodes = [
+        helper.make_node("Elu", ["x"], ["e1"], alpha=0.5),
+        helper.make_node("MaxPool", ["e1"], ["pooled"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], ceil_mode=1),
+        helper.make_node("Elu", ["x"], ["e2"], alpha=0.5),  # also read by a second node: must stay where it is
+        helper.make_node("MaxPool", ["e2"], ["kept"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Neg", ["e2"], ["also"]),
+    ]
+    proto = helper.make_model(helper.make_graph(nodes, "g", [x], outs), opset_imports=[helper.make_opsetid("", 17)])
+    before = onnx.ModelProto.FromString(proto.SerializeToString())
+    assert pool_before_elu(proto) == 1
+    onnx.checker.check_model(onnx.shape_inference.infer_shapes(proto, strict_mode=True), full_check=True)
+    assert [n.op_type for n in proto.graph.node][:2] == ["MaxPool", "Elu"]  # still sorted: the pool first
+    data = np.random.default_rng(0).normal(0, 2, (3, 2, 5, 5)).astype(np.float32)
+    data[0, 0, :2, :2] = -np.inf  # a window of -inf: both orders give -alpha
+    run = lambda p: ort.InferenceSession(p.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": data})  # noqa: E731
+    for got, expected in zip(run(proto), run(before)):
+        np.testing.assert_array_equal(got, expected)
 
 
 def test_plugin_nodes_carry_exactly_the_contract():
