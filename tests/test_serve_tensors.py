@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from elunet.serve.errors import ServeError
 from elunet.serve.protocol import InferenceRequest, InferenceResponse, ResponseOutput
-from elunet.serve.tensors import NotANumber, _first_errors, decode_infer, input_pixels, json_values, response_body
+from elunet.serve.tensors import NotANumber, _first_errors, decode_infer, input_pixels, json_values, read_request, response_body
 
 SHAPE = (1, 1, 2)
 GOOD = {"id": "r-1", "parameters": {"timeout": 5}, "inputs": [{"name": "input", "shape": [1, 1, 1, 2], "datatype": "FP32", "data": [0.5, 1]}],
@@ -126,3 +126,12 @@ def test_answers_are_inference_responses(binary, classes):
         if not binary:
             assert output.data == logits.ravel().tolist()
     assert (output.parameters or {}).get("binary_data_size") == (len(content) - len(head) if binary else None)
+
+
+@pytest.mark.parametrize("data", ["[0.5, 1e-3]", "[true, 0.5]", "[0.5, false]", "[[1.0], [true]]", "[0.5, null]", "[1, 2.5E+3]"])
+@pytest.mark.parametrize("parameters", ['{}', '{"tag": "untrue"}', '{"tag": "falsely"}', '{"flag": true}', '{"u": "lll"}'])
+def test_the_boolean_pre_scan_finds_the_words_wherever_they_are(data, parameters):
+    """read_request's third value (may the JSON hold a boolean?) is the words' presence in the text, exactly."""
+    body = f'{{"inputs": [{{"name": "input", "shape": [1, 1, 1, 2], "datatype": "FP32", "data": {data}}}], "parameters": {parameters}}}'.encode()
+    _, _, possible = read_request(body, None, None, 1 << 20, (1, 1, 2))
+    assert possible == (b"true" in body or b"false" in body)
