@@ -28,7 +28,7 @@ def pool_before_elu(proto: onnx.ModelProto) -> int:
     nodes = list(graph.node)
     position = {id(node): i for i, node in enumerate(nodes)}
     producer = {name: node for node in nodes for name in node.output}
-    swapped = 0
+    reshaped: set[str] = set()  # the tensors between a moved pool and its ELU: pooled now, so their recorded shapes are wrong
     for pool in nodes:
         if pool.op_type != "MaxPool" or len(pool.output) != 1:  # a second output (Indices) would point into the ELU's input
             continue
@@ -43,12 +43,11 @@ def pool_before_elu(proto: onnx.ModelProto) -> int:
         nodes[i], nodes[j] = pool, elu
         position[id(pool)], position[id(elu)] = i, j
         producer[between], producer[y] = pool, elu
-        swapped += 1
-    if swapped:
-        moved = {node.output[0] for node in nodes if node.op_type == "MaxPool"}
-        kept = [value for value in graph.value_info if value.name not in moved]  # their shapes changed: shape inference redoes them
+        reshaped.add(between)
+    if reshaped:
+        kept = [value for value in graph.value_info if value.name not in reshaped]  # shape inference redoes them
         del graph.value_info[:]
         graph.value_info.extend(kept)
         del graph.node[:]
         graph.node.extend(nodes)
-    return swapped
+    return len(reshaped)
