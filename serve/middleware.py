@@ -116,10 +116,14 @@ class BodyLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        headers = dict(scope["headers"])
-        length = headers.get(b"content-length")
-        # Every Transfer-Encoding header, in order: the parser takes "gzip" then "chunked" as two headers too.
-        coding = b", ".join(value for name, value in scope["headers"] if name == b"transfer-encoding") or None
+        length, codings = None, []
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                length = value
+            elif name == b"transfer-encoding":
+                # Every one, in order: the parser takes "gzip" then "chunked" as two headers too.
+                codings.append(value)
+        coding = b", ".join(codings) or None
         if length is None and coding is None:
             return await self.app(scope, receive, send)
         if coding is not None and [c.strip() for c in coding.lower().split(b",")] != [b"chunked"]:

@@ -184,13 +184,12 @@ def as_pixels(values: np.ndarray, shape: list[int], datatype: str, allow_non_fin
     pixels = values.reshape(shape).astype(np.float32)
     if datatype == "UINT8":
         pixels *= np.float32(UINT8_SCALE)
-    elif not allow_non_finite:
+    elif not allow_non_finite and not np.isfinite(pixels).all():
         bad = np.flatnonzero(~np.isfinite(pixels))
-        if bad.size:
-            raise bad_request(
-                f"input {INPUT_NAME!r} has {bad.size} non-finite values (NaN, ±Inf, null, or beyond float32's range), the first at "
-                f"flat index {bad[0]}: {float(values.ravel()[bad[0]])}; send finite numbers (the server's --allow-non-finite lets them through)"
-            )
+        raise bad_request(
+            f"input {INPUT_NAME!r} has {bad.size} non-finite values (NaN, ±Inf, null, or beyond float32's range), the first at "
+            f"flat index {bad[0]}: {float(values.ravel()[bad[0]])}; send finite numbers (the server's --allow-non-finite lets them through)"
+        )
     return pixels
 
 
