@@ -125,6 +125,30 @@ def test_a_burst_parsed_in_one_turn_of_the_loop_leaves_in_batches_as_the_delay_r
     assert sum(batches) == 40
 
 
+def test_an_instance_takes_its_next_batch_in_its_own_thread_while_the_loop_is_busy():
+    # 12 requests queue behind a first batch of one; then the loop is held 0.6 s (parsing a burst, say). Each batch
+    # that finishes must start the next in the instance's thread: all four batches compute within the hold, none
+    # waits for the loop to come back.
+    (instance,) = Recorder(delay_s=0.03)
+    engine = instance.engine
+
+    async def main():
+        b = DynamicBatcher([instance], max_batch_size=4, max_queue_delay_s=0.0)
+        tasks = [asyncio.ensure_future(b.submit(np.full((1, 1), k, np.float32))) for k in range(13)]
+        await asyncio.sleep(0)  # every submit has queued; the first left alone (no delay)
+        time.sleep(0.6)
+        during = list(engine.batches)
+        outs = await asyncio.gather(*tasks)
+        await b.close()
+        return during, outs
+
+    during, outs = run(main())
+    assert [float(o[0, 0]) for o in outs] == [2.0 * k for k in range(13)]
+    assert engine.batches == [1, 4, 4, 4], engine.batches
+    assert during == engine.batches, f"only {during} computed while the loop was held"
+    assert engine.threads and all(name.startswith("infer-") for name in engine.threads)
+
+
 def test_a_full_batch_leaves_without_waiting_for_the_delay():
     backend = Recorder()
 
