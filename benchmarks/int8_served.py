@@ -47,7 +47,7 @@ from elunet.export.quantize import quantize_qdq  # noqa: E402
 from elunet.export.settings import DEFAULT_CALIBRATION_IMAGES, DEFAULT_CALIBRATION_METHOD, ExportSettings  # noqa: E402
 from elunet.model_config import config_text, read_config  # noqa: E402
 from elunet.repository import CONFIG_FILE, ModelRepository  # noqa: E402
-from elunet.runtime.cpus import available_cpus  # noqa: E402
+from elunet.runtime.cpus import available_cpus, cpu_name  # noqa: E402
 
 INT8 = next(iter(DEFAULT_ACCURACY_GATES))
 DTYPES = ("fp32", INT8)
@@ -151,7 +151,7 @@ def main() -> int:
     if args.short:
         args.models, args.duration, args.rounds = "fashion-cnn", 2.0, 1
     checkpoints = dict(c.split("=", 1) for c in args.checkpoint)
-    print(f"load average {os.getloadavg()[0]:.1f}", flush=True)
+    print(f"{cpu_name()}, {available_cpus()} CPU(s), load average {os.getloadavg()[0]:.1f}", flush=True)
     with tempfile.TemporaryDirectory(prefix="int8-served-") as tmp:
         for architecture in args.models.split(","):
             print(f"{architecture}:", flush=True)

@@ -37,7 +37,7 @@ from elunet.export.quantize import quantize_qdq
 from elunet.export.settings import DEFAULT_CALIBRATION_IMAGES, DEFAULT_CALIBRATION_METHOD, ExportSettings
 from elunet.export.to_onnx import torch_to_onnx
 from elunet.runtime import open_engine
-from elunet.runtime.cpus import available_cpus
+from elunet.runtime.cpus import available_cpus, cpu_name
 from elunet.train.models import build_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -94,7 +94,7 @@ def main() -> None:
     checkpoints = dict(c.split("=", 1) for c in args.checkpoint)
     threads = args.threads or available_cpus()
     batches = [int(b) for b in args.batches.split(",")]
-    print(f"ONNX Runtime CPU, {threads} intra-op thread(s), {args.rounds} rounds of {args.seconds:g} s; load average {os.getloadavg()[0]:.1f}")
+    print(f"ONNX Runtime CPU on {cpu_name()}, {threads} intra-op thread(s), {args.rounds} rounds of {args.seconds:g} s; load average {os.getloadavg()[0]:.1f}")
     with tempfile.TemporaryDirectory() as tmp:
         for architecture in args.models.split(","):
             print(f"\n{architecture}:")

@@ -30,7 +30,7 @@ from wrk_load import wrk  # noqa: E402
 
 from elunet.model_config import DEFAULT_MAX_QUEUE_DELAY_US  # noqa: E402
 from elunet.repository import ModelRepository  # noqa: E402
-from elunet.runtime.cpus import available_cpus  # noqa: E402
+from elunet.runtime.cpus import available_cpus, cpu_name  # noqa: E402
 from elunet.serve.settings import DEFAULT_INSTANCES  # noqa: E402
 
 # (instances, cpu threads per instance (0: the server's share), queue delay in microseconds)
@@ -44,7 +44,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of load per variant")
     parser.add_argument("--connections", type=int, default=64)
     args = parser.parse_args()
-    print(f"{available_cpus()} CPU(s); wrk -c{args.connections} for {args.duration:g} s per variant; V2 JSON, 1 image per request")
+    print(f"{cpu_name()}, {available_cpus()} CPU(s); wrk -c{args.connections} for {args.duration:g} s per variant; V2 JSON, 1 image per request")
     with tempfile.TemporaryDirectory() as tmp:
         for architecture in args.models.split(","):
             repository = make_repository(architecture, Path(tmp) / architecture)

@@ -51,7 +51,7 @@ from serve_load import batch_totals, make_repository, raw_engine  # noqa: E402
 from wrk_load import wrk  # noqa: E402
 
 from elunet.repository import ModelRepository  # noqa: E402
-from elunet.runtime.cpus import available_cpus  # noqa: E402
+from elunet.runtime.cpus import available_cpus, cpu_name  # noqa: E402
 
 DEFAULT_VENV = Path.home() / ".cache" / "elunet-bench" / "peers-venv"
 # The peers' releases measured (the issue's table was MLServer 1.7.1, LitServe 0.2.19).
@@ -333,7 +333,7 @@ def main() -> int:
         print(f"peers unavailable: {exc}", file=sys.stderr)
         return NO_PEERS
     versions = peer_versions(python)
-    print(f"{available_cpus()} CPU(s), load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
+    print(f"{cpu_name()}, {available_cpus()} CPU(s), load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
           f"MLServer {versions['MLServer']}, LitServe {versions['LitServe']}", flush=True)
     with tempfile.TemporaryDirectory(prefix="serve-peers-") as tmp:
         for architecture in args.models.split(","):

@@ -78,7 +78,7 @@ QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 
 def check_qdq_graph(proto: onnx.ModelProto) -> None:
     """Raise unless the int8 graph is quantized exactly as export/quantize.py describes."""
-    from elunet.export.quantize import WEIGHTED_OPS, preprocessing_nodes
+    from elunet.export.quantize import WEIGHT_LIMIT, WEIGHTED_OPS, preprocessing_nodes
 
     g = proto.graph
     contract = elu_plugin_contract()
@@ -108,6 +108,8 @@ def check_qdq_graph(proto: onnx.ModelProto) -> None:
         axis = next((a.i for a in weight.attribute if a.name == "axis"), 1)
         if weights is None or weights.data_type != onnx.TensorProto.INT8 or scale is None or axis != 0 or list(scale.dims) != [weights.dims[0]]:
             fail(f"does not hold the weights of {node.op_type} {node.name!r} as int8 per output channel")
+        if np.abs(onnx.numpy_helper.to_array(weights).astype(np.int16)).max() > WEIGHT_LIMIT:
+            fail(f"holds weights of {node.op_type} {node.name!r} beyond ±{WEIGHT_LIMIT} (7 bits): CPUs without VNNI would saturate them")
     pre = preprocessing_nodes(g)
     if [n.op_type for n in pre if n.op_type in QDQ_OPS] != list(QDQ_OPS):
         fail("quantizes inside the preprocessing: only the first weighted layer's input may be quantized")

@@ -168,6 +168,19 @@ def test_gcn_zca_preprocessing_of_the_paper_net_stays_float():
     assert Counter(n.op_type for n in quantized.graph.node)["Elu"] == 10
 
 
+def test_int8_weights_take_7_bits_and_a_graph_with_8_bit_weights_is_refused():
+    """Without VNNI, x86 CPUs add two int8 products in 16 bits and saturate: 7-bit weights never do (synthetic pixels)."""
+    card, model, proto = exported("fashion-cnn", 1.0, ExportSettings(dtype="int8"))
+    quantized = quantize_qdq(proto, synthetic_pixels(card), "minmax")
+    check_qdq_graph(quantized)
+    weights = [t for t in quantized.graph.initializer if t.data_type == onnx.TensorProto.INT8 and len(t.dims) > 1]
+    assert len(weights) == 6 and max(int(np.abs(onnx.numpy_helper.to_array(t)).max()) for t in weights) == 64
+    first = weights[0]
+    first.CopyFrom(onnx.numpy_helper.from_array((onnx.numpy_helper.to_array(first).astype(np.int16) * 2).clip(-127, 127).astype(np.int8), first.name))
+    with pytest.raises(ElunetError, match="beyond ±64 .7 bits.: CPUs without VNNI would saturate"):
+        check_qdq_graph(quantized)
+
+
 @pytest.mark.parametrize("method", ["entropy", "percentile"])
 def test_every_calibration_method_gives_a_tensorrt_ready_graph(method, capfd):
     card, model, proto = exported("fashion-cnn", 1.0, ExportSettings(dtype="int8"))

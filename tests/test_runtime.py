@@ -16,7 +16,7 @@ from elunet.errors import ElunetError
 from elunet.repository import ModelRepository
 from elunet.runtime import open_engine
 from elunet.runtime.choose import choose_engine
-from elunet.runtime.cpus import available_cpus, threads_per_instance
+from elunet.runtime.cpus import available_cpus, cpu_name, threads_per_instance
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -82,6 +82,15 @@ def test_cpu_count_follows_cgroup_quota_and_is_shared_among_instances(tmp_path):
     (tmp_path / "cpu.max").write_text("max 100000\n")
     assert available_cpus(tmp_path) == available_cpus(tmp_path / "none")
     assert threads_per_instance(3, cpus=8) == 2 and threads_per_instance(5, cpus=2) == 1
+
+
+def test_cpu_name_says_whether_int8_has_vnni(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx avx2 fma\n\nprocessor\t: 1\n")
+    assert cpu_name(info) == "AMD EPYC (avx2; no VNNI)"
+    info.write_text("model name\t: Intel(R) Xeon(R) Platinum 8488C\nflags\t\t: avx2 avx512f avx512_vnni amx_int8\n")
+    assert cpu_name(info) == "Intel(R) Xeon(R) Platinum 8488C (avx2, avx512f, avx512_vnni, amx_int8)"
+    assert cpu_name(tmp_path / "none")  # no /proc/cpuinfo: what the platform module knows
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import math
 import os
+import platform
 from pathlib import Path
 
 CGROUP = Path("/sys/fs/cgroup")
+# The x86 instructions ONNX Runtime's int8 kernels choose between, in /proc/cpuinfo's spelling: int8 gains
+# differ by far with them (VNNI's one-instruction int8 dot product, or AVX2's two with 16-bit saturation).
+INT8_FLAGS = ("avx2", "avx512f", "avx_vnni", "avx512_vnni", "amx_int8")
 
 
 def available_cpus(cgroup_root: Path = CGROUP) -> int:
@@ -47,3 +51,18 @@ def _cgroup_quota(root: Path) -> float | None:
 def threads_per_instance(instances: int, cpus: int | None = None) -> int:
     """Each of ``instances`` (all models together) gets an equal share of the CPUs, at least one thread."""
     return max(1, (cpus or available_cpus()) // max(1, instances))
+
+
+def cpu_name(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU's model and its int8-relevant instructions, e.g. "AMD EPYC (avx2; no VNNI)": benchmark
+    figures, int8 ones above all, belong to the CPU they were measured on."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    fields = dict(line.split(":", 1) for line in text.splitlines()[:64] if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    flags = set(fields.get("flags", "").split())
+    found = [f for f in INT8_FLAGS if f in flags]
+    vnni = "" if {"avx_vnni", "avx512_vnni"} & flags else "; no VNNI"
+    return f"{fields.get('model name', platform.machine())} ({', '.join(found) or 'no AVX2'}{vnni})"
