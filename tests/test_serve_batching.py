@@ -36,6 +36,7 @@ class RecorderInstance(Instance):
         engine = self.engine
         engine.threads.add(threading.current_thread().name)
         engine.batches.append(len(x))
+        self.batches = [*getattr(self, "batches", []), len(x)]
         time.sleep(engine.delay_s)
         if engine.fail_on is not None and (x == engine.fail_on).any():
             raise RuntimeError("poisoned input")
@@ -284,3 +285,38 @@ def test_an_instance_refuses_a_second_batch_while_it_computes():
         t.join()
     refused = [o for o in outcome if isinstance(o, InstanceBusy)]
     assert len(refused) == 1 and instance.overlaps == 1 and instance.executions == 1
+
+
+def test_with_two_instances_a_burst_is_shared_between_them_not_taken_by_one():
+    # Triton's rule alone gives all 10 to the instance that is free first (the other then idles, and under load
+    # the instances drift into one large and one small batch); an even share of what waits and computes gives 5 + 5.
+    backend = Recorder(delay_s=0.05, instances=2)
+
+    async def main():
+        b = DynamicBatcher(backend, max_batch_size=64, max_queue_delay_s=0.02, max_queue_size=100)
+        outs = await asyncio.gather(*(b.submit(np.full((1, 1), k, np.float32)) for k in range(10)))
+        await b.close()
+        return outs
+
+    outs = run(main())
+    assert [float(y[0, 0]) for y in outs] == [2.0 * k for k in range(10)]
+    assert sorted(backend[0].engine.batches) == [5, 5]
+    assert [i.batches for i in backend] == [[5], [5]], "one batch on each instance"
+
+
+def test_the_share_never_splits_a_request_or_sends_a_batch_before_its_delay():
+    backend = Recorder(delay_s=0.05, instances=2)
+
+    async def main():
+        b = DynamicBatcher(backend, max_batch_size=64, max_queue_delay_s=0.2, max_queue_size=100)
+        t0 = time.monotonic()
+        big = asyncio.ensure_future(b.submit(np.ones((9, 1), np.float32)))  # larger than half of the 10 images
+        small = asyncio.ensure_future(b.submit(np.ones((1, 1), np.float32)))
+        await asyncio.gather(big, small)
+        waited = time.monotonic() - t0
+        await b.close()
+        return waited
+
+    waited = run(main())
+    assert sorted(backend[0].engine.batches) == [1, 9]
+    assert waited >= 0.18, "neither batch was full: both wait for the queue delay"
