@@ -22,7 +22,9 @@ requests, Triton's way:
 
 The batch is computed on that one instance in a worker thread (the event loop
 keeps answering), and the instance is free again only when it is done: no
-instance ever computes two batches at once. While every instance is busy,
+instance ever computes two batches at once. Those threads run at nice +10:
+the loop, which feeds them, gets a CPU the moment it has work (paired A/B on
+2 cores, wrk -c64 JSON: elu-cifar11 +10 % requests/s, fashion-cnn +3 %, README). While every instance is busy,
 requests accumulate, so batches grow with load.
 
 The rules are applied the moment anything changes, by whoever changed it: on
@@ -66,6 +68,7 @@ from typing import Protocol, Sequence
 import numpy as np
 
 from elunet.runtime import Instance
+from elunet.runtime.cpus import lower_priority
 from elunet.serve.errors import ServeError
 
 log = logging.getLogger("elunet.serve")
@@ -127,7 +130,7 @@ class DynamicBatcher:
         self._dynamic = dynamic
         self._observer = observer
         self._loop = asyncio.get_running_loop()
-        self._executor = ThreadPoolExecutor(len(self.instances), thread_name_prefix=f"infer-{name}")
+        self._executor = ThreadPoolExecutor(len(self.instances), thread_name_prefix=f"infer-{name}", initializer=lower_priority)
         # The queue and the free instances, shared by the loop and the instances' threads.
         self._lock = threading.Lock()
         self._free: deque[Instance] = deque(self.instances)

@@ -26,13 +26,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
-import os
-import threading
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Callable, TypeVar
 
-from elunet.runtime.cpus import available_cpus
+from elunet.runtime.cpus import available_cpus, lower_priority
 from elunet.serve.errors import ServeError
 
 log = logging.getLogger("elunet.serve")
@@ -46,13 +44,13 @@ INLINE_BYTES = 64 * 1024
 class Decoder:
     def __init__(self, workers: int | None = None, inline_bytes: int = INLINE_BYTES):
         self._workers = workers or available_cpus()
-        self._threads = ThreadPoolExecutor(self._workers, thread_name_prefix="decode", initializer=_lower_priority)
+        self._threads = ThreadPoolExecutor(self._workers, thread_name_prefix="decode", initializer=lower_priority)
         self._processes = self._process_pool()
         self._inline = inline_bytes
 
     def _process_pool(self) -> ProcessPoolExecutor:
         # forkserver: the server process has threads, which fork must not copy.
-        return ProcessPoolExecutor(self._workers, mp_context=multiprocessing.get_context("forkserver"), initializer=_lower_priority)
+        return ProcessPoolExecutor(self._workers, mp_context=multiprocessing.get_context("forkserver"), initializer=lower_priority)
 
     async def run(self, size: int, holds_gil: bool, fn: Callable[..., T], *args) -> T:
         """``fn(*args)`` where it costs the event loop least; ``size``: bytes of payload it works on.
@@ -89,14 +87,6 @@ class Decoder:
     def close(self) -> None:
         self._threads.shutdown(wait=True)
         self._processes.shutdown(wait=True)
-
-
-def _lower_priority() -> None:
-    """Run this worker (a process, or on Linux a thread) at nice +10."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
-    except (AttributeError, OSError):  # not Linux, or not permitted: run at the same priority
-        pass
 
 
 def _ready(hold_s: float) -> bool:

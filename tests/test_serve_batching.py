@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import threading
 import time
 
@@ -10,6 +12,7 @@ import numpy as np
 import pytest
 
 from elunet.runtime import Engine, Instance, InstanceBusy
+from elunet.runtime.cpus import WORKER_NICE
 from elunet.serve.batching import BackendFailure, DynamicBatcher
 from elunet.serve.errors import ServeError
 
@@ -25,6 +28,7 @@ class RecorderEngine(Engine):
         self.fail_on = fail_on
         self.threads: set[str] = set()
         self.created: list[Instance] = []
+        self.nice: set[int] = set()
 
     def create_instance(self) -> Instance:
         self.created.append(RecorderInstance(self, len(self.created)))
@@ -37,6 +41,8 @@ class RecorderInstance(Instance):
         engine.threads.add(threading.current_thread().name)
         engine.batches.append(len(x))
         self.batches = [*getattr(self, "batches", []), len(x)]
+        if hasattr(os, "getpriority"):
+            engine.nice.add(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
         time.sleep(engine.delay_s)
         if engine.fail_on is not None and (x == engine.fail_on).any():
             raise RuntimeError("poisoned input")
@@ -320,3 +326,17 @@ def test_the_share_never_splits_a_request_or_sends_a_batch_before_its_delay():
     waited = run(main())
     assert sorted(backend[0].engine.batches) == [1, 9]
     assert waited >= 0.18, "neither batch was full: both wait for the queue delay"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a thread's own nice value is Linux's")
+def test_inference_threads_run_below_the_event_loop():
+    backend = Recorder(instances=2)
+
+    async def main():
+        b = DynamicBatcher(backend, max_batch_size=4, max_queue_delay_s=0.0, max_queue_size=100)
+        await asyncio.gather(*(b.submit(np.ones((1, 1), np.float32)) for _ in range(8)))
+        await b.close()
+
+    run(main())
+    loop_nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    assert backend[0].engine.nice == {min(19, loop_nice + WORKER_NICE)}

@@ -11,12 +11,27 @@ from __future__ import annotations
 import math
 import os
 import platform
+import threading
 from pathlib import Path
 
 CGROUP = Path("/sys/fs/cgroup")
 # The x86 instructions ONNX Runtime's int8 kernels choose between, in /proc/cpuinfo's spelling: int8 gains
 # differ by far with them (VNNI's one-instruction int8 dot product, or AVX2's two with 16-bit saturation).
 INT8_FLAGS = ("avx2", "avx512f", "avx_vnni", "avx512_vnni", "amx_int8")
+
+
+# How far below the server's event loop its workers run: decoding pools and inference threads.
+WORKER_NICE = 10
+
+
+def lower_priority() -> None:
+    """Run the calling worker (a process, or on Linux a thread) at nice +WORKER_NICE, so that on a busy
+    host the event loop, which parses requests and answers probes, gets a CPU first."""
+    try:
+        me = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, me, min(19, os.getpriority(os.PRIO_PROCESS, me) + WORKER_NICE))
+    except (AttributeError, OSError):  # not Linux, or not permitted: run at the same priority
+        pass
 
 
 def available_cpus(cgroup_root: Path = CGROUP) -> int:
