@@ -24,8 +24,9 @@ The batch is computed on that one instance in a worker thread (the event loop
 keeps answering), and the instance is free again only when it is done: no
 instance ever computes two batches at once. Those threads run at nice +10:
 the loop, which feeds them, gets a CPU the moment it has work (paired A/B on
-2 cores, wrk -c64 JSON: elu-cifar11 +10 % requests/s, fashion-cnn +3 %, README). While every instance is busy,
-requests accumulate, so batches grow with load.
+2 cores, wrk -c64 JSON, medians: elu-cifar11 +8 % requests/s, fashion-cnn
++2-3 %; README). While every instance is busy, requests accumulate, so
+batches grow with load.
 
 The rules are applied the moment anything changes, by whoever changed it: on
 the event loop when a request arrives or the oldest request's delay runs out,

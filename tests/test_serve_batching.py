@@ -32,6 +32,7 @@ class RecorderEngine(Engine):
 
     def create_instance(self) -> Instance:
         self.created.append(RecorderInstance(self, len(self.created)))
+        self.created[-1].batches = []  # this instance's own, beside the engine's list of all
         return self.created[-1]
 
 
@@ -40,7 +41,7 @@ class RecorderInstance(Instance):
         engine = self.engine
         engine.threads.add(threading.current_thread().name)
         engine.batches.append(len(x))
-        self.batches = [*getattr(self, "batches", []), len(x)]
+        self.batches.append(len(x))
         if hasattr(os, "getpriority"):
             engine.nice.add(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
         time.sleep(engine.delay_s)

@@ -18,8 +18,6 @@ CGROUP = Path("/sys/fs/cgroup")
 # The x86 instructions ONNX Runtime's int8 kernels choose between, in /proc/cpuinfo's spelling: int8 gains
 # differ by far with them (VNNI's one-instruction int8 dot product, or AVX2's two with 16-bit saturation).
 INT8_FLAGS = ("avx2", "avx512f", "avx_vnni", "avx512_vnni", "amx_int8")
-
-
 # How far below the server's event loop its workers run: decoding pools and inference threads.
 WORKER_NICE = 10
 
@@ -75,8 +73,7 @@ def cpu_name(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
         text = cpuinfo.read_text()
     except OSError:
         return platform.processor() or platform.machine()
-    fields = dict(line.split(":", 1) for line in text.splitlines()[:64] if ":" in line)
-    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    fields = {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in text.splitlines()[:64] if ":" in line)}
     flags = set(fields.get("flags", "").split())
     found = [f for f in INT8_FLAGS if f in flags]
     vnni = "" if {"avx_vnni", "avx512_vnni"} & flags else "; no VNNI"
