@@ -7,17 +7,14 @@ the hot path and to see the body as it streams in.
 from __future__ import annotations
 
 import asyncio
-import logging
 import secrets
 import time
 from typing import Callable
 
 from elunet.serve.connections import OVER_LIMIT_KEY
 from elunet.serve.errors import body_too_large, error_body, shown
-from elunet.serve.logs import ACCESS_LOGGER
+from elunet.serve.logs import access_line
 from elunet.serve.protocol import DOCS_ASSETS, ENDPOINT_GROUPS
-
-access_log = logging.getLogger(ACCESS_LOGGER)
 
 HEALTH_PATHS = ENDPOINT_GROUPS["health"]
 
@@ -72,20 +69,7 @@ class AccessLog:
             await self.app(scope, receive, observing_send)
         finally:
             client = scope.get("client") or ("-", 0)
-            access_log.info(
-                "%s %s %d",
-                scope["method"],
-                scope["path"],
-                status,
-                extra={
-                    "client": f"{client[0]}:{client[1]}",
-                    "method": scope["method"],
-                    "path": scope["path"],
-                    "status": status,
-                    "bytes_sent": sent,
-                    "duration_ms": round((time.perf_counter() - start) * 1000, 3),
-                },
-            )
+            access_line(scope["method"], scope["path"], status, f"{client[0]}:{client[1]}", sent, round((time.perf_counter() - start) * 1000, 3))
 
 
 class BodyLimit:

@@ -168,6 +168,57 @@ def test_access_log_lines_are_structured_json(synthetic_server):
     assert access and {"method", "path", "status", "duration_ms", "client"} <= set(access[-1])
 
 
+def test_an_access_line_is_the_same_json_through_the_server_handler_as_through_logging(monkeypatch):
+    """The server's handler gets access lines formatted without a LogRecord; any other logging setup gets the
+    record. Both must write the same line (but its time), a path that orjson cannot encode included."""
+    import io
+    import logging
+
+    from elunet.serve import logs
+
+    def written(setup) -> list[dict]:
+        stream = io.StringIO()
+        handler = logs.TurnBufferedHandler(stream)
+        handler.setFormatter(logs.JsonFormatter())
+        setup(handler)
+        for path in ("/v2/models/m/infer", "/v2/\udcff"):
+            logs.access_line("POST", path, 200, "127.0.0.1:5", 330, 1.5)
+        handler.flush()
+        return [{k: v for k, v in json.loads(line).items() if k != "ts"} for line in stream.getvalue().splitlines()]
+
+    elunet_logger, access = logging.getLogger("elunet"), logging.getLogger(logs.ACCESS_LOGGER)
+    monkeypatch.setattr(elunet_logger, "handlers", [])
+    monkeypatch.setattr(elunet_logger, "propagate", False)
+    monkeypatch.setattr(elunet_logger, "level", logging.INFO)
+    monkeypatch.setattr(access, "handlers", [])
+
+    def as_server(handler):
+        monkeypatch.setattr(logs, "_server_handler", handler)
+        elunet_logger.handlers = [handler]
+
+    def as_other(handler):
+        monkeypatch.setattr(logs, "_server_handler", None)
+        access.handlers = [handler]
+
+    fast, record = written(as_server), written(as_other)
+    assert fast == record and len(fast) == 2
+    assert fast[0] == {"level": "info", "logger": logs.ACCESS_LOGGER, "msg": "POST /v2/models/m/infer 200", "client": "127.0.0.1:5",
+                       "method": "POST", "path": "/v2/models/m/infer", "status": 200, "bytes_sent": 330, "duration_ms": 1.5}
+    logging.getLogger(logs.ACCESS_LOGGER).setLevel(logging.WARNING)
+    try:
+        assert written(as_server) == []  # --log-level warning: no access lines
+    finally:
+        logging.getLogger(logs.ACCESS_LOGGER).setLevel(logging.NOTSET)
+
+
+def test_log_timestamps_are_iso_utc_to_the_millisecond():
+    from elunet.serve.logs import timestamp
+
+    assert timestamp(0.0) == "1970-01-01T00:00:00.000Z"
+    assert timestamp(1796349672.9996) == "2026-12-04T02:01:12.999Z"  # truncated, as logging's msecs
+    assert timestamp(1796349673.25) == "2026-12-04T02:01:13.250Z"  # the next second, not the cached one
+
+
 @pytest.mark.parametrize("version", ["%C2%B2", "%E2%91%A0", "9" * 4400, "-1", "1.0"])
 def test_versions_that_are_digits_only_to_unicode_or_too_long_are_404(synthetic_server, version):
     for path in (f"/v2/models/{LINEAR}/versions/{version}", f"/v2/models/{LINEAR}/versions/{version}/stats",
