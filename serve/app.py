@@ -13,6 +13,7 @@ import binascii
 import contextlib
 import functools
 import logging
+import time
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -116,7 +117,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
     app.state.draining = False
     app.state.stop_grpc = lambda: None
     _install_error_handlers(app)
-    infer = _add_v2_routes(app, registry, settings, decoder, metrics)
+    infer, answer = _add_v2_routes(app, registry, settings, decoder, metrics)
     _add_v1_routes(app, registry, settings, decoder)
 
     @app.get(METRICS_PATH, tags=["operations"], response_class=Response)
@@ -128,18 +129,24 @@ def create_app(settings: ServeSettings) -> FastAPI:
     _add_docs(app)
     # Innermost first. A request meets: the path normalized, the access log, CORS (preflights carry no API
     # key), the connection limit, the API key (before any of the body is read into memory), the body read
-    # whole within its limits, then the infer shortcut or FastAPI.
+    # whole within its limits, then the infer shortcut or FastAPI. ``passes``: each one's check that it
+    # would let a request go on untouched, for the fast path.
     front = _InferShortcut(functools.partial(FastAPI.__call__, app), infer, app.exception_handlers)
     front = BodyLimit(front, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s, draining=lambda: app.state.draining)
+    passes = [front.passes]
     if settings.api_key is not None:
         front = ApiKey(front, key=settings.api_key.get_secret_value(), open_groups=settings.open_endpoints)
+        passes.append(front.passes)
     front = ConnectionLimit(front, max_connections=settings.max_connections)
+    passes.append(front.passes)
     if settings.cors_allow_origins:
         front = CORSMiddleware(
             front, allow_origins=settings.cors_allow_origins, allow_methods=["GET", "POST"], allow_headers=["*"],
             expose_headers=[HEADER_LENGTH],  # browsers may then read binary-extension responses
         )
+        passes.append(_without_origin)  # Starlette's CORS middleware hands those on as they are
     app.front = TrailingSlash(AccessLog(front))
+    app.fast_path = _FastInfer(answer, app.exception_handlers, [TrailingSlash.passes, *passes])
     return app
 
 
@@ -147,6 +154,7 @@ class _App(FastAPI):
     """The FastAPI app behind elunet's own middlewares (serve/middleware.py) and the infer shortcut."""
 
     front = None  # set by create_app
+    fast_path = None  # the infer requests the connections answer around ASGI (serve/connections.py); set by create_app
 
     async def __call__(self, scope, receive, send) -> None:
         await self.front(scope, receive, send)
@@ -176,9 +184,56 @@ class _InferShortcut:
         try:
             response = await self.endpoint(request, *params)
         except Exception as exc:  # noqa: BLE001 - answered by the app's handler for it, as FastAPI would
-            handler = next(self.handlers[c] for c in type(exc).__mro__ if c in self.handlers)
-            response = await handler(request, exc)
+            response = await _handled(self.handlers, request, exc)
         await response(scope, receive, send)
+
+
+class _FastInfer:
+    """Infer requests answered straight from their connection, around ASGI (``connections.FastPath``).
+
+    Under load the ASGI way cost the event loop more than the infer work itself: uvicorn's request
+    cycle, the five middlewares, Starlette's request and response, each a few calls deep per message.
+    This path takes only a request that every middleware would hand on untouched (``passes``: their own
+    checks) with its body already whole, and answers it as the infer shortcut would: the same
+    ``answer``, the same exception handlers and response headers, the same access line. Paired under wrk
+    (3 alternating rounds, README "Beside MLServer"): event-loop CPU per JSON request 199-201 -> 168-170 us
+    (fashion-cnn, +7-8 % requests/s), 332-334 -> 280-282 us (elu-cifar11, +2-4 %).
+    """
+
+    def __init__(self, answer, handlers: dict, passes: list):
+        self._answer = answer
+        self._handlers = handlers
+        self._passes = passes
+
+    def route(self, scope) -> tuple[str, str | None] | None:
+        """(model, version or None) of an infer request this path takes, else None."""
+        params = _infer_params(scope["path"]) if scope["method"] == "POST" else None
+        if params is None or not all(passes(scope) for passes in self._passes):
+            return None
+        return params
+
+    async def answer(self, scope, body: bytes, route: tuple[str, str | None], write) -> None:
+        start, status, sent = time.perf_counter(), 500, 0
+        try:
+            try:
+                content, headers = await self._answer(*route, body, scope)
+                response = Response(content, headers=headers)
+            except Exception as exc:  # noqa: BLE001 - answered by the app's handler for it, as through ASGI
+                response = await _handled(self._handlers, Request(scope), exc)
+            status, sent = response.status_code, len(response.body)
+            await write(status, response.raw_headers, response.body)
+        finally:
+            AccessLog.line(scope, status, sent, start)
+
+
+async def _handled(handlers: dict, request: Request, exc: Exception) -> Response:
+    """The answer of the app's exception handler for ``exc``'s class, as FastAPI picks it."""
+    handler = next(handlers[c] for c in type(exc).__mro__ if c in handlers)
+    return await handler(request, exc)
+
+
+def _without_origin(scope) -> bool:
+    return all(name != b"origin" for name, _ in scope["headers"])
 
 
 def _infer_params(path: str) -> tuple[str, str | None] | None:
@@ -197,7 +252,8 @@ def _infer_params(path: str) -> tuple[str, str | None] | None:
 
 
 def _add_v2_routes(app: FastAPI, registry: ModelRegistry, settings: ServeSettings, decoder: Decoder, metrics: ServeMetrics):
-    """Add the V2 routes; return the infer endpoint, ``infer(request, model, version)``."""
+    """Add the V2 routes; return the infer endpoint, ``infer(request, model, version)``, and what it answers,
+    ``answer(model, version, body, scope)``."""
     @app.get("/v2", response_model=ServerMetadata, tags=["v2"])
     async def server_metadata() -> ServerMetadata:
         return ServerMetadata(name=SERVER_NAME, version=elunet.__version__, extensions=EXTENSIONS)
@@ -264,13 +320,17 @@ def _add_v2_routes(app: FastAPI, registry: ModelRegistry, settings: ServeSetting
         return {"name": served.name, "version": str(served.version), "ready": True}
 
     async def infer(request: Request, model: str, version: str | None = None) -> Response:
-        with registry.resolve(model, version) as served:
-            return await _infer(request, served)
+        content, headers = await answer(model, version, await request.body(), request.scope)
+        return Response(content, headers=headers)
 
-    async def _infer(request: Request, served: ServedModel) -> Response:
+    async def answer(model: str, version: str | None, body: bytes, scope) -> tuple[bytes, dict[str, str]]:
+        """(body, headers) of the answer to an infer request of ``body``, its headers in ``scope``."""
+        with registry.resolve(model, version) as served:
+            return await _answer(served, body, scope)
+
+    async def _answer(served: ServedModel, body: bytes, scope) -> tuple[bytes, dict[str, str]]:
         served.check_ready()
-        body = await request.body()
-        header_length, content_encoding, accept_encoding = _headers(request, b"inference-header-content-length", b"content-encoding", b"accept-encoding")
+        header_length, content_encoding, accept_encoding = _headers(scope, b"inference-header-content-length", b"content-encoding", b"accept-encoding")
         encoding = response_encoding(accept_encoding)
 
         async def decode():
@@ -286,8 +346,7 @@ def _add_v2_routes(app: FastAPI, registry: ModelRegistry, settings: ServeSetting
             size = logits.size * 8 + (len(body) if encoding else 0)
             return await decoder.run(size, True, response_body, parsed, served.name, served.version, logits, served.labels, encoding)
 
-        content, headers = await infer_core(served, decode, encode, settings.request_timeout_s, settings.allow_non_finite)
-        return Response(content, headers=headers)
+        return await infer_core(served, decode, encode, settings.request_timeout_s, settings.allow_non_finite)
 
     async def config(request: Request, model: str, version: str | None = None) -> dict:
         """The model configuration a version is served with (Triton's ModelConfig as JSON, completed)."""
@@ -312,15 +371,15 @@ def _add_v2_routes(app: FastAPI, registry: ModelRegistry, settings: ServeSetting
         app, "/v2/models/{model}", "/infer", infer, methods=["POST"], tags=["v2"], response_class=Response,
         responses={200: {"model": InferenceResponse}, **_ERRORS}, openapi_extra={"x-elunet-infer-body": True},
     )
-    return infer
+    return infer, answer
 
 
-def _headers(request: Request, *names: bytes) -> list[str | None]:
+def _headers(scope, *names: bytes) -> list[str | None]:
     """The first value of each header named (ASGI's lower-case names), in one pass over the raw headers:
     Starlette's ``request.headers.get`` decodes and scans them all again for every name (4 % of the event
     loop under load, for three names)."""
     found: dict[bytes, bytes] = {}
-    for name, value in request.scope["headers"]:
+    for name, value in scope["headers"]:
         found.setdefault(name, value)
     return [found[name].decode("latin-1") if name in found else None for name in names]
 

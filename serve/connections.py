@@ -22,16 +22,23 @@ uvicorn's httptools protocol, plus what it lacks:
   other error, where uvicorn answers text/plain;
 - a response's status line and headers go out in one write with its body
   (``_OneWrite``): uvicorn writes them apart, two send() calls per answer,
-  the costliest single line of the event loop's profile under load.
+  the costliest single line of the event loop's profile under load;
+- a request that the app's ``fast_path`` takes (infer, where every
+  middleware would pass it on untouched) is answered without ASGI once its
+  body is whole: the app gets the body and a writer for its whole answer
+  (``FastPath``). Any other request, or one whose body is still arriving,
+  goes through the ASGI app.
 
 The body's own time bound is ``middleware.BodyLimit``'s.
 """
 
 from __future__ import annotations
 
+import functools
 from asyncio import AbstractEventLoop, TimerHandle, Transport
+from typing import Any, Awaitable, Callable, Protocol
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
 from elunet.serve.errors import error_body
 
@@ -40,11 +47,24 @@ OVER_LIMIT_KEY = "elunet.connections_over_limit"
 MAX_HEADER_BYTES = 64 * 1024
 
 
+Headers = list[tuple[bytes, bytes]]
+Write = Callable[[int, Headers, bytes], Awaitable[None]]
+
+
+class FastPath(Protocol):
+    def route(self, scope: dict) -> Any:
+        """What ``answer`` needs to know of a request it takes (its headers are complete), else None."""
+
+    async def answer(self, scope: dict, body: bytes, route: Any, write: Write) -> None:
+        """Answer the request (``body``: all of it) with one ``write(status, headers, body)``."""
+
+
 class BoundedHttpProtocol(HttpToolsProtocol):
     # Set by bounded_protocol() from the server's settings.
     header_timeout_s: float
     write_timeout_s: float
     max_connections: int
+    fast_path: FastPath | None = None
 
     _header_timer: TimerHandle | None = None
     _write_timer: TimerHandle | None = None
@@ -89,6 +109,21 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self._header_bytes = None
         self.scope[OVER_LIMIT_KEY] = self._open_at_start >= self.max_connections
         super().on_headers_complete()
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app) -> None:
+        route = None
+        if self.fast_path is not None and not cycle.waiting_for_100_continue:  # the ASGI receive() sends the 100
+            route = self.fast_path.route(cycle.scope)
+        if route is not None:
+            # Run in uvicorn's exception wrapper (500 for an error, the task counted until shutdown), like any app.
+            app = functools.partial(self._answer_directly, cycle, app, route)
+        super()._start_asgi_task(cycle, app)
+
+    async def _answer_directly(self, cycle: RequestResponseCycle, app, route, scope, receive, send) -> None:
+        if cycle.more_body or cycle.disconnected:
+            return await app(scope, receive, send)  # the ASGI app reads what is still arriving, within its limits
+        body, cycle.body = bytes(cycle.body), bytearray()
+        await self.fast_path.answer(scope, body, route, functools.partial(_write_whole, cycle))
 
     def pause_writing(self) -> None:
         super().pause_writing()
@@ -146,10 +181,37 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self.transport.close()
 
 
-def bounded_protocol(*, header_timeout_s: float, write_timeout_s: float, max_connections: int) -> type[BoundedHttpProtocol]:
-    """The protocol class for uvicorn's ``http`` setting, with these bounds."""
-    bounds = {"header_timeout_s": header_timeout_s, "write_timeout_s": write_timeout_s, "max_connections": max_connections}
+def bounded_protocol(
+    *, header_timeout_s: float, write_timeout_s: float, max_connections: int, fast_path: FastPath | None = None
+) -> type[BoundedHttpProtocol]:
+    """The protocol class for uvicorn's ``http`` setting, with these bounds (and the app's fast path)."""
+    bounds = {"header_timeout_s": header_timeout_s, "write_timeout_s": write_timeout_s, "max_connections": max_connections, "fast_path": fast_path}
     return type("BoundedHttpProtocol", (BoundedHttpProtocol,), bounds)
+
+
+async def _write_whole(cycle: RequestResponseCycle, status: int, headers: Headers, body: bytes) -> None:
+    """What uvicorn's ``cycle.send`` does with a response's start and its one body message, as one write:
+    ``headers`` must hold the Content-Length of ``body``; the server's own headers (date, server) come first."""
+    if cycle.flow.write_paused and not cycle.disconnected:
+        await cycle.flow.drain()
+    if cycle.disconnected:
+        return
+    cycle.response_started = True
+    cycle.waiting_for_100_continue = False
+    content, closes = [STATUS_LINE[status]], False
+    for name, value in (*cycle.default_headers, *headers):
+        if name == b"connection" and b"close" in [token.lower().strip() for token in value.split(b",")]:
+            cycle.keep_alive, closes = False, True
+        content += [name, b": ", value, b"\r\n"]
+    if not cycle.keep_alive and not closes:
+        content.append(b"connection: close\r\n")
+    content += [b"\r\n", body]
+    cycle.transport.write(b"".join(content))
+    cycle.response_complete = True
+    cycle.message_event.set()
+    if not cycle.keep_alive:
+        cycle.transport.close()
+    cycle.on_response()
 
 
 class _OneWrite:

@@ -40,10 +40,16 @@ class TrailingSlash:
         self.app = app
 
     async def __call__(self, scope, receive, send):
-        path = scope.get("path", "")
-        if scope["type"] == "http" and len(path) > 1 and path.endswith("/"):
+        if scope["type"] == "http" and not self.passes(scope):
+            path = scope["path"]
             scope = {**scope, "path": path.rstrip("/") or "/", "raw_path": scope.get("raw_path", b"").rstrip(b"/") or b"/"}
         return await self.app(scope, receive, send)
+
+    @staticmethod
+    def passes(scope) -> bool:
+        """Whether this HTTP request goes on as it came."""
+        path = scope.get("path", "")
+        return len(path) <= 1 or not path.endswith("/")
 
 
 class AccessLog:
@@ -68,8 +74,13 @@ class AccessLog:
         try:
             await self.app(scope, receive, observing_send)
         finally:
-            client = scope.get("client") or ("-", 0)
-            access_line(scope["method"], scope["path"], status, f"{client[0]}:{client[1]}", sent, round((time.perf_counter() - start) * 1000, 3))
+            self.line(scope, status, sent, start)
+
+    @staticmethod
+    def line(scope, status: int, sent: int, start: float) -> None:
+        """The access line of a request answered with ``status`` and ``sent`` body bytes, begun at ``start`` (perf_counter)."""
+        client = scope.get("client") or ("-", 0)
+        access_line(scope["method"], scope["path"], status, f"{client[0]}:{client[1]}", sent, round((time.perf_counter() - start) * 1000, 3))
 
 
 class BodyLimit:
@@ -100,14 +111,7 @@ class BodyLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        length, codings = None, []
-        for name, value in scope["headers"]:
-            if name == b"content-length":
-                length = value
-            elif name == b"transfer-encoding":
-                # Every one, in order: the parser takes "gzip" then "chunked" as two headers too.
-                codings.append(value)
-        coding = b", ".join(codings) or None
+        length, coding = _framing(scope)
         if length is None and coding is None:
             return await self.app(scope, receive, send)
         if coding is not None and [c.strip() for c in coding.lower().split(b",")] != [b"chunked"]:
@@ -152,6 +156,12 @@ class BodyLimit:
 
         return await self.app(scope, replay, send)
 
+    def passes(self, scope) -> bool:
+        """Whether this HTTP request reaches the app with its body as it came, without an answer from here
+        (no transfer coding, and a Content-Length within the limit or none)."""
+        length, coding = _framing(scope)
+        return coding is None and (length is None or int(length) <= self.max_bytes)
+
     async def _receive(self, receive, deadline: float):
         """The next message, or None past ``deadline`` or once the server is shutting down."""
         loop = asyncio.get_running_loop()
@@ -187,12 +197,17 @@ class ConnectionLimit:
         self.max_connections = max_connections
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and scope.get(OVER_LIMIT_KEY) and scope["path"] not in HEALTH_PATHS:
+        if scope["type"] == "http" and not self.passes(scope):
             return await send_error(
                 send, 503, f"this connection was opened while {self.max_connections} were open, the limit (--max-connections): "
                 "retry later, and reuse connections (keep-alive)", {"Retry-After": "1", "Connection": "close"},
             )
         return await self.app(scope, receive, send)
+
+    @staticmethod
+    def passes(scope) -> bool:
+        """Whether this HTTP request is served (else it is answered 503 here)."""
+        return not scope.get(OVER_LIMIT_KEY) or scope["path"] in HEALTH_PATHS
 
 
 class ApiKey:
@@ -205,12 +220,28 @@ class ApiKey:
         self.open_prefixes = (DOCS_ASSETS,) if "docs" in open_groups else ()
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["path"] in self.open_paths or scope["path"].startswith(self.open_prefixes):
+        if scope["type"] != "http" or self.passes(scope):
             return await self.app(scope, receive, send)
-        given = dict(scope["headers"]).get(b"authorization", b"")
-        if not secrets.compare_digest(given, self.expected):
-            reason = "missing" if not given else "wrong"
-            return await send_error(
-                send, 401, f"{reason} API key: send the header 'Authorization: Bearer <key>'", {"WWW-Authenticate": "Bearer"}
-            )
-        return await self.app(scope, receive, send)
+        reason = "missing" if not _authorization(scope) else "wrong"
+        return await send_error(send, 401, f"{reason} API key: send the header 'Authorization: Bearer <key>'", {"WWW-Authenticate": "Bearer"})
+
+    def passes(self, scope) -> bool:
+        """Whether this HTTP request may go on: its path is open, or it carries the key."""
+        path = scope["path"]
+        return path in self.open_paths or path.startswith(self.open_prefixes) or secrets.compare_digest(_authorization(scope), self.expected)
+
+
+def _authorization(scope) -> bytes:
+    return dict(scope["headers"]).get(b"authorization", b"")
+
+
+def _framing(scope) -> tuple[bytes | None, bytes | None]:
+    """(Content-Length, Transfer-Encoding: every one, in order, joined) of a request, each None when absent."""
+    length, codings = None, []
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            length = value
+        elif name == b"transfer-encoding":
+            # Every one, in order: the parser takes "gzip" then "chunked" as two headers too.
+            codings.append(value)
+    return length, b", ".join(codings) or None

@@ -73,7 +73,8 @@ def serve(settings: ServeSettings) -> None:
         access_log=False,  # the AccessLog middleware writes structured lines instead
         log_config=None,
         http=bounded_protocol(
-            header_timeout_s=settings.header_timeout_s, write_timeout_s=settings.body_timeout_s, max_connections=settings.max_connections
+            header_timeout_s=settings.header_timeout_s, write_timeout_s=settings.body_timeout_s, max_connections=settings.max_connections,
+            fast_path=app.fast_path,
         ),
         timeout_keep_alive=settings.keep_alive_timeout_s,
         timeout_graceful_shutdown=settings.request_timeout_s + DRAIN_SLACK_S,
