@@ -14,6 +14,7 @@ import pytest
 from pydantic import ValidationError
 
 from elunet.serve.errors import ServeError
+from elunet.serve import tensors
 from elunet.serve.protocol import InferenceRequest, InferenceResponse, ResponseOutput
 from elunet.serve.tensors import NotANumber, _first_errors, decode_infer, input_pixels, json_values, read_request, response_body
 
@@ -45,6 +46,23 @@ BODIES = [
     '[1, 2]',
     '{"inputs": [',
     '',
+    # Where simdjson (_numbers_request) steps aside, for the way before it:
+    _one("[0.5, true]"),
+    _one('[0.5, "1"]'),
+    _one("[0.5, null]"),
+    _one("[1e400, 1]"),
+    _one("[18446744073709551615, -9223372036854775808]"),
+    _one("[0.5, 1]")[:-1] + ', "id": "a", "id": "b"}',
+    '{"inputs": [{"name": "input", "shape": [1, 1, 1, 2], "datatype": "FP32", "data": [9, 9], "data": [0.5, 1]}]}',
+    '{"inputs": [{"name": "input", "shape": [1, 1, 1, 2], "datatype": "FP32", "data": [0.5, 1]}], "inputs": []}',
+    '{"inputs": [{"name": "input", "shape": [1, 1, 1, 2], "datatype": 7, "data": [0.5, 1]}]}',
+    '{"inputs": {"name": "input"}}',
+    '{"inputs": [[0.5, 1]]}',
+    _one("[2.2250738585072014e-308, 4.9e-324]", "FP64"),
+    _one("[-0.0, 9007199254740993]"),
+    _one("[[[0.5]], [1]]"),  # ragged: numpy refuses it, simdjson's as_buffer would flatten it
+    _one("[[0.5], []]", shape=(1, 1, 1, 1)),
+    _one("[[0.5, 1]]")[:-1] + ', "id": "[\\u005b"}',  # a "[" in a string, and one escaped
 ]
 
 
@@ -67,8 +85,10 @@ def _slow(body: bytes):
     return request, input_pixels(request, memoryview(b""), SHAPE)  # its conversion: test_json_values_are_numpys_conversion
 
 
+@pytest.mark.parametrize("simd_min_bytes", [0, 1 << 30], ids=["simdjson tried", "orjson only"])
 @pytest.mark.parametrize("text", BODIES)
-def test_json_requests_decode_as_pydantic_and_numpy_decoded_them(text):
+def test_json_requests_decode_as_pydantic_and_numpy_decoded_them(text, simd_min_bytes, monkeypatch):
+    monkeypatch.setattr(tensors, "SIMD_MIN_BYTES", simd_min_bytes)
     fast = _decoded(lambda body: decode_infer(body, None, None, 1 << 20, SHAPE), text)
     slow = _decoded(_slow, text)
     if isinstance(slow, str):
@@ -78,6 +98,25 @@ def test_json_requests_decode_as_pydantic_and_numpy_decoded_them(text):
         slow_request["inputs"][0]["data"] = None
         assert repr(fast_request) == repr(slow_request)
         assert fast_pixels.dtype == slow_pixels.dtype and np.array_equal(fast_pixels, slow_pixels, equal_nan=True)
+
+
+def test_simdjson_reads_flat_float_tensors_and_steps_aside_for_anything_else():
+    taken = [json.dumps(GOOD), _one("[1, 2]", "FP16"), _one("[-0.0, 9007199254740993]"), _one("[]")]
+    assert all(isinstance(tensors._numbers_request(t.encode()).inputs[0].data, np.ndarray) for t in taken)
+    left = [_one("[0.5, true]"), _one("[[0.5, 1]]"), _one("[[[0.5]], [1]]"), _one("[1, 2]", "UINT8"), _one("[1e400, 1]"), BODIES[-10], BODIES[-9], BODIES[-8],
+            '{"inputs": [{"name": "input", "shape": [1, 1, 1, 2], "datatype": "FP32"}]}', "{", "[1]"]
+    assert [tensors._numbers_request(t.encode()) for t in left] == [None] * len(left)
+
+
+def test_simdjson_and_orjson_read_the_same_float64_numbers():
+    rng = np.random.default_rng(5)
+    numbers = [repr(float(x)) for x in rng.random(300)] + [f"{x:.{d}g}" for x, d in zip(rng.normal(0, 1e6, 300), rng.integers(1, 25, 300))]
+    numbers += [f"{x}e{e}" for x, e in zip(rng.random(300), rng.integers(-320, 308, 300))] + [str(i) for i in rng.integers(-(2**62), 2**62, 100)]
+    numbers += ["0", "-0", "1E5", "1e+5", "2.2250738585072014e-308", "4.9e-324", "1.7976931348623157e308", "18446744073709551615"]
+    text = ("[" + ",".join(numbers) + "]").encode()
+    by_simdjson = np.frombuffer(tensors.simdjson.Parser().parse(text).as_buffer(of_type="d"), "<f8")
+    by_orjson = np.asarray([float(x) for x in tensors.orjson.loads(text)], "<f8")
+    assert np.array_equal(by_simdjson.view("<u8"), by_orjson.view("<u8"))  # bit for bit, signed zeros included
 
 
 @pytest.mark.parametrize("dtype", ["<f4", "<f2", "<u1"])
