@@ -142,6 +142,7 @@ def parse_request(text: bytes) -> InferenceRequest:
 
 # A JSON body this large carries a tensor's numbers (a binary request's JSON header is a few hundred bytes).
 SIMD_MIN_BYTES = 1024
+UTF8_BOM = b"\xef\xbb\xbf"
 
 
 def _numbers_request(text: bytes) -> InferenceRequest | None:
@@ -152,8 +153,9 @@ def _numbers_request(text: bytes) -> InferenceRequest | None:
     orjson's parse of the numbers and their packing into an array were two thirds of the event loop's
     decoding time of a 3072-number body; simdjson parses them straight into a buffer, to the same
     float64 values (both round correctly), and refuses what is not a number (booleans, strings, null,
-    numbers beyond float64 or int64), which then takes the caller's way. So do nested arrays, and a
-    document with a key twice (where JSON parsers differ: orjson keeps the last).
+    numbers beyond float64 or int64), which then takes the caller's way. So do nested arrays, a
+    document with a key twice (where JSON parsers differ: orjson keeps the last), and one after a
+    byte-order mark.
     """
     try:
         document = simdjson.Parser().parse(text)
@@ -177,8 +179,8 @@ def _numbers_request(text: bytes) -> InferenceRequest | None:
     # as_buffer flattens nested arrays, ragged ones too, where numpy (the other way) refuses a ragged list:
     # flat data holds the one "[" that the rest, written back without escapes, lacks.
     flat = validated.count(b"[") + 1
-    if text.find(b"\\") >= 0 or _occurrences(text, b"[", flat + 1) != flat:
-        return None
+    if text.find(b"\\") >= 0 or _occurrences(text, b"[", flat + 1) != flat or text.startswith(UTF8_BOM):
+        return None  # simdjson skips a byte-order mark, which orjson and pydantic refuse
     request = InferenceRequest.model_validate_json(validated)
     request.inputs[0].data = values
     return request
