@@ -147,3 +147,13 @@ def test_with_an_api_key_or_cors_the_fast_path_takes_what_those_middlewares_pass
     cors = create_app(ServeSettings(repository=synthetic_repository, cors_allow_origins=["http://x"]))
     assert cors.fast_path.route(_scope()) is None  # Starlette's CORS adds Vary: Origin, even without an Origin
     assert cors.fast_path.route(_scope(origin="http://x")) is None
+
+
+def test_uvicorn_still_starts_each_request_where_the_fast_path_hooks_in():
+    """The fast path overrides uvicorn's _start_asgi_task; were it renamed, requests would silently all take ASGI."""
+    import inspect
+
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    assert "self._start_asgi_task(" in inspect.getsource(HttpToolsProtocol.on_headers_complete)
+    assert "self._start_asgi_task(" in inspect.getsource(HttpToolsProtocol.on_response_complete)  # pipelined requests
