@@ -144,9 +144,9 @@ def create_app(settings: ServeSettings) -> FastAPI:
             front, allow_origins=settings.cors_allow_origins, allow_methods=["GET", "POST"], allow_headers=["*"],
             expose_headers=[HEADER_LENGTH],  # browsers may then read binary-extension responses
         )
-        passes.append(_never)  # Starlette's CORS middleware touches every answer (Vary: Origin, when it has no Origin)
     app.front = TrailingSlash(AccessLog(front))
-    app.fast_path = _FastInfer(answer, app.exception_handlers, [TrailingSlash.passes, *passes])
+    # No fast path with CORS on: Starlette's CORS middleware touches every answer (Vary: Origin, even without an Origin).
+    app.fast_path = None if settings.cors_allow_origins else _FastInfer(answer, app.exception_handlers, [TrailingSlash.passes, *passes])
     return app
 
 
@@ -192,7 +192,7 @@ class _FastInfer:
     """Infer requests answered straight from their connection, around ASGI (``connections.FastPath``).
 
     Under load the ASGI way cost the event loop more than the infer work itself: uvicorn's request
-    cycle, the five middlewares, Starlette's request and response, each a few calls deep per message.
+    cycle, the middlewares, Starlette's request and response, each a few calls deep per message.
     This path takes only a request that every middleware would hand on untouched (``passes``: their own
     checks) with its body already whole, and answers it as the infer shortcut would: the same
     ``answer``, the same exception handlers and response headers, the same access line. Paired under wrk
@@ -230,10 +230,6 @@ async def _handled(handlers: dict, request: Request, exc: Exception) -> Response
     """The answer of the app's exception handler for ``exc``'s class, as FastAPI picks it."""
     handler = next(handlers[c] for c in type(exc).__mro__ if c in handlers)
     return await handler(request, exc)
-
-
-def _never(scope) -> bool:
-    return False
 
 
 def _infer_params(path: str) -> tuple[str, str | None] | None:

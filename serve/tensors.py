@@ -157,6 +157,8 @@ def _numbers_request(text: bytes) -> InferenceRequest | None:
     document with a key twice (where JSON parsers differ: orjson keeps the last), and one after a
     byte-order mark.
     """
+    if text.startswith(UTF8_BOM) or text.find(b"\\") >= 0:
+        return None  # simdjson skips a byte-order mark, which orjson and pydantic refuse; escapes: below
     try:
         document = simdjson.Parser().parse(text)
         if not isinstance(document, simdjson.Object) or not isinstance(inputs := document.get("inputs"), simdjson.Array) or not inputs:
@@ -164,8 +166,7 @@ def _numbers_request(text: bytes) -> InferenceRequest | None:
         first = inputs[0]
         if not isinstance(first, simdjson.Object) or not isinstance(data := first.get("data"), simdjson.Array):
             return None
-        datatype = first.get("datatype")
-        if datatype not in INPUT_DATATYPES or np.dtype(INPUT_DATATYPES[datatype]).kind != "f":
+        if not _float_datatype(first.get("datatype")):
             return None
         values = np.frombuffer(data.as_buffer(of_type="d"), dtype="<f8")
         tensor = _plain(first, skip="data")
@@ -177,10 +178,10 @@ def _numbers_request(text: bytes) -> InferenceRequest | None:
         return None
     validated = orjson.dumps(rest)
     # as_buffer flattens nested arrays, ragged ones too, where numpy (the other way) refuses a ragged list:
-    # flat data holds the one "[" that the rest, written back without escapes, lacks.
+    # flat data holds the one "[" that the rest, written back (the same, as the text has no escapes), lacks.
     flat = validated.count(b"[") + 1
-    if text.find(b"\\") >= 0 or _occurrences(text, b"[", flat + 1) != flat or text.startswith(UTF8_BOM):
-        return None  # simdjson skips a byte-order mark, which orjson and pydantic refuse
+    if _occurrences(text, b"[", flat + 1) != flat:
+        return None
     request = InferenceRequest.model_validate_json(validated)
     request.inputs[0].data = values
     return request
@@ -214,11 +215,14 @@ def _take_data(document) -> list | None:
     """Remove and return the first input's ``data`` when it is a list of a float datatype's numbers, else None."""
     inputs = document.get("inputs") if isinstance(document, dict) else None
     first = inputs[0] if isinstance(inputs, list) and inputs else None
-    if not isinstance(first, dict) or not isinstance(first.get("data"), list) or not isinstance(first.get("datatype"), str):
-        return None
-    if first["datatype"] not in INPUT_DATATYPES or np.dtype(INPUT_DATATYPES[first["datatype"]]).kind != "f":
+    if not isinstance(first, dict) or not isinstance(first.get("data"), list) or not _float_datatype(first.get("datatype")):
         return None
     return first.pop("data")
+
+
+def _float_datatype(datatype) -> bool:
+    """Whether ``datatype`` names one of the input datatypes whose elements are floats."""
+    return isinstance(datatype, str) and datatype in INPUT_DATATYPES and np.dtype(INPUT_DATATYPES[datatype]).kind == "f"
 
 
 def _raw_request(body: bytes, image_shape: tuple[int, int, int]) -> InferenceRequest:

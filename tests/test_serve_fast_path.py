@@ -145,8 +145,7 @@ def test_with_an_api_key_or_cors_the_fast_path_takes_what_those_middlewares_pass
     assert keyed.fast_path.route(_scope(authorization="Bearer wrong")) is None  # ApiKey answers 401
     assert keyed.fast_path.route(_scope()) is None
     cors = create_app(ServeSettings(repository=synthetic_repository, cors_allow_origins=["http://x"]))
-    assert cors.fast_path.route(_scope()) is None  # Starlette's CORS adds Vary: Origin, even without an Origin
-    assert cors.fast_path.route(_scope(origin="http://x")) is None
+    assert cors.fast_path is None  # Starlette's CORS adds Vary: Origin to every answer, even without an Origin
 
 
 def test_uvicorn_still_starts_each_request_where_the_fast_path_hooks_in():
