@@ -49,7 +49,7 @@ from elunet.serve.batching import BackendFailure, DynamicBatcher
 from elunet.serve.errors import ServeError, bad_request, not_found
 from elunet.serve.metrics import ModelMetrics, ServeMetrics
 from elunet.serve.scheduling import Scheduling, scheduling
-from elunet.serve.settings import ServeSettings
+from elunet.serve.settings import AUTO_INSTANCES, ServeSettings
 
 log = logging.getLogger("elunet.serve")
 
@@ -360,8 +360,8 @@ class ModelRegistry:
         source = ModelVersion(name, version, self.repository.version_dir(name, version))
         served = ServedModel(source, self.metrics.for_model(name, version), config, scheduling(config, self.settings), fingerprint)
         if self._started and not self.settings.cpu_threads:  # after start, share with what serves now
-            serving = sum(m.scheduling.instances for m in self.all() if m.state != UNAVAILABLE)
-            self.cpu_threads = threads_per_instance(serving + served.scheduling.instances)
+            serving = sum(m.scheduling.planned_instances for m in self.all() if m.state != UNAVAILABLE)
+            self.cpu_threads = threads_per_instance(serving + served.scheduling.planned_instances)
         if visible:  # a version nobody is served yet: the index shows it loading
             self.models.setdefault(name, {})[version] = served
         try:
@@ -414,19 +414,45 @@ class ModelRegistry:
             choice.kind, choice.path, device=choice.device, cpu_threads=self.cpu_threads, max_batch_size=served.scheduling.max_batch_size
         )
         self._check_agrees(served, engine)
-        served.instances = [engine.create_instance() for _ in range(served.scheduling.instances)]
-        # Run the largest and the smallest batch on every instance: allocators, kernel selection and
-        # lazy initialisation happen here instead of in the first users' requests.
-        card = served.card
-        for instance in served.instances:
-            for n in sorted({served.max_batch_size, 1}, reverse=True):
-                logits = instance.infer(np.zeros((n, *card.input_shape), np.float32))
-                if logits.shape != (n, card.num_classes):
-                    raise ElunetError(
-                        f"warm-up of {served.name} v{served.version}: logits shape {logits.shape}, expected {(n, card.num_classes)}",
-                        hint="the model file and its card.json disagree; re-export the model",
-                    )
+        served.instances = [self._warmed_up(served, engine.create_instance())]
+        if served.scheduling.instances == AUTO_INSTANCES:
+            per_image = self._cpu_s_per_image(served, served.instances[0])
+            served.scheduling = served.scheduling.with_auto_instances(per_image)
+            log.info("model %s v%d: %.0f us of CPU per image at batch %d: %d instance(s)", served.name, served.version,
+                     per_image * 1e6, served.max_batch_size, served.scheduling.instances)
+        served.instances += [self._warmed_up(served, engine.create_instance()) for _ in range(1, served.scheduling.instances)]
         log.info("model %s v%d: %d instance(s) warmed up in %.2f s", served.name, served.version, len(served.instances), time.perf_counter() - started)
+
+    @staticmethod
+    def _warmed_up(served: ServedModel, instance: Instance) -> Instance:
+        """Run the largest and the smallest batch: allocators, kernel selection and lazy initialisation
+        happen here instead of in the first users' requests."""
+        card = served.card
+        for n in sorted({served.max_batch_size, 1}, reverse=True):
+            logits = instance.infer(np.zeros((n, *card.input_shape), np.float32))
+            if logits.shape != (n, card.num_classes):
+                raise ElunetError(
+                    f"warm-up of {served.name} v{served.version}: logits shape {logits.shape}, expected {(n, card.num_classes)}",
+                    hint="the model file and its card.json disagree; re-export the model",
+                )
+        return instance
+
+    def _cpu_s_per_image(self, served: ServedModel, instance: Instance) -> float:
+        """CPU time per image at the largest batch, warm, the best of three: on a CPU engine this process's
+        CPU time (the intra-op threads' together), so that what other processes take meanwhile (the
+        decoding pool starting, a busy host) does not count, as it would in wall time (268 instead of
+        142 us once in four starts); on a GPU, wall time. A version that loads while others serve
+        traffic counts their CPU too, which errs towards two instances, the safe side."""
+        on_cpu = served.engine.device == "cpu"
+        clock = time.process_time if on_cpu else time.perf_counter
+        n = served.max_batch_size
+        batch = np.zeros((n, *served.card.input_shape), np.float32)
+        best = float("inf")
+        for _ in range(3):
+            started = clock()
+            instance.infer(batch)
+            best = min(best, clock() - started)
+        return best / n
 
     def _check_certificate(self, served: ServedModel, kind: str) -> None:
         """Parity-gated to the end: a version serves only with a passed certificate for what runs."""
@@ -506,8 +532,9 @@ class ModelRegistry:
         return text.replace(f"{self.repository.root.resolve()}/", "").replace(f"{self.repository.root}/", "")
 
     def _instances(self, want: Desired) -> int:
-        """The instances ``want`` will load: its versions times their scheduling's count (config.pbtxt, else --instances)."""
-        return len(want.versions) * scheduling(want.config, self.settings).instances
+        """The instances ``want`` will load: its versions times their scheduling's count (config.pbtxt, else
+        --instances, else the most an automatic count chooses)."""
+        return len(want.versions) * scheduling(want.config, self.settings).planned_instances
 
     async def close(self) -> None:
         """Answer everything queued, then release the engines."""

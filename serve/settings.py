@@ -27,8 +27,9 @@ CONFIG_ENV = f"{ENV_PREFIX}CONFIG"
 DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 
 Backend = Literal["auto", "onnxruntime", "tensorrt", "torch"]
-# Instances per model version when config.pbtxt names none (benchmarks/serve_defaults.py).
-DEFAULT_INSTANCES = 2
+# --instances when config.pbtxt names no instance_group: 0, each model version's count chosen at
+# warm-up (serve/scheduling.py's Scheduling.with_auto_instances; benchmarks/serve_defaults.py).
+AUTO_INSTANCES = 0
 
 
 class ServeSettings(BaseModel):
@@ -76,7 +77,9 @@ class ServeSettings(BaseModel):
     )
     request_timeout_s: float = Field(30.0, gt=0, description="a request not answered within this time gets 504")
     instances: int = Field(
-        DEFAULT_INSTANCES, ge=1, description="model instances per model version (batches computed at once), unless config.pbtxt has an instance_group"
+        AUTO_INSTANCES, ge=0, description="model instances per model version (batches computed at once), unless config.pbtxt has an "
+        "instance_group; 0: chosen per model at warm-up, 1 for a model that computes an image faster than the server takes a "
+        "request in, else 2"
     )
     cpu_threads: int = Field(
         0, ge=0, description="intra-op CPU threads per instance; 0: the CPUs this process may use, shared out among all instances"

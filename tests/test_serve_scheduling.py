@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -17,8 +18,8 @@ from fixtures_serve import LINEAR, SYNTHETIC_SHAPE, binary_infer_body, http
 
 from elunet.model_config import model_config_pb2
 from elunet.runtime.cpus import available_cpus
-from elunet.serve.scheduling import scheduling
-from elunet.serve.settings import DEFAULT_INSTANCES, load_settings
+from elunet.serve.scheduling import AUTO_MAX_INSTANCES, FRONT_END_S_PER_REQUEST, scheduling
+from elunet.serve.settings import load_settings
 
 pytestmark = pytest.mark.slow
 
@@ -81,9 +82,9 @@ def test_config_pbtxt_sets_batching_queue_and_instances_over_the_server_defaults
 
 
 def test_the_cpus_are_shared_by_every_instance_that_loads_server_defaults_included(tmp_path, synthetic_repository, start_server):
-    # One model without config.pbtxt (the server's --instances, 2 by default) and one whose instance_group asks 3:
-    # 5 instances, each with its share of the CPUs. Counting 1 for the first once gave each instance twice its share,
-    # and 2 x 2 threads on 2 cores cost elu-cifar11 a fifth of its served throughput.
+    # One model without config.pbtxt (an automatic count, at most 2) and one whose instance_group asks 3: the CPUs
+    # are shared out for 5 instances before the first count is chosen. Counting 1 for the first once gave each
+    # instance twice its share, and 2 x 2 threads on 2 cores cost elu-cifar11 a fifth of its served throughput.
     root = repository_with(tmp_path, {LINEAR: "", "tuned": TUNED.replace('"synthetic-linear"', '"tuned"')}, synthetic_repository)
     (root / LINEAR / "config.pbtxt").unlink()
     server = start_server(root, allow_unverified=True)
@@ -91,7 +92,8 @@ def test_the_cpus_are_shared_by_every_instance_that_loads_server_defaults_includ
     assert f"5 instance(s) in all share {cpus} CPU(s): {max(1, cpus // 5)} intra-op thread(s) each" in server.log(), server.log()
     metrics = http("GET", server.url + "/metrics")[2].decode()
     counts = sorted(m.split('instances="')[1].split('"')[0] for m in metrics.splitlines() if m.startswith("elunet_inference_scheduling{"))
-    assert counts == [str(DEFAULT_INSTANCES), "3"], counts
+    assert counts == ["1", "3"], f"the synthetic linear model computes faster than any request comes in: one instance; {counts}"
+    assert re.search(rf"model {LINEAR} v1: \d+ us of CPU per image at batch \d+: 1 instance\(s\)", server.log()), server.log()
 
 
 def test_a_config_that_contradicts_its_model_makes_it_unavailable_with_every_difference(tmp_path, synthetic_repository, start_server):
@@ -116,6 +118,15 @@ def test_a_config_that_contradicts_its_model_makes_it_unavailable_with_every_dif
     assert str(root) not in index["unparsable"]["reason"], "reasons name files relative to the model, not absolute paths"
     assert infer(server.url, LINEAR)[0] == 200 and infer(server.url, "contradicting")[0] == 503
     assert http("GET", server.url + "/v2/health/ready")[0] == 503, "not every model is ready"
+
+
+def test_an_automatic_count_is_one_instance_for_a_model_faster_than_the_front_end_else_two(tmp_path):
+    auto = scheduling(None, load_settings({"repository": tmp_path}))
+    assert (auto.instances, auto.planned_instances) == (0, AUTO_MAX_INSTANCES), "unset: threads shared out for the most it may choose"
+    cheap, costly = auto.with_auto_instances(FRONT_END_S_PER_REQUEST * 0.7), auto.with_auto_instances(FRONT_END_S_PER_REQUEST * 1.3)
+    assert (cheap.instances, costly.instances) == (1, AUTO_MAX_INSTANCES)
+    assert cheap.source["instances"] == "auto" and "1 instance(s) (auto)" in cheap.describe()
+    assert auto.source["instances"] == "server", "the automatic choice is recorded as such only once made"
 
 
 def test_precedence_config_over_server_settings_over_defaults(tmp_path):
