@@ -1,7 +1,8 @@
 """int8 vs float32 served: requests/s of one network exported both ways, behind one `elunet serve`, in one run.
 
 For each model, a repository with two models, ARCH-fp32 and ARCH-int8, served with the server's defaults
-(the same config.pbtxt, instances and batching):
+(the same config.pbtxt and batching; instances counted by the server for each, as it counts them for any model
+whose config.pbtxt has no instance_group, printed):
 
 - ``--checkpoint ARCH=RUN``: `elunet export` of that trained run as fp32 and as int8 (calibrated on real
   training images; the int8 accuracy gate on the whole test split must pass, its figures are printed);
@@ -37,7 +38,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 from fixtures_serve import binary_infer_body, free_port, http  # noqa: E402
-from serve_load import batch_totals, make_repository  # noqa: E402
+from serve_load import batch_totals, make_repository, served_instances  # noqa: E402
 from serve_peers import Service, check_json_answer, onnx_logits, raw_in_own_session  # noqa: E402
 from wrk_load import wrk  # noqa: E402
 
@@ -115,14 +116,14 @@ def measure(architecture: str, repository: Path, tmp: Path, args) -> dict[str, f
                     runs.setdefault((dtype, protocol), []).append(result)
                     formed[dtype].append((after[1] - before[1]) / max(1.0, after[0] - before[0]))
             print(f"  round {r + 1}: " + ", ".join(f"{d} {p} {runs[d, p][-1].requests_per_s:.0f}" for d, p in runs), flush=True)
-        instances = int(json.loads(http("GET", f"{url}/v2/models/{names['fp32']}/config")[2])["instance_group"][0]["count"])
+        instances = {dtype: served_instances(url, names[dtype]) for dtype in DTYPES}
     finally:
         server.stop()
     batch = {dtype: max(1, round(statistics.median(formed[dtype]))) for dtype in DTYPES}
-    raw = {dtype: raw_in_own_session(ModelRepository(repository).get(names[dtype]).path, batch[dtype], args.duration / 2, instances) for dtype in DTYPES}
+    raw = {dtype: raw_in_own_session(ModelRepository(repository).get(names[dtype]).path, batch[dtype], args.duration / 2, instances[dtype]) for dtype in DTYPES}
     median = {key: {f: statistics.median(getattr(x, f) for x in results) for f in ("requests_per_s", "p50_ms", "p99_ms")} for key, results in runs.items()}
     print(f"\n{architecture}: {args.connections} connections, {args.rounds} round(s) of {args.duration:g} s, medians; "
-          f"{instances} instance(s); load average {os.getloadavg()[0]:.1f}")
+          f"instances {', '.join(f'{d} {n}' for d, n in instances.items())}; load average {os.getloadavg()[0]:.1f}")
     print(f"  {'':<22}{'requests/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'int8/fp32':>11}")
     for protocol in bodies:
         for dtype in DTYPES:

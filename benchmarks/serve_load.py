@@ -26,6 +26,7 @@ compete with it, which the figures include.
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 import tempfile
@@ -42,7 +43,7 @@ from fixtures_serve import ServerProcess, binary_infer_body  # noqa: E402  (the 
 
 from elunet.model_config import DEFAULT_MAX_QUEUE_DELAY_US  # noqa: E402
 from elunet.repository import ModelRepository  # noqa: E402
-from elunet.serve.settings import DEFAULT_INSTANCES  # noqa: E402
+from elunet.serve.settings import AUTO_INSTANCES  # noqa: E402
 
 # What each architecture trains on (input shape, dataset, normalization) when the benchmark makes the model.
 ARCHITECTURES = {
@@ -93,6 +94,15 @@ def batch_totals(url: str, model: str) -> tuple[float, float]:
         m = re.search(rf'^elunet_inference_batch_size_{kind}{{model="{re.escape(model)}",version="\d+"}} (\S+)$', text, re.M)
         values[kind] = float(m.group(1)) if m else 0.0
     return values["count"], values["sum"]
+
+
+def served_instances(url: str, model: str) -> int:
+    """The instances the server runs the model on (its count may be its own choice), from the config endpoint."""
+    conn = HTTPConnection(url.removeprefix("http://"), timeout=30)
+    conn.request("GET", f"/v2/models/{model}/config")
+    config = json.loads(conn.getresponse().read())
+    conn.close()
+    return sum(int(group.get("count", 1)) for group in config.get("instance_group", [])) or 1
 
 
 def closed_loop(url: str, model: str, image: np.ndarray, clients: int, warmup_s: float, duration_s: float) -> Load:
@@ -150,7 +160,8 @@ def set_scheduling(repository: Path, name: str, *, max_batch_size: int | None = 
         config.max_batch_size = max_batch_size
     if instances is not None:
         del config.instance_group[:]
-        config.instance_group.add(count=instances)
+        if instances != AUTO_INSTANCES:  # else no instance_group: the server chooses
+            config.instance_group.add(count=instances)
     if delay_us is not None:
         config.dynamic_batching.max_queue_delay_microseconds = delay_us
     path.write_text(config_text(config))
@@ -200,7 +211,8 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--max-batch-size", type=int, default=64)
     parser.add_argument("--max-queue-delay-ms", type=float, default=DEFAULT_MAX_QUEUE_DELAY_US / 1000)
-    parser.add_argument("--instances", type=int, default=DEFAULT_INSTANCES, help="model instances (config.pbtxt instance_group)")
+    parser.add_argument("--instances", type=int, default=AUTO_INSTANCES,
+                        help="model instances (config.pbtxt instance_group); 0: none there, the server's automatic count")
     parser.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "torch", "tensorrt"])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of load before measuring")
@@ -226,17 +238,18 @@ def main() -> int:
             server = ServerProcess(repository, tmp / f"{phase}.log", **common).wait_ready(300)
             try:
                 results[phase] = closed_loop(server.url, args.model, image, args.clients, args.warmup, args.duration)
+                instances = served_instances(server.url, args.model)
             finally:
                 server.stop()
             formed = max(1, round(results["batched"].mean_batch))
-            raw_runs.append(raw_engine(version.path, args.backend, args.device, formed, image, args.duration / 2, args.instances))
-        results["raw1"] = raw_engine(version.path, args.backend, args.device, 1, image, args.duration / 2, args.instances)
+            raw_runs.append(raw_engine(version.path, args.backend, args.device, formed, image, args.duration / 2, instances))
+        results["raw1"] = raw_engine(version.path, args.backend, args.device, 1, image, args.duration / 2, instances)
         results["raw"] = Load(
             float(np.mean([r.images_per_s for r in raw_runs])), np.concatenate([r.latencies_ms for r in raw_runs]), float(formed), 0
         )
 
     print(f"\nmodel {args.model} ({card.architecture}, input {card.input_shape}), backend {args.backend} on {args.device}, "
-          f"{args.clients} clients, 1 image per request, max queue delay {args.max_queue_delay_ms:g} ms, {args.instances} instance(s)")
+          f"{args.clients} clients, 1 image per request, max queue delay {args.max_queue_delay_ms:g} ms, {instances} instance(s)")
     print(f"{'phase':<26}{'images/s':>10}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'mean batch':>11}{'errors':>8}")
     print(results["raw"].row(f"(a) raw engine, batch {formed}") + f"   (runs: {', '.join(f'{r.images_per_s:.1f}' for r in raw_runs)})")
     print(results["raw1"].row("(a) raw engine, batch 1"))

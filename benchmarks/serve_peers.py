@@ -7,7 +7,7 @@ temporary repository: speed does not depend on the weights), one after the other
   batching on) and LitServe (benchmarks/peers/litserve_onnx.py; its batching on), both with elunet's
   max batch size and queue delay, as read from the model's served configuration; each with its
   defaults (one inference process), and MLServer also with one inference process per CPU, one ONNX
-  Runtime thread each (the layout of elunet's default instances);
+  Runtime thread each (the layout of elunet's instances when it runs two on two CPUs);
 - elunet serve with its defaults: V2 JSON, the binary tensor extension, and gRPC;
 - elunet's ONNX Runtime engine without a server (a process of its own): batch 1, and the batch size elunet's server formed under
   the JSON load (the ceiling of what serving can reach), measured right after each elunet JSON run; elunet JSON / raw is the
@@ -48,7 +48,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 from fixtures_serve import binary_infer_body, free_port, http, parse_infer_response  # noqa: E402
 from grpc_load import grpc_load, infer_request  # noqa: E402
-from serve_load import batch_totals, make_repository, raw_engine  # noqa: E402
+from serve_load import batch_totals, make_repository, raw_engine, served_instances  # noqa: E402
 from wrk_load import wrk  # noqa: E402
 
 from elunet.repository import ModelRepository  # noqa: E402
@@ -177,8 +177,7 @@ def check_json_answer(url: str, name: str, body: bytes, expected: np.ndarray) ->
 def scheduling(url: str, name: str) -> tuple[int, float, int]:
     """(max batch size, queue delay in s, instances) that elunet serves the model with: the peers get the same batching."""
     config = json.loads(http("GET", f"{url}/v2/models/{name}/config")[2])
-    instances = sum(int(group.get("count", 1)) for group in config.get("instance_group", [])) or 1
-    return int(config["max_batch_size"]), int(config["dynamic_batching"].get("max_queue_delay_microseconds", 0)) / 1e6, instances
+    return int(config["max_batch_size"]), int(config["dynamic_batching"].get("max_queue_delay_microseconds", 0)) / 1e6, served_instances(url, name)
 
 
 def measure(architecture: str, tmp: Path, python: Path, versions: dict[str, str], args) -> list[Row]:
@@ -238,7 +237,7 @@ def measure(architecture: str, tmp: Path, python: Path, versions: dict[str, str]
                 process.stop()
         return run
 
-    # The peers' defaults, and MLServer laid out as elunet's default is (an inference process per CPU, one thread each).
+    # The peers' defaults, and MLServer laid out as elunet's two instances are on two CPUs (an inference process per CPU, one thread each).
     order = [elunet, peer("MLServer", "", start_mlserver, threads, {}),
              peer("MLServer", f", {threads} workers", start_mlserver, 1, {"workers": threads}), peer("LitServe", "", start_litserve, threads, {})]
     for target in order:
