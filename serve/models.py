@@ -260,7 +260,8 @@ class ModelRegistry:
         desired = {name: await asyncio.to_thread(self._desired, name) for name in sorted(self.requested)}
         total = sum(self._instances(d) for d in desired.values())
         self.cpu_threads = self.settings.cpu_threads or threads_per_instance(total)
-        log.info("%d instance(s) in all share %d CPU(s): %d intra-op thread(s) each", total, available_cpus(), self.cpu_threads)
+        log.info("%d instance(s) in all (automatic counts at their most) share %d CPU(s): %d intra-op thread(s) each",
+                 total, available_cpus(), self.cpu_threads)
         async with self._lock:
             for name, want in desired.items():
                 await self._sync(name, want)

@@ -62,9 +62,9 @@ def serve(settings: ServeSettings) -> None:
     app = create_app(settings)
     log.info(
         "serving %s on http://%s:%d (backend %s, device %s; defaults for what config.pbtxt leaves unset: max batch %d, "
-        "delay %g ms, queue %d, %d instance(s))",
+        "delay %g ms, queue %d, instances %s)",
         settings.repository, settings.host, settings.port, settings.backend, settings.device or "auto",
-        settings.max_batch_size, settings.max_queue_delay_ms, settings.max_queue_size, settings.instances,
+        settings.max_batch_size, settings.max_queue_delay_ms, settings.max_queue_size, settings.instances or "chosen per model at warm-up",
     )
     config = uvicorn.Config(
         app,

@@ -89,7 +89,7 @@ def test_the_cpus_are_shared_by_every_instance_that_loads_server_defaults_includ
     (root / LINEAR / "config.pbtxt").unlink()
     server = start_server(root, allow_unverified=True)
     cpus = available_cpus()
-    assert f"5 instance(s) in all share {cpus} CPU(s): {max(1, cpus // 5)} intra-op thread(s) each" in server.log(), server.log()
+    assert f"5 instance(s) in all (automatic counts at their most) share {cpus} CPU(s): {max(1, cpus // 5)} intra-op thread(s) each" in server.log(), server.log()
     metrics = http("GET", server.url + "/metrics")[2].decode()
     counts = sorted(m.split('instances="')[1].split('"')[0] for m in metrics.splitlines() if m.startswith("elunet_inference_scheduling{"))
     assert counts == ["1", "3"], f"the synthetic linear model computes faster than any request comes in: one instance; {counts}"
