@@ -143,6 +143,7 @@ class ModelMetrics:
         self._depth = m.queue_depth_gauge.labels(*labels)
         # per instance object: a reloaded version's new instances count from 0 again
         self._executions: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._scheduling: tuple[str, ...] | None = None  # the labels of its elunet_inference_scheduling series
 
     # --- per request (the HTTP and gRPC handlers) ---
 
@@ -199,8 +200,10 @@ class ModelMetrics:
         self._m.instance_overlaps.labels(*self._labels, index).set(instance.overlaps)
 
     def scheduled(self, s) -> None:
-        """Publish the scheduling a version is served with (serve/scheduling.py's Scheduling)."""
-        self._m.scheduling.labels(
+        """Publish the scheduling a version is served with (serve/scheduling.py's Scheduling), in place of
+        what it was served with before a reload."""
+        self.unscheduled()
+        self._scheduling = (
             *self._labels,
             str(s.max_batch_size),
             str(round(s.max_queue_delay_s * 1e6)),
@@ -208,4 +211,11 @@ class ModelMetrics:
             str(s.max_queue_size),
             str(s.instances),
             str(s.dynamic).lower(),
-        ).set(1)
+        )
+        self._m.scheduling.labels(*self._scheduling).set(1)
+
+    def unscheduled(self) -> None:
+        """The version no longer serves: its scheduling series goes."""
+        if self._scheduling is not None:
+            self._m.scheduling.remove(*self._scheduling)
+            self._scheduling = None

@@ -49,7 +49,7 @@ from elunet.serve.batching import BackendFailure, DynamicBatcher
 from elunet.serve.errors import ServeError, bad_request, not_found
 from elunet.serve.metrics import ModelMetrics, ServeMetrics
 from elunet.serve.scheduling import Scheduling, scheduling
-from elunet.serve.settings import AUTO_INSTANCES, ServeSettings
+from elunet.serve.settings import ServeSettings
 
 log = logging.getLogger("elunet.serve")
 
@@ -260,8 +260,9 @@ class ModelRegistry:
         desired = {name: await asyncio.to_thread(self._desired, name) for name in sorted(self.requested)}
         total = sum(self._instances(d) for d in desired.values())
         self.cpu_threads = self.settings.cpu_threads or threads_per_instance(total)
-        log.info("%d instance(s) in all (automatic counts at their most) share %d CPU(s): %d intra-op thread(s) each",
-                 total, available_cpus(), self.cpu_threads)
+        automatic = any(scheduling(d.config, self.settings).automatic for d in desired.values())
+        log.info("%d instance(s) in all%s share %d CPU(s): %d intra-op thread(s) each",
+                 total, " (automatic counts at their most)" if automatic else "", available_cpus(), self.cpu_threads)
         async with self._lock:
             for name, want in desired.items():
                 await self._sync(name, want)
@@ -391,6 +392,8 @@ class ModelRegistry:
         return served
 
     async def _retire(self, served: ServedModel, wait: bool = False) -> None:
+        if self.models.get(served.name, {}).get(served.version) is None:  # unloaded, not replaced by a reload
+            served.metrics.unscheduled()
         task = asyncio.create_task(served.retire(self.settings.request_timeout_s + RETIRE_SLACK_S))
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
@@ -416,11 +419,11 @@ class ModelRegistry:
         )
         self._check_agrees(served, engine)
         served.instances = [self._warmed_up(served, engine.create_instance())]
-        if served.scheduling.instances == AUTO_INSTANCES:
-            per_image = self._cpu_s_per_image(served, served.instances[0])
+        if served.scheduling.automatic:
+            per_image = self._s_per_image(served, served.instances[0])
             served.scheduling = served.scheduling.with_auto_instances(per_image)
-            log.info("model %s v%d: %.0f us of CPU per image at batch %d: %d instance(s)", served.name, served.version,
-                     per_image * 1e6, served.max_batch_size, served.scheduling.instances)
+            log.info("model %s v%d: %.0f us of %s per image at batch %d: %d instance(s)", served.name, served.version, per_image * 1e6,
+                     "CPU time" if served.engine.device == "cpu" else "wall time", served.max_batch_size, served.scheduling.instances)
         served.instances += [self._warmed_up(served, engine.create_instance()) for _ in range(1, served.scheduling.instances)]
         log.info("model %s v%d: %d instance(s) warmed up in %.2f s", served.name, served.version, len(served.instances), time.perf_counter() - started)
 
@@ -438,22 +441,26 @@ class ModelRegistry:
                 )
         return instance
 
-    def _cpu_s_per_image(self, served: ServedModel, instance: Instance) -> float:
-        """CPU time per image at the largest batch, warm, the best of three: on a CPU engine this process's
-        CPU time (the intra-op threads' together), so that what other processes take meanwhile (the
-        decoding pool starting, a busy host) does not count, as it would in wall time (268 instead of
-        142 us once in four starts); on a GPU, wall time. A version that loads while others serve
-        traffic counts their CPU too, which errs towards two instances, the safe side."""
+    def _s_per_image(self, served: ServedModel, instance: Instance) -> float:
+        """Time per image at the largest batch, warm, the best of three; on a CPU engine, CPU time.
+
+        Two clocks, each of which overcounts in its own situation, and the smaller one: this process's
+        CPU time (the intra-op threads' together) also counts the event loop and other models
+        serving traffic meanwhile (a reload under load measured 284 instead of 144 us); the calling
+        thread's own CPU time times the intra-op threads is exact with one thread and counts other
+        threads of no kind, but with several, on a busy host, the caller computes more than its share
+        (265 instead of 147 us). Wall time would count other processes too (268 instead of 142 us once
+        in four starts, the decoding pool starting). On a GPU, wall time.
+        """
+        batch = np.zeros((served.max_batch_size, *served.card.input_shape), np.float32)
         on_cpu = served.engine.device == "cpu"
-        clock = time.process_time if on_cpu else time.perf_counter
-        n = served.max_batch_size
-        batch = np.zeros((n, *served.card.input_shape), np.float32)
         best = float("inf")
         for _ in range(3):
-            started = clock()
+            wall, process, thread = time.perf_counter(), time.process_time(), time.thread_time()
             instance.infer(batch)
-            best = min(best, clock() - started)
-        return best / n
+            took = min(time.process_time() - process, (time.thread_time() - thread) * self.cpu_threads) if on_cpu else time.perf_counter() - wall
+            best = min(best, took)
+        return best / served.max_batch_size
 
     def _check_certificate(self, served: ServedModel, kind: str) -> None:
         """Parity-gated to the end: a version serves only with a passed certificate for what runs."""

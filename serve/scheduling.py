@@ -30,16 +30,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from elunet.serve.settings import ServeSettings
+from elunet.serve.settings import AUTO_INSTANCES, ServeSettings
 
 # The most instances an automatic count chooses; the CPU threads are shared out for it before the count is known.
 AUTO_MAX_INSTANCES = 2
-# The event loop's CPU time for one request: 150 us of user+sys per V2 JSON request of one 28x28 image
-# under wrk -c64 (Intel Xeon, AVX-512 VNNI), 270 us for 3x32x32. A model that computes an image in less
-# than this on one thread keeps up with the loop on one instance; a second one only takes the loop's CPU.
-# (fashion-cnn int8 at 145 us/image: 5290 requests/s on one instance, 4170 on two; fashion-cnn fp32 at
-# 269 us: 3265 on two, 3163 on one; elu-cifar11 fp32 at 2 ms: 775 on two, 709 on one with both threads.)
-FRONT_END_S_PER_REQUEST = 200e-6
+# An automatic count is one instance for a model that computes an image in less CPU time than this at its
+# largest batch, else two. It is about what the event loop spends on a request: 150 us of user+sys per V2
+# JSON request of one 28x28 image under wrk -c64 (Intel Xeon, AVX-512 VNNI), 270 us for 3x32x32. A model
+# faster than that keeps up with the loop on one instance; a second one only takes the loop's CPU.
+# (fashion-cnn int8 at 145 us/image: 5371 requests/s on one instance, 4383 on two; fashion-cnn fp32 at
+# 269 us: 3461 on two, 3393 on one; elu-cifar11 fp32 at 2 ms: 834 on two, 748 on one with both threads;
+# benchmarks/serve_defaults.py.)
+ONE_INSTANCE_BELOW_S_PER_IMAGE = 200e-6
 
 
 @dataclass(frozen=True)
@@ -56,13 +58,18 @@ class Scheduling:
     source: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property
+    def automatic(self) -> bool:
+        """Whether the count is still elunet's to choose (neither config.pbtxt nor --instances set one)."""
+        return self.instances == AUTO_INSTANCES
+
+    @property
     def planned_instances(self) -> int:
         """The instances to share the CPU threads out for: the count, or the most an automatic one may be."""
         return self.instances or AUTO_MAX_INSTANCES
 
     def with_auto_instances(self, cpu_s_per_image: float) -> "Scheduling":
         """The count chosen for a model whose image costs ``cpu_s_per_image`` of CPU time at its largest batch."""
-        count = 1 if cpu_s_per_image < FRONT_END_S_PER_REQUEST else AUTO_MAX_INSTANCES
+        count = 1 if cpu_s_per_image < ONE_INSTANCE_BELOW_S_PER_IMAGE else AUTO_MAX_INSTANCES
         return replace(self, instances=count, source={**self.source, "instances": "auto"})
 
     def describe(self) -> str:

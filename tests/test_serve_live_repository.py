@@ -255,3 +255,24 @@ def test_unverified_models_are_refused_unless_allowed(exported_repository, tmp_p
     tampered = start_server(real, wait=False)
     wait_for(lambda: index(tampered.url).get((name, "1"), {}).get("state") == "UNAVAILABLE", 60, "the refusal")
     assert "changed after it was verified" in index(tampered.url)[(name, "1")]["reason"]
+
+
+def scheduling_series(url: str, model: str) -> list[str]:
+    metrics = http("GET", url + "/metrics")[2].decode()
+    return [line for line in metrics.splitlines() if line.startswith("elunet_inference_scheduling{") and f'model="{model}"' in line]
+
+
+def test_a_reload_replaces_the_scheduling_series_and_an_unload_removes_it(tmp_path, start_server):
+    root = make_synthetic_repository(tmp_path / "repository")
+    (root / LINEAR / CONFIG_FILE).unlink(missing_ok=True)
+    server = start_server(root, model_control_mode="explicit", load_model=LINEAR, allow_unverified=True)
+    (series,) = scheduling_series(server.url, LINEAR)
+    assert 'instances="1"' in series, f"the synthetic model computes faster than any request comes in: one instance; {series}"
+    override = json.dumps({"name": LINEAR, "instance_group": [{"count": 3, "kind": "KIND_CPU"}]})
+    body = json.dumps({"parameters": {"config": override}}).encode()
+    status, _, out = http("POST", f"{server.url}/v2/repository/models/{LINEAR}/load", body, {"Content-Type": "application/json"})
+    assert status == 200, out
+    (series,) = scheduling_series(server.url, LINEAR)
+    assert 'instances="3"' in series, f"one series, the scheduling in force, not the one before the reload too: {series}"
+    assert http("POST", f"{server.url}/v2/repository/models/{LINEAR}/unload")[0] == 200
+    wait_for(lambda: not scheduling_series(server.url, LINEAR), 30, "the unloaded version's scheduling series to go")

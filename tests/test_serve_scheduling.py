@@ -18,7 +18,7 @@ from fixtures_serve import LINEAR, SYNTHETIC_SHAPE, binary_infer_body, http
 
 from elunet.model_config import model_config_pb2
 from elunet.runtime.cpus import available_cpus
-from elunet.serve.scheduling import AUTO_MAX_INSTANCES, FRONT_END_S_PER_REQUEST, scheduling
+from elunet.serve.scheduling import AUTO_MAX_INSTANCES, ONE_INSTANCE_BELOW_S_PER_IMAGE, scheduling
 from elunet.serve.settings import load_settings
 
 pytestmark = pytest.mark.slow
@@ -93,7 +93,7 @@ def test_the_cpus_are_shared_by_every_instance_that_loads_server_defaults_includ
     metrics = http("GET", server.url + "/metrics")[2].decode()
     counts = sorted(m.split('instances="')[1].split('"')[0] for m in metrics.splitlines() if m.startswith("elunet_inference_scheduling{"))
     assert counts == ["1", "3"], f"the synthetic linear model computes faster than any request comes in: one instance; {counts}"
-    assert re.search(rf"model {LINEAR} v1: \d+ us of CPU per image at batch \d+: 1 instance\(s\)", server.log()), server.log()
+    assert re.search(rf"model {LINEAR} v1: \d+ us of CPU time per image at batch \d+: 1 instance\(s\)", server.log()), server.log()
 
 
 def test_a_config_that_contradicts_its_model_makes_it_unavailable_with_every_difference(tmp_path, synthetic_repository, start_server):
@@ -123,7 +123,7 @@ def test_a_config_that_contradicts_its_model_makes_it_unavailable_with_every_dif
 def test_an_automatic_count_is_one_instance_for_a_model_faster_than_the_front_end_else_two(tmp_path):
     auto = scheduling(None, load_settings({"repository": tmp_path}))
     assert (auto.instances, auto.planned_instances) == (0, AUTO_MAX_INSTANCES), "unset: threads shared out for the most it may choose"
-    cheap, costly = auto.with_auto_instances(FRONT_END_S_PER_REQUEST * 0.7), auto.with_auto_instances(FRONT_END_S_PER_REQUEST * 1.3)
+    cheap, costly = auto.with_auto_instances(ONE_INSTANCE_BELOW_S_PER_IMAGE * 0.7), auto.with_auto_instances(ONE_INSTANCE_BELOW_S_PER_IMAGE * 1.3)
     assert (cheap.instances, costly.instances) == (1, AUTO_MAX_INSTANCES)
     assert cheap.source["instances"] == "auto" and "1 instance(s) (auto)" in cheap.describe()
     assert auto.source["instances"] == "server", "the automatic choice is recorded as such only once made"
