@@ -602,10 +602,10 @@ def died_events(project: str) -> subprocess.Popen:
     )
 
 
-def follow_logs(name: str, since: float) -> subprocess.Popen:
-    """A container's log from `since` on, until the container is gone."""
-    return subprocess.Popen(["podman", "logs", "-f", "--since", str(int(since)), name],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def container_log(name: str, since: float) -> str:
+    """A (stopped) container's whole log from `since` on."""
+    done = subprocess.run(["podman", "logs", "--since", str(int(since)), name], capture_output=True, text=True, timeout=60)
+    return done.stdout + done.stderr
 
 
 def answered(log_text: str, since: float) -> list[tuple[str, int]]:
@@ -627,6 +627,11 @@ def answered(log_text: str, since: float) -> list[tuple[str, int]]:
 def check_down(compose: Compose, profiles, ports, replicas: dict[str, str], figures) -> None:
     """`docker-compose down` while every server is under load, directly and through nginx.
 
+    It runs as its two steps, `stop` (SIGTERM under load: the drain this phase is about) and then
+    `down -v`, so that each server's log is read whole from its stopped container in between: a
+    `podman logs -f` that follows a container which `down` removes can end before it has read the
+    last lines (once 248 answers were missing from what the followers had read).
+
     A request is in flight once the server has read it: the server's access log lists it with the
     status it answered. Lost = read but not answered 200, or answered but the answer never reached
     the client. A connection the closing server resets before reading a request is counted apart
@@ -640,17 +645,18 @@ def check_down(compose: Compose, profiles, ports, replicas: dict[str, str], figu
     servers = [server, *replicas]
     images, _ = test_images(64)
     phase_start = time.time()
-    logs = {name: follow_logs(name, phase_start - 1) for name in servers}
     events = died_events(compose.project)
     time.sleep(0.5)
     load = Load(targets, f"/v2/models/{MODEL}/infer", infer_body(images), workers=3, stop_after_refused_s=1.0).start()
     time.sleep(4)
     down_at = time.time()
-    log("docker-compose down -v, under load on every server and on nginx")
-    compose(*profiles, "down", "-v", "--remove-orphans", timeout=300)
+    log("docker-compose stop, then down -v, under load on every server and on nginx")
+    compose(*profiles, "stop", timeout=300)
     down_s = time.time() - down_at
     time.sleep(1)
     outcomes = load.finish()
+    texts = {name: container_log(name, phase_start - 1) for name in servers}
+    compose(*profiles, "down", "-v", "--remove-orphans", timeout=300)
     events.terminate()
     exits = {}
     for line in events.communicate(timeout=30)[0].splitlines():
@@ -658,12 +664,7 @@ def check_down(compose: Compose, profiles, ports, replicas: dict[str, str], figu
         # podman leaves ContainerExitCode out of the event when it is 0
         exits[event["Name"]] = (event.get("ContainerExitCode", 0), parse_time(event["Time"]))
     server_log, delivery_waits = {}, 0
-    for name, process in logs.items():
-        try:
-            text = process.communicate(timeout=30)[0]
-        except subprocess.TimeoutExpired:
-            process.kill()
-            text = process.communicate()[0]
+    for name, text in texts.items():
         server_log[name] = answered(text, phase_start)
         delivery_waits += text.count("until the kernel had delivered")  # serve/delivery.py
 
