@@ -102,6 +102,11 @@ def served_instances(url: str, model: str) -> int:
     conn.request("GET", f"/v2/models/{model}/config")
     config = json.loads(conn.getresponse().read())
     conn.close()
+    return instance_count(config)
+
+
+def instance_count(config: dict) -> int:
+    """The instances a served ModelConfig (as JSON) names, over all its groups."""
     return sum(int(group.get("count", 1)) for group in config.get("instance_group", [])) or 1
 
 

@@ -48,7 +48,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 from fixtures_serve import binary_infer_body, free_port, http, parse_infer_response  # noqa: E402
 from grpc_load import grpc_load, infer_request  # noqa: E402
-from serve_load import batch_totals, make_repository, raw_engine, served_instances  # noqa: E402
+from serve_load import batch_totals, instance_count, make_repository, raw_engine  # noqa: E402
 from wrk_load import wrk  # noqa: E402
 
 from elunet.repository import ModelRepository  # noqa: E402
@@ -177,7 +177,7 @@ def check_json_answer(url: str, name: str, body: bytes, expected: np.ndarray) ->
 def scheduling(url: str, name: str) -> tuple[int, float, int]:
     """(max batch size, queue delay in s, instances) that elunet serves the model with: the peers get the same batching."""
     config = json.loads(http("GET", f"{url}/v2/models/{name}/config")[2])
-    return int(config["max_batch_size"]), int(config["dynamic_batching"].get("max_queue_delay_microseconds", 0)) / 1e6, served_instances(url, name)
+    return int(config["max_batch_size"]), int(config["dynamic_batching"].get("max_queue_delay_microseconds", 0)) / 1e6, instance_count(config)
 
 
 def measure(architecture: str, tmp: Path, python: Path, versions: dict[str, str], args) -> list[Row]:

@@ -258,9 +258,11 @@ class ModelRegistry:
     async def start(self) -> None:
         """Load what the mode asks for at start (every requested model, concurrently with serving liveness)."""
         desired = {name: await asyncio.to_thread(self._desired, name) for name in sorted(self.requested)}
-        total = sum(self._instances(d) for d in desired.values())
+        # Each version will load with its scheduling's count (config.pbtxt, else --instances, else the most an automatic one chooses).
+        plans = [(len(d.versions), scheduling(d.config, self.settings)) for d in desired.values()]
+        total = sum(versions * s.planned_instances for versions, s in plans)
         self.cpu_threads = self.settings.cpu_threads or threads_per_instance(total)
-        automatic = any(scheduling(d.config, self.settings).automatic for d in desired.values())
+        automatic = any(s.automatic for _, s in plans)
         log.info("%d instance(s) in all%s share %d CPU(s): %d intra-op thread(s) each",
                  total, " (automatic counts at their most)" if automatic else "", available_cpus(), self.cpu_threads)
         async with self._lock:
@@ -538,11 +540,6 @@ class ModelRegistry:
     def _relative(self, text: str) -> str:
         """Reasons name files relative to the repository: clients see no absolute server paths."""
         return text.replace(f"{self.repository.root.resolve()}/", "").replace(f"{self.repository.root}/", "")
-
-    def _instances(self, want: Desired) -> int:
-        """The instances ``want`` will load: its versions times their scheduling's count (config.pbtxt, else
-        --instances, else the most an automatic count chooses)."""
-        return len(want.versions) * scheduling(want.config, self.settings).planned_instances
 
     async def close(self) -> None:
         """Answer everything queued, then release the engines."""
