@@ -1,9 +1,9 @@
-"""The gRPC front end: Triton's ``inference.GRPCInferenceService`` and the standard ``grpc.health.v1.Health``.
+"""The gRPC transport: Triton's ``inference.GRPCInferenceService`` and the standard ``grpc.health.v1.Health``.
 
 It runs in the server's process and event loop, beside the HTTP routes, on
-``--grpc-port`` (0: off), and serves the same registry through the same core
-(serve/inference.py): the same instances, batcher, errors, timeouts, metrics
-and API key (``authorization: Bearer <key>`` metadata). The messages are
+``--grpc-port`` (0: off), and translates each call to the operation the HTTP
+route calls too (serve/operations.py): the same instances, batcher, errors,
+timeouts, metrics and API key (``authorization: Bearer <key>`` metadata). The messages are
 tritonclient's generated ``service_pb2`` / ``model_config_pb2``; nothing here
 writes wire format by hand. Errors keep their meaning across the protocols:
 400 -> INVALID_ARGUMENT, 401 -> UNAUTHENTICATED, 404 -> NOT_FOUND,
@@ -14,28 +14,21 @@ message above the size limit is RESOURCE_EXHAUSTED from gRPC itself.
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
-import secrets
 
 import grpc
 import numpy as np
+from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-import elunet
+from elunet.contracts import INPUT_NAME
 from elunet.errors import ElunetError
-from elunet.serve.decoding import Decoder
 from elunet.serve.errors import ServeError, bad_request
-from elunet.serve.extensions import config_from_json, effective_config, statistics_of
-from elunet.serve.inference import infer
-from elunet.serve.metrics import ServeMetrics
-from elunet.serve.models import READY, ModelRegistry, ServedModel
-from elunet.serve.protocol import EXTENSIONS, INPUT_DATATYPES, SERVER_NAME
-from elunet.serve.settings import ServeSettings
-from elunet.serve.tensors import as_pixels, check_input, classification_count, output_tensor, raw_values, requested_timeout_us, tensor_bytes
-
-log = logging.getLogger("elunet.serve")
+from elunet.serve.models import ServedModel
+from elunet.serve.operations import Operations
+from elunet.serve.protocol import INPUT_DATATYPES
+from elunet.serve.tensors import as_pixels, check_input, output_tensor, raw_values, requested_outputs, requested_timeout_us, tensor_bytes
 
 STATUS_CODES = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
@@ -47,8 +40,6 @@ STATUS_CODES = {
     503: grpc.StatusCode.UNAVAILABLE,
     504: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
-# Probes carry no API key, as on HTTP.
-OPEN_METHODS = ("ServerLive", "ServerReady")
 # Typed contents field of each input datatype (FP16 has none in the protocol: send it raw).
 CONTENTS = {"FP32": "fp32_contents", "UINT8": "uint_contents"}
 
@@ -59,127 +50,111 @@ def _parameters(params) -> dict:
 
 
 class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
-    """The servicer: method names as in Triton's grpc_service.proto. The generated base answers
-    UNIMPLEMENTED for what elunet does not do (shared memory, trace and log settings)."""
+    """The servicer: method names as in Triton's grpc_service.proto, each a translation to one operation
+    (serve/operations.py). The generated base answers UNIMPLEMENTED for what elunet does not do (shared
+    memory, trace and log settings)."""
 
-    def __init__(self, registry: ModelRegistry, settings: ServeSettings, decoder: Decoder, metrics: ServeMetrics, draining):
-        self._registry, self._settings, self._decoder, self._metrics = registry, settings, decoder, metrics
-        self._draining = draining
-        key = settings.api_key.get_secret_value() if settings.api_key is not None else None
-        self._expected = f"Bearer {key}" if key else None
-        self._pb2 = service_pb2
+    def __init__(self, ops: Operations):
+        self._ops = ops
 
-    # --- plumbing ---------------------------------------------------------------------------
-
-    def _authorize(self, name: str, context) -> None:
-        if self._expected and name not in OPEN_METHODS:
-            given = dict(context.invocation_metadata()).get("authorization", "")
-            if not secrets.compare_digest(given.encode(), self._expected.encode()):
-                raise ServeError(401, f"{'missing' if not given else 'wrong'} API key: send the metadata 'authorization: Bearer <key>'")
-
-    async def _call(self, name: str, context, work):
-        """Run ``work()`` with the API key checked and ServeError/ElunetError mapped to gRPC status codes."""
+    async def _call(self, context, work, *, open_method: bool = False):
+        """``work()`` with the API key checked, its ServeError/ElunetError as the gRPC status it maps to."""
         try:
-            self._authorize(name, context)
+            self._authorize(context, open_method)
             return await work()
         except ServeError as exc:
             await context.abort(STATUS_CODES.get(exc.status, grpc.StatusCode.UNKNOWN), _details(exc.message))
         except ElunetError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _details(f"{exc.message}; {exc.hint}" if exc.hint else exc.message))
 
+    def _authorize(self, context, open_method: bool) -> None:
+        if self._ops.api_key is not None and not open_method:
+            refusal = self._ops.api_key.refusal(dict(context.invocation_metadata()).get("authorization", "").encode(), "the metadata 'authorization")
+            if refusal is not None:
+                raise refusal
+
     # --- health and metadata ----------------------------------------------------------------------
 
     async def ServerLive(self, request, context):  # noqa: N802 - the proto's names
         async def work():
-            return self._pb2.ServerLiveResponse(live=True)
+            return service_pb2.ServerLiveResponse(live=True)
 
-        return await self._call("ServerLive", context, work)
+        return await self._call(context, work, open_method=True)
 
     async def ServerReady(self, request, context):  # noqa: N802
         async def work():
-            return self._pb2.ServerReadyResponse(ready=not self._draining() and self._registry.readiness()[0])
+            return service_pb2.ServerReadyResponse(ready=_succeeds(self._ops.server_ready))
 
-        return await self._call("ServerReady", context, work)
+        return await self._call(context, work, open_method=True)
 
     async def ModelReady(self, request, context):  # noqa: N802
         async def work():
             try:
-                served = self._registry.resolve(request.name, request.version or None)
+                self._ops.model_ready(request.name, request.version or None)
             except ServeError as exc:
                 if exc.status == 400:
                     raise
-                return self._pb2.ModelReadyResponse(ready=False)
-            return self._pb2.ModelReadyResponse(ready=served.state == READY)
+                return service_pb2.ModelReadyResponse(ready=False)
+            return service_pb2.ModelReadyResponse(ready=True)
 
-        return await self._call("ModelReady", context, work)
+        return await self._call(context, work)
 
     async def ServerMetadata(self, request, context):  # noqa: N802
         async def work():
-            return self._pb2.ServerMetadataResponse(name=SERVER_NAME, version=elunet.__version__, extensions=EXTENSIONS)
+            return json_format.ParseDict(self._ops.server_metadata().model_dump(), service_pb2.ServerMetadataResponse())
 
-        return await self._call("ServerMetadata", context, work)
+        return await self._call(context, work)
 
     async def ModelMetadata(self, request, context):  # noqa: N802
         async def work():
-            served = self._ready_model(request.name, request.version)
-            e = served.engine
-            response = self._pb2.ModelMetadataResponse(
-                name=served.name, versions=[str(v) for v in sorted(self._registry.models[served.name])], platform=e.platform
-            )
-            response.inputs.add(name=e.input.name, datatype=e.input.datatype, shape=[-1, *e.input.dims])
-            response.outputs.add(name=e.output.name, datatype=e.output.datatype, shape=[-1, *e.output.dims])
-            return response
+            metadata = self._ops.model_metadata(request.name, request.version or None)
+            # Triton's message has no parameters field: elunet's (parity) travel as response metadata.
+            await context.send_initial_metadata([(f"elunet-{k}", str(v)) for k, v in (metadata.parameters or {}).items()])
+            return json_format.ParseDict(metadata.model_dump(exclude={"parameters"}), service_pb2.ModelMetadataResponse())
 
-        return await self._call("ModelMetadata", context, work)
+        return await self._call(context, work)
 
     async def ModelConfig(self, request, context):  # noqa: N802
         async def work():
-            return self._pb2.ModelConfigResponse(config=effective_config(self._ready_model(request.name, request.version)))
+            return service_pb2.ModelConfigResponse(config=self._ops.model_config(request.name, request.version or None))
 
-        return await self._call("ModelConfig", context, work)
+        return await self._call(context, work)
 
     async def ModelStatistics(self, request, context):  # noqa: N802
         async def work():
-            return statistics_of(self._metrics, set(self._registry.models), request.name or None, request.version or None)
+            return self._ops.model_statistics(request.name, request.version)
 
-        return await self._call("ModelStatistics", context, work)
+        return await self._call(context, work)
 
     # --- model repository ---------------------------------------------------------------------------
 
     async def RepositoryIndex(self, request, context):  # noqa: N802
         async def work():
-            response = self._pb2.RepositoryIndexResponse()
-            for name, version, state, reason in self._registry.index(ready_only=request.ready):
-                response.models.add(name=name, version=version, state=state, reason=reason)
+            response = service_pb2.RepositoryIndexResponse()
+            for state in self._ops.repository_index(request.ready):
+                response.models.add(**state.model_dump())
             return response
 
-        return await self._call("RepositoryIndex", context, work)
+        return await self._call(context, work)
 
     async def RepositoryModelLoad(self, request, context):  # noqa: N802
         async def work():
-            params = _parameters(request.parameters)
-            config_json = params.pop("config", None)
-            if params:
-                raise bad_request(f"load parameters {sorted(params)} are not supported; elunet takes 'config' (a ModelConfig as JSON) only")
-            await self._registry.load(request.model_name, config_from_json(config_json) if config_json is not None else None)
-            return self._pb2.RepositoryModelLoadResponse()
+            await self._ops.load(request.model_name, _parameters(request.parameters))
+            return service_pb2.RepositoryModelLoadResponse()
 
-        return await self._call("RepositoryModelLoad", context, work)
+        return await self._call(context, work)
 
     async def RepositoryModelUnload(self, request, context):  # noqa: N802
         async def work():
-            params = _parameters(request.parameters)
-            if set(params) - {"unload_dependents"} or not isinstance(params.get("unload_dependents", False), bool):
-                raise bad_request(f"unload takes one parameter, unload_dependents (a boolean); got {params}")
-            await self._registry.unload(request.model_name)
-            return self._pb2.RepositoryModelUnloadResponse()
+            await self._ops.unload(request.model_name, _parameters(request.parameters))
+            return service_pb2.RepositoryModelUnloadResponse()
 
-        return await self._call("RepositoryModelUnload", context, work)
+        return await self._call(context, work)
 
     # --- inference ------------------------------------------------------------------------------------
 
     async def ModelInfer(self, request, context):  # noqa: N802
-        return await self._call("ModelInfer", context, lambda: self._infer(request))
+        return await self._call(context, lambda: self._infer(request))
 
     async def ModelStreamInfer(self, request_iterator, context):  # noqa: N802
         """Each request of the stream is inferred as it arrives (so a stream's requests batch together);
@@ -189,11 +164,11 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
 
         async def one(request):
             try:
-                answers.put_nowait(self._pb2.ModelStreamInferResponse(infer_response=await self._checked_infer(request, context)))
+                self._authorize(context, open_method=False)
+                answers.put_nowait(service_pb2.ModelStreamInferResponse(infer_response=await self._infer(request)))
             except (ServeError, ElunetError) as exc:
-                message = exc.message
-                answers.put_nowait(self._pb2.ModelStreamInferResponse(
-                    error_message=message, infer_response=self._pb2.ModelInferResponse(id=request.id, model_name=request.model_name)))
+                answers.put_nowait(service_pb2.ModelStreamInferResponse(
+                    error_message=exc.message, infer_response=service_pb2.ModelInferResponse(id=request.id, model_name=request.model_name)))
 
         async def read():
             async for request in request_iterator:
@@ -211,14 +186,9 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
         finally:
             reader.cancel()
 
-    async def _checked_infer(self, request, context):
-        self._authorize("ModelStreamInfer", context)
-        return await self._infer(request)
-
     async def _infer(self, request):
-        with self._registry.resolve(request.model_name, request.model_version or None) as served:
-            return await infer(served, lambda: self._decode(request, served), lambda req, logits: self._encode(req, served, logits),
-                               self._settings.request_timeout_s, self._settings.allow_non_finite)
+        return await self._ops.infer(request.model_name, request.model_version or None, lambda served: self._decode(request, served),
+                                     self._encode)
 
     async def _decode(self, request, served: ServedModel):
         names = [t.name for t in request.inputs]
@@ -228,60 +198,67 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
         raw = request.raw_input_contents
         if raw and tensor.HasField("contents"):
             raise bad_request(f"input {names[0]!r} has both contents and raw_input_contents; send one")
+        allow_non_finite = self._ops.settings.allow_non_finite
         if raw:
             if len(raw) != 1:
                 raise bad_request(f"raw_input_contents holds {len(raw)} tensors; this model has one input")
             values = raw_values(raw[0], dtype, shape, datatype)
-            pixels = await self._decoder.run(len(raw[0]), False, as_pixels, values, shape, datatype, self._settings.allow_non_finite)
+            pixels = await self._ops.decoder.run(len(raw[0]), False, as_pixels, values, shape, datatype, allow_non_finite)
         else:
             field = CONTENTS.get(datatype)
             if field is None:
                 raise bad_request(f"input {names[0]!r} of datatype {datatype} has no typed contents field; send it in raw_input_contents")
-            values = np.asarray(getattr(tensor.contents, field), dtype=np.dtype(INPUT_DATATYPES[datatype]))
-            if values.size != math.prod(shape):  # math.prod: numpy's int64 product wraps around for huge shapes
-                raise bad_request(f"input {names[0]!r} has {values.size} values in contents; shape {shape} needs {math.prod(shape)}")
-            pixels = as_pixels(values, shape, datatype, self._settings.allow_non_finite)
+            # Off the event loop like any tensor: a repeated field of millions of numbers takes a while to convert.
+            contents = getattr(tensor.contents, field)
+            pixels = await self._ops.decoder.run(len(contents) * 4, False, typed_pixels, contents, INPUT_DATATYPES[datatype], shape, datatype,
+                                                 allow_non_finite)
         return request, pixels, requested_timeout_us(_parameters(request.parameters))
 
-    async def _encode(self, request, served: ServedModel, logits: np.ndarray):
-        classes = None
-        names = [o.name for o in request.outputs]
-        engine_output = served.engine.output.name
-        if names and names != [engine_output]:
-            raise bad_request(f"requested outputs {names}; this model has one output, {engine_output!r}")
-        for output in request.outputs:
-            params = _parameters(output.parameters)
-            if "classification" in params:
-                classes = classification_count(params["classification"])
+    async def _encode(self, served: ServedModel, request, logits: np.ndarray):
+        outputs = [(o.name, _parameters(o.parameters)) for o in request.outputs]
+        classes, _ = requested_outputs(outputs, served.engine.output.name, binary=True)
         datatype, shape, values = output_tensor(logits, classes, served.labels)
-        response = self._pb2.ModelInferResponse(model_name=served.name, model_version=str(served.version), id=request.id)
-        response.outputs.add(name=engine_output, datatype=datatype, shape=shape)
+        response = service_pb2.ModelInferResponse(model_name=served.name, model_version=str(served.version), id=request.id)
+        response.outputs.add(name=served.engine.output.name, datatype=datatype, shape=shape)
         response.raw_output_contents.append(tensor_bytes(datatype, values))
         return response
 
-    def _ready_model(self, name: str, version: str) -> ServedModel:
-        served = self._registry.resolve(name, version or None)
-        served.check_ready()
-        return served
+
+def _succeeds(check) -> bool:
+    try:
+        check()
+    except ServeError:
+        return False
+    return True
+
+
+def typed_pixels(contents, numpy_dtype: str, shape: list[int], datatype: str, allow_non_finite: bool) -> np.ndarray:
+    """Pixels from a typed contents field (fp32_contents, uint_contents); 400 when their number is wrong."""
+    values = np.asarray(contents, dtype=np.dtype(numpy_dtype))
+    if values.size != math.prod(shape):  # math.prod: numpy's int64 product wraps around for huge shapes
+        raise bad_request(f"input {INPUT_NAME!r} has {values.size} values in contents; shape {shape} needs {math.prod(shape)}")
+    return as_pixels(values, shape, datatype, allow_non_finite)
 
 
 class HealthService(health_pb2_grpc.HealthServicer):
     """grpc.health.v1 for Kubernetes probes: service "" is the server's readiness, a model's name its readiness."""
 
-    def __init__(self, registry: ModelRegistry, draining):
-        self._registry, self._draining = registry, draining
+    def __init__(self, ops: Operations):
+        self._ops = ops
 
     def _status(self, service: str) -> int:
-        if self._draining():
+        if self._ops.draining:
             return health_pb2.HealthCheckResponse.NOT_SERVING
-        if not service:
-            ready = self._registry.readiness()[0]
-        else:
-            versions = self._registry.models.get(service)
-            if versions is None and service not in self._registry.repository.models():
+        try:
+            if service:
+                self._ops.model_ready(service, None)
+            else:
+                self._ops.server_ready()
+        except ServeError as exc:
+            if exc.status in (400, 404) and service not in self._ops.registry.repository.models():
                 return health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
-            ready = bool(versions) and any(m.state == READY for m in versions.values())
-        return health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+            return health_pb2.HealthCheckResponse.NOT_SERVING
+        return health_pb2.HealthCheckResponse.SERVING
 
     async def Check(self, request, context):  # noqa: N802
         status = self._status(request.service)
@@ -308,8 +285,9 @@ def _details(message: str) -> str:
 MAX_DETAILS = 4096
 
 
-def grpc_server(registry: ModelRegistry, settings: ServeSettings, decoder: Decoder, metrics: ServeMetrics, draining):
-    """The gRPC server, not yet started; ``draining()`` says whether SIGTERM came."""
+def grpc_server(ops: Operations):
+    """The gRPC server over these operations, not yet started."""
+    settings = ops.settings
     limit = settings.max_body_bytes
     server = grpc.aio.server(options=[
         ("grpc.max_receive_message_length", limit),
@@ -319,8 +297,8 @@ def grpc_server(registry: ModelRegistry, settings: ServeSettings, decoder: Decod
         ("grpc.server_handshake_timeout_ms", int(settings.header_timeout_s * 1000)),
         ("grpc.max_concurrent_streams", settings.max_connections),
     ])
-    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(registry, settings, decoder, metrics, draining), server)
-    health_pb2_grpc.add_HealthServicer_to_server(HealthService(registry, draining), server)
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(ops), server)
+    health_pb2_grpc.add_HealthServicer_to_server(HealthService(ops), server)
     address = f"[{settings.host}]:{settings.grpc_port}" if ":" in settings.host else f"{settings.host}:{settings.grpc_port}"
     server.add_insecure_port(address)
     return server

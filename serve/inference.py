@@ -9,6 +9,7 @@ So both front ends share instances, batcher, errors, timeouts and counts.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Awaitable, Callable, TypeVar
 
@@ -49,6 +50,9 @@ async def infer(
         served.metrics.encoded(time.perf_counter() - computed)
     except ServeError as exc:
         served.metrics.failed(exc.reason, time.perf_counter() - started)
+        raise
+    except asyncio.CancelledError:  # the client left (or a shutdown ran out of time): its queued images are not computed
+        served.metrics.failed("cancelled", time.perf_counter() - started)
         raise
     served.metrics.succeeded(len(pixels), time.perf_counter() - started)
     return answer

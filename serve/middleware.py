@@ -1,4 +1,4 @@
-"""ASGI middleware that every request passes: access log, connection limit, body limits, API key.
+"""ASGI middleware that every request passes: trailing slash, access log, API key, body limits.
 
 Written as plain ASGI (not Starlette's BaseHTTPMiddleware) to stay cheap on
 the hot path and to see the body as it streams in.
@@ -7,16 +7,14 @@ the hot path and to see the body as it streams in.
 from __future__ import annotations
 
 import asyncio
-import secrets
 import time
 from typing import Callable
 
-from elunet.serve.connections import OVER_LIMIT_KEY
 from elunet.serve.errors import body_too_large, error_body, shown
 from elunet.serve.logs import access_line
+from elunet.serve.operations import ApiKey
 from elunet.serve.protocol import DOCS_ASSETS, ENDPOINT_GROUPS
 
-HEALTH_PATHS = ENDPOINT_GROUPS["health"]
 
 
 def open_paths(groups: list[str]) -> set[str]:
@@ -40,21 +38,18 @@ class TrailingSlash:
         self.app = app
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and not self.passes(scope):
-            path = scope["path"]
+        path = scope.get("path", "")
+        if scope["type"] == "http" and len(path) > 1 and path.endswith("/"):
             scope = {**scope, "path": path.rstrip("/") or "/", "raw_path": scope.get("raw_path", b"").rstrip(b"/") or b"/"}
         return await self.app(scope, receive, send)
 
-    @staticmethod
-    def passes(scope) -> bool:
-        """Whether this HTTP request goes on as it came."""
-        path = scope.get("path", "")
-        return len(path) <= 1 or not path.endswith("/")
-
 
 class AccessLog:
-    def __init__(self, app):
+    """One structured line per HTTP request; ``on_cancel()`` for a request cut off unanswered (a shutdown past its grace period)."""
+
+    def __init__(self, app, on_cancel: Callable[[], None]):
         self.app = app
+        self.on_cancel = on_cancel
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -73,14 +68,12 @@ class AccessLog:
 
         try:
             await self.app(scope, receive, observing_send)
+        except asyncio.CancelledError:
+            self.on_cancel()
+            raise
         finally:
-            self.line(scope, status, sent, start)
-
-    @staticmethod
-    def line(scope, status: int, sent: int, start: float) -> None:
-        """The access line of a request answered with ``status`` and ``sent`` body bytes, begun at ``start`` (perf_counter)."""
-        client = scope.get("client") or ("-", 0)
-        access_line(scope["method"], scope["path"], status, f"{client[0]}:{client[1]}", sent, round((time.perf_counter() - start) * 1000, 3))
+            client = scope.get("client") or ("-", 0)
+            access_line(scope["method"], scope["path"], status, f"{client[0]}:{client[1]}", sent, round((time.perf_counter() - start) * 1000, 3))
 
 
 class BodyLimit:
@@ -156,12 +149,6 @@ class BodyLimit:
 
         return await self.app(scope, replay, send)
 
-    def passes(self, scope) -> bool:
-        """Whether this HTTP request reaches the app with its body as it came, without an answer from here
-        (no transfer coding, and a Content-Length within the limit or none)."""
-        length, coding = _framing(scope)
-        return coding is None and (length is None or int(length) <= self.max_bytes)
-
     async def _receive(self, receive, deadline: float):
         """The next message, or None past ``deadline`` or once the server is shutting down."""
         loop = asyncio.get_running_loop()
@@ -188,47 +175,22 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": b""})  # ends the response, and so the connection
 
 
-class ConnectionLimit:
-    """503 for requests on connections made while ``max_connections`` were open (serve/connections.py marks
-    them); health probes are always answered, and connections made within the limit keep being served."""
-
-    def __init__(self, app, max_connections: int):
-        self.app = app
-        self.max_connections = max_connections
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and not self.passes(scope):
-            return await send_error(
-                send, 503, f"this connection was opened while {self.max_connections} were open, the limit (--max-connections): "
-                "retry later, and reuse connections (keep-alive)", {"Retry-After": "1", "Connection": "close"},
-            )
-        return await self.app(scope, receive, send)
-
-    @staticmethod
-    def passes(scope) -> bool:
-        """Whether this HTTP request is served (else it is answered 503 here)."""
-        return not scope.get(OVER_LIMIT_KEY) or scope["path"] in HEALTH_PATHS
-
-
-class ApiKey:
+class ApiKeyCheck:
     """Optional bearer token: every path but those of the ``open_groups`` needs ``Authorization: Bearer <key>``."""
 
-    def __init__(self, app, key: str, open_groups: list[str]):
+    def __init__(self, app, key: ApiKey, open_groups: list[str]):
         self.app = app
-        self.expected = f"Bearer {key}".encode()
+        self.key = key
         self.open_paths = open_paths(open_groups)
         self.open_prefixes = (DOCS_ASSETS,) if "docs" in open_groups else ()
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or self.passes(scope):
+        if scope["type"] != "http" or scope["path"] in self.open_paths or scope["path"].startswith(self.open_prefixes):
             return await self.app(scope, receive, send)
-        reason = "missing" if not _authorization(scope) else "wrong"
-        return await send_error(send, 401, f"{reason} API key: send the header 'Authorization: Bearer <key>'", {"WWW-Authenticate": "Bearer"})
-
-    def passes(self, scope) -> bool:
-        """Whether this HTTP request may go on: its path is open, or it carries the key."""
-        path = scope["path"]
-        return path in self.open_paths or path.startswith(self.open_prefixes) or secrets.compare_digest(_authorization(scope), self.expected)
+        refusal = self.key.refusal(_authorization(scope), "the header 'Authorization")
+        if refusal is not None:
+            return await send_error(send, refusal.status, refusal.message, refusal.headers)
+        return await self.app(scope, receive, send)
 
 
 def _authorization(scope) -> bytes:

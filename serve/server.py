@@ -3,19 +3,25 @@
 On SIGTERM/SIGINT uvicorn stops listening and waits for the requests it has
 already accepted; the batchers keep computing until every one of them is
 answered, then the lifespan closes the backends. Readiness reports 503 from
-the first signal on, so a load balancer stops sending traffic. Last, the
-process waits until the kernel has delivered those answers (delivery.py).
+the first signal on, so a load balancer stops sending traffic, and gRPC stops
+taking new calls. Last, the process waits until the kernel has delivered those
+answers (delivery.py), and exits 0 when every request was answered.
+
+Only uvicorn's documented programmatic API is used (``Config``, ``Server.serve``,
+``should_exit``). The bounds uvicorn does not offer (header time, a stalled
+reader) are the edge's: deploy/nginx.conf.
 """
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import logging
+import signal
+import sys
 
 import uvicorn
 
 from elunet.serve.app import create_app
-from elunet.serve.connections import bounded_protocol
 from elunet.serve.delivery import await_delivery
 from elunet.serve.logs import configure_logging
 from elunet.serve.ports import check_ports_free
@@ -24,42 +30,16 @@ from elunet.serve.settings import ServeSettings
 log = logging.getLogger("elunet.serve")
 # After the request timeout every accepted request has an answer (maybe 504); this is slack on top.
 DRAIN_SLACK_S = 5.0
-
-
-class _DrainingServer(uvicorn.Server):
-    drained = False
-    ports: frozenset[int] = frozenset()
-
-    async def startup(self, sockets=None) -> None:
-        await super().startup(sockets)
-        # The bound ports, not the configured ones: port 0 picks a free one.
-        self.ports = frozenset(sock.getsockname()[1] for server in self.servers for sock in server.sockets)
-
-    async def _wait_tasks_to_complete(self) -> None:
-        await super()._wait_tasks_to_complete()
-        self.drained = True  # not reached when the grace period ran out and uvicorn cancelled requests
-
-    @contextlib.contextmanager
-    def capture_signals(self):
-        with super().capture_signals():
-            yield
-            # uvicorn raises the captured signal again once it has stopped, so the process would end with
-            # 143 (128 + SIGTERM). A shutdown that answered every request is the expected way to stop: exit 0.
-            # One that had to cancel requests keeps the signal's exit status.
-            if self.drained:
-                self._captured_signals.clear()
-
-    def handle_exit(self, sig, frame) -> None:
-        self.config.app.state.draining = True
-        self.config.app.state.stop_grpc()
-        log.info("signal %s: no new connections; answering the requests already accepted", sig)
-        super().handle_exit(sig, frame)
+# How soon after a signal readiness turns 503 and gRPC stops taking calls.
+SIGNAL_WATCH_S = 0.02
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def serve(settings: ServeSettings) -> None:
     check_ports_free(settings)
     configure_logging(settings.log_level)
     app = create_app(settings)
+    ops = app.state.operations
     log.info(
         "serving %s on http://%s:%d (backend %s, device %s; defaults for what config.pbtxt leaves unset: max batch %d, "
         "delay %g ms, queue %d, instances %s)",
@@ -72,16 +52,51 @@ def serve(settings: ServeSettings) -> None:
         port=settings.port,
         access_log=False,  # the AccessLog middleware writes structured lines instead
         log_config=None,
-        http=bounded_protocol(
-            header_timeout_s=settings.header_timeout_s, write_timeout_s=settings.body_timeout_s, max_connections=settings.max_connections,
-            fast_path=app.fast_path,
-        ),
+        http="httptools",
         timeout_keep_alive=settings.keep_alive_timeout_s,
         timeout_graceful_shutdown=settings.request_timeout_s + DRAIN_SLACK_S,
+        limit_concurrency=settings.max_connections,
         # Allow many simultaneous keep-alive clients without FD trouble on small hosts.
         backlog=2048,
         loop=settings.event_loop,
     )
-    server = _DrainingServer(config)
-    server.run()
-    await_delivery([*server.ports, settings.grpc_port])
+    server = uvicorn.Server(config)
+    received: list[int] = []
+
+    def stop(sig, frame) -> None:
+        # Before uvicorn takes the signals over (start-up), and after it gives them back: uvicorn raises the
+        # signal it caught again once it has stopped, and the exit status is decided below instead.
+        received.append(sig)
+        server.should_exit = True
+
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, stop)
+
+    ports: set[int] = set()
+
+    async def run() -> None:
+        watch = asyncio.create_task(_drain_on_exit(server, app, ports))
+        try:
+            await server.serve()
+        finally:
+            watch.cancel()
+
+    with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
+        runner.run(run())
+    await_delivery([*ports, settings.grpc_port])
+    if received and ops.cancelled_requests:
+        log.warning("%d request(s) were cancelled at shutdown, past the grace period", ops.cancelled_requests)
+        sys.exit(128 + received[-1])
+
+
+async def _drain_on_exit(server: uvicorn.Server, app, ports: set[int]) -> None:
+    """Notes the ports bound (port 0 picks a free one); from the first signal on: readiness 503, new request
+    bodies refused, gRPC taking no new calls."""
+    while not server.should_exit:
+        if server.started and not ports:
+            ports.update(sock.getsockname()[1] for listener in server.servers for sock in listener.sockets)
+        await asyncio.sleep(SIGNAL_WATCH_S)
+    app.state.operations.draining = True
+    log.info("stopping: no new connections; answering the requests already accepted")
+    if app.state.grpc is not None:
+        await app.state.grpc.stop(app.state.operations.settings.request_timeout_s)

@@ -103,10 +103,14 @@ class ServeSettings(BaseModel):
         30.0, gt=0, description="a request body not received whole within this time gets 408; a client that takes none of its "
         "response for this long is disconnected. Below the shutdown grace period (--request-timeout-s + 5 s)"
     )
-    header_timeout_s: float = Field(10.0, gt=0, description="request headers not complete within this time of their first byte: 408, closed")
-    keep_alive_timeout_s: float = Field(5.0, gt=0, description="an idle connection (no request under way) is closed after this time")
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="gRPC: a connection whose HTTP/2 handshake is not complete within this time is closed. For HTTP/1.1 "
+        "header time, put the Compose deployment's nginx in front (client_header_timeout)"
+    )
+    keep_alive_timeout_s: float = Field(5.0, gt=0, description="an idle connection is closed this long after its last response")
     max_connections: int = Field(
-        1000, ge=1, description="open connections beyond this get 503 for every request except health probes"
+        1000, ge=1, description="HTTP connections or requests under way beyond this get 503 (uvicorn's limit_concurrency), health "
+        "probes too; the gRPC streams at once"
     )
     event_loop: Literal["asyncio", "uvloop"] = Field(
         "asyncio",

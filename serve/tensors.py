@@ -361,6 +361,20 @@ def classification_count(value) -> int:
     return value
 
 
+def requested_outputs(outputs: list[tuple[str, dict]], output_name: str, binary: bool) -> tuple[int | None, bool]:
+    """(classes per image or None, binary) that a request's outputs ask for: ``outputs`` as (name, parameters);
+    ``binary`` is the request's default (HTTP: its binary_data_output; gRPC answers raw always)."""
+    names = [name for name, _ in outputs]
+    if names and names != [output_name]:
+        raise bad_request(f"requested outputs {names}; this model has one output, {output_name!r}")
+    classes = None
+    for _, params in outputs:
+        if "classification" in params:
+            classes = classification_count(params["classification"])
+        binary = bool_parameter(params, "binary_data", binary)
+    return classes, binary
+
+
 def output_tensor(logits: np.ndarray, classes: int | None, labels: list[str]) -> tuple[str, list[int], np.ndarray]:
     """(datatype, shape, values) of the answer: the logits, or with ``classes`` Triton's classification strings."""
     if classes is None:
@@ -378,17 +392,8 @@ def response_body(
 ) -> tuple[bytes, dict[str, str]]:
     """The V2 response for ``logits``: JSON, or JSON header + binary when the request asked for it,
     compressed with ``encoding`` (gzip or deflate) when given."""
-    binary = bool_parameter(request.parameters, "binary_data_output", False)
-    classes = None
-    if request.outputs is not None:
-        names = [o.name for o in request.outputs]
-        if names and names != [OUTPUT_NAME]:
-            raise bad_request(f"requested outputs {names}; this model has one output, {OUTPUT_NAME!r}")
-        for output in request.outputs:
-            params = output.parameters or {}
-            if "classification" in params:
-                classes = classification_count(params["classification"])
-            binary = bool_parameter(params, "binary_data", binary)
+    outputs = [(o.name, o.parameters or {}) for o in request.outputs or []]
+    classes, binary = requested_outputs(outputs, OUTPUT_NAME, bool_parameter(request.parameters, "binary_data_output", False))
     datatype, shape, values = output_tensor(logits, classes, labels)
     data = tensor_bytes(datatype, values) if binary else None
     # The fields of InferenceResponse, without None ones; the values are ours and of the wire types already,
