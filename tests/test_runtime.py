@@ -129,3 +129,13 @@ def test_a_gpu_request_without_any_gpu_path_is_explained(synthetic_repository):
     with pytest.raises(ElunetError, match="asked for a GPU") as err:
         choose_engine(version, "auto", "cuda:1")
     assert "no model.plan" in err.value.message and "no CUDA provider" in err.value.message
+
+
+def test_backend_tensorrt_without_a_device_opens_on_the_gpu(synthetic_repository, tmp_path):
+    """The serve-trt image and compose service set only ELUNET_BACKEND=tensorrt: the device must follow the backend."""
+    shutil.copytree(synthetic_repository / LINEAR, tmp_path / LINEAR)
+    version = ModelRepository(tmp_path).get(LINEAR)
+    version.model_file("tensorrt_plan").write_bytes(b"an engine; choosing does not open it")
+    choice = choose_engine(version, "tensorrt", None)
+    assert (choice.kind, choice.device, choice.path.name) == ("tensorrt", "cuda:0", "model.plan")
+    assert choose_engine(version, "onnxruntime", None).device == "cpu"

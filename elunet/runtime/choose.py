@@ -35,7 +35,9 @@ def choose_engine(version: ModelVersion, kind: str, device: str | None) -> Choic
         kind, device, why = _auto(version, device)
     else:
         why = f"--backend {kind}"
-    device = device or "cpu"
+    # TensorRT has no CPU path: without --device it would open on "cpu" and be refused, which is what the
+    # serve-trt image (it sets only the backend) did to every model.
+    device = device or ("cuda:0" if kind == "tensorrt" else "cpu")
     if kind == "onnxruntime":
         obstacle = _onnxruntime_obstacle(version)
         if obstacle:
