@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from elunet.card import ModelCard
+from elunet.card import CARD_FILE, ModelCard
 from elunet.errors import ElunetError
 from elunet.plugins.engine_builder import BuiltEngine, engine_io_dtype
 from elunet.repository import MODEL_FILES, PARITY_FILE, ModelVersion
@@ -44,6 +44,9 @@ def publish_engine(
         plan_path.write_bytes(built.plan)
         parity = "skipped"
         if checkpoint is not None:
+            # The runtime reads from the card beside an engine whether it needs the ELU plugin, as serve will;
+            # publish replaces this one with the published card.
+            card.save(staged.path / CARD_FILE)
             report = verify_engine(plan_path, card, checkpoint, images=images, data_dir=data_dir)
             report.save(staged.path / PARITY_FILE)
             for line in report.lines():

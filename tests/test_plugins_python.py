@@ -75,22 +75,65 @@ def test_python_plugin_module_imports_without_tensorrt():
             python_plugin.register_python_plugin()
 
 
+def synthetic_card(elu_mode="plugin"):
+    from elunet.card import ExportInfo, ModelCard, Preprocessing
+
+    return ModelCard(
+        name="synthetic-elu", architecture="synthetic", activation="elu", alpha=1.0, dataset="synthetic",
+        labels=[f"class-{i}" for i in range(10)],
+        preprocessing=Preprocessing(channels=1, height=8, width=8, color_mode="L", normalization="none"),
+        export=ExportInfo(elu_mode=elu_mode, opset=18, dtype="fp16", exporter="dynamo",
+                          source_checkpoint_sha256="0" * 64, parity="passed"),
+    )
+
+
+def test_an_engine_needs_the_plugin_only_when_its_card_says_plugin(tmp_path):
+    from elunet.card import CARD_FILE
+    from elunet.runtime.tensorrt_engine import engine_uses_elu_plugin
+
+    plan = tmp_path / "model.plan"
+    assert engine_uses_elu_plugin(plan) is None  # nothing says: nothing is loaded, and a failure says why
+    synthetic_card("native").save(tmp_path / CARD_FILE)
+    assert engine_uses_elu_plugin(plan) is False
+    synthetic_card("plugin").save(tmp_path / CARD_FILE)
+    assert engine_uses_elu_plugin(plan) is True
+
+
+def test_build_engine_verifies_with_the_card_beside_the_staged_engine(tmp_path, monkeypatch):
+    """`build-engine --checkpoint` opens the staged plan the way serve will: the card must already be there,
+    or a native engine's check would ask for the plugin library (and a plugin engine's would not load it)."""
+    pytest.importorskip("elunet.export.repository_writer", reason="the export stage is not installed")
+    from elunet.plugins import publish_engine as publishing
+    from elunet.plugins.engine_builder import BuiltEngine
+    from elunet.runtime.tensorrt_engine import engine_uses_elu_plugin
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def verify_engine(plan_path, card, checkpoint, **_):
+        seen.append(engine_uses_elu_plugin(plan_path))
+        raise Stop  # only what the verifier would see matters here; nothing gets published
+
+    monkeypatch.setattr(publishing, "engine_io_dtype", lambda plan: "fp32")
+    monkeypatch.setattr(publishing, "verify_engine", verify_engine)
+    built = BuiltEngine(plan=b"synthetic plan bytes", plugin_layers=0, elu_plugin_nodes=0)
+    with pytest.raises(Stop):
+        publishing.publish_engine(built, synthetic_card("native"), repository=tmp_path, name="synthetic-elu-trt",
+                                  version=None, max_batch=16, checkpoint=tmp_path / "checkpoint", log=lambda line: None)
+    assert seen == [False]
+
+
 def test_publish_engine_writes_a_tensorrt_plan_version(tmp_path, monkeypatch):
     """The export stage's repository writer and Triton config, fed a plan; the bytes stand in for an engine
     (building one needs TensorRT), so only reading its I/O type is replaced."""
     pytest.importorskip("elunet.export.repository_writer", reason="the export stage is not installed")
-    from elunet.card import ExportInfo, ModelCard, Preprocessing
     from elunet.plugins import publish_engine as publishing
     from elunet.plugins.engine_builder import BuiltEngine
     from elunet.repository import ModelRepository
 
-    card = ModelCard(
-        name="synthetic-elu", architecture="synthetic", activation="elu", alpha=1.0, dataset="synthetic",
-        labels=[f"class-{i}" for i in range(10)],
-        preprocessing=Preprocessing(channels=1, height=8, width=8, color_mode="L", normalization="none"),
-        export=ExportInfo(elu_mode="plugin", opset=18, dtype="fp16", exporter="dynamo",
-                          source_checkpoint_sha256="0" * 64, parity="passed"),
-    )
+    card = synthetic_card("plugin")
     monkeypatch.setattr(publishing, "engine_io_dtype", lambda plan: "fp32")
     built = BuiltEngine(plan=b"synthetic plan bytes", plugin_layers=3, elu_plugin_nodes=3)
     published = publishing.publish_engine(built, card, repository=tmp_path, name="synthetic-elu-trt", version=None,

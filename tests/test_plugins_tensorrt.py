@@ -41,17 +41,20 @@ def plugin_library(trt):
         pytest.skip(f"plugin library not built: {exc.message}")
 
 
-def elu_plugin_onnx(path, alpha: float, dtype=np.float32):
-    """A synthetic one-node ONNX: input [batch, 1, 4, 4] -> EluPlugin -> Flatten -> logits [batch, 16]."""
+def elu_plugin_onnx(path, alpha: float, dtype=np.float32, plugin: bool = True):
+    """A synthetic one-node ONNX: input [batch, 1, 4, 4] -> EluPlugin (or ONNX's Elu) -> Flatten -> logits [batch, 16]."""
     import onnx
     from onnx import TensorProto, helper
 
     contract = elu_plugin_contract()
     onnx_type = TensorProto.FLOAT if dtype == np.float32 else TensorProto.FLOAT16
-    plugin = helper.make_node(contract.op_type, [INPUT_NAME], ["act"], domain=contract.onnx_domain, alpha=alpha,
-                              plugin_version=contract.plugin_version, plugin_namespace=contract.plugin_namespace)
+    if plugin:
+        elu = helper.make_node(contract.op_type, [INPUT_NAME], ["act"], domain=contract.onnx_domain, alpha=alpha,
+                               plugin_version=contract.plugin_version, plugin_namespace=contract.plugin_namespace)
+    else:
+        elu = helper.make_node("Elu", [INPUT_NAME], ["act"], alpha=alpha)
     flatten = helper.make_node("Flatten", ["act"], [OUTPUT_NAME], axis=1)
-    graph = helper.make_graph([plugin, flatten], "elu_plugin",
+    graph = helper.make_graph([elu, flatten], "elu_plugin",
                               [helper.make_tensor_value_info(INPUT_NAME, onnx_type, ["batch", 1, 4, 4])],
                               [helper.make_tensor_value_info(OUTPUT_NAME, onnx_type, ["batch", 16])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18),
@@ -92,6 +95,56 @@ def test_engine_has_plugin_layers_and_matches_numpy(trt, plugin_library, tmp_pat
                 np.testing.assert_allclose(instance.infer(x), numpy_elu(x, 0.7).reshape(batch, 16), rtol=1e-5, atol=1e-6)
         first.close()
         second.close()
+
+
+# A process of its own: in this one the plugin may already be registered by another test.
+OPEN_IN_A_NEW_PROCESS = """
+import sys
+import numpy as np
+from elunet.plugins.library import elu_creator_registered
+from elunet.plugins.tensorrt_import import import_tensorrt
+from elunet.runtime import open_engine
+
+x = np.linspace(-3, 3, 16, dtype=np.float32).reshape(1, 1, 4, 4)
+with open_engine("tensorrt", sys.argv[1], device="cuda") as engine:
+    got = engine.create_instance().infer(x)
+want = np.where(x > 0, x, float(sys.argv[2]) * np.expm1(x)).reshape(1, 16)
+print("registered" if elu_creator_registered(import_tensorrt()) else "not registered", float(np.abs(got - want).max()))
+"""
+
+
+def open_in_a_new_process(plan, alpha: float) -> tuple[str, float]:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", OPEN_IN_A_NEW_PROCESS, str(plan), str(alpha)], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    registered, error = done.stdout.strip().rsplit(" ", 1)
+    return registered, float(error)
+
+
+@pytest.mark.parametrize("elu_mode", ["native", "plugin"])
+def test_an_engine_loads_the_plugin_library_only_when_it_uses_the_plugin(trt, tmp_path, elu_mode):
+    """A native-Elu engine opens with no plugin library anywhere; a plugin engine, published with its card, gets it."""
+    from elunet.card import CARD_FILE
+    from elunet.plugins import library
+    from elunet.plugins.engine_builder import EngineOptions, build_engine
+    from test_plugins_python import synthetic_card
+
+    if elu_mode == "plugin":
+        try:
+            library.load_plugin_library()
+        except ElunetError as exc:
+            pytest.skip(f"plugin library not built: {exc.message}")
+    built = build_engine(elu_plugin_onnx(tmp_path / "model.onnx", alpha=0.7, plugin=elu_mode == "plugin"),
+                         EngineOptions(min_batch=1, opt_batch=1, max_batch=2))
+    plan = tmp_path / "model.plan"
+    plan.write_bytes(built.plan)
+    synthetic_card(elu_mode).save(tmp_path / CARD_FILE)
+    registered, error = open_in_a_new_process(plan, 0.7)
+    assert registered == ("registered" if elu_mode == "plugin" else "not registered")
+    assert error < 1e-5
 
 
 def test_python_plugin_builds_too(trt, tmp_path):

@@ -30,7 +30,8 @@ class Choice:
 
 
 def choose_engine(version: ModelVersion, kind: str, device: str | None) -> Choice:
-    """The engine for ``version``: ``kind`` is auto or one of elunet.runtime.ENGINES; ``device`` None lets auto decide."""
+    """The engine for ``version``: ``kind`` is auto or one of elunet.runtime.ENGINES; ``device`` None lets auto decide
+    (tensorrt: cuda:0, onnxruntime and torch: cpu)."""
     if kind == "auto":
         kind, device, why = _auto(version, device)
     else:
