@@ -6,6 +6,7 @@ import importlib.util
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from elunet.errors import ElunetError
@@ -144,3 +145,50 @@ def test_publish_engine_writes_a_tensorrt_plan_version(tmp_path, monkeypatch):
     assert version.card.export.parity == "skipped"  # no --checkpoint: the card must not claim parity
     config = (tmp_path / "synthetic-elu-trt" / "config.pbtxt").read_text()
     assert 'platform: "tensorrt_plan"' in config and "max_batch_size: 16" in config
+
+
+class _Desc:
+    """Stands in for tensorrt.plugin's TensorDesc: the shape function only asks it for a like()."""
+
+    def like(self):
+        return "like x"
+
+
+def _declared_python_plugin():
+    """The Python plugin's functions with the signatures register_python_plugin shows tensorrt.plugin
+    (its TensorDesc and Tensor classes replaced: this machine has no TensorRT)."""
+    import types
+
+    from elunet.plugins import python_plugin
+
+    python_plugin.declare_signatures(types.SimpleNamespace(TensorDesc=_Desc, Tensor=object))
+    return python_plugin
+
+
+def test_python_plugin_shape_function_takes_the_attributes_tensorrt_passes():
+    """tensorrt.plugin calls the shape function with the tensor descriptors and every attribute by keyword:
+    a shape function that takes only x fails there, and the parser rejects the model."""
+    python_plugin = _declared_python_plugin()
+    field = python_plugin.alpha_field()
+    alpha = np.array([0.5], np.float32)  # how a float32 field arrives from the ONNX parser or a plan
+    assert python_plugin._elu_desc(_Desc(), **{field: alpha}) == "like x"
+    assert python_plugin._elu_desc(_Desc(), alpha) == "like x"
+    assert python_plugin._alpha({field: alpha}) == 0.5
+
+
+def test_python_plugin_declares_its_field_as_the_contract_type():
+    """tensorrt.plugin serializes an attribute as its declared numpy type; declared `float`, alpha went out as
+    FLOAT64, and the compiled creator (like the contract) takes one FLOAT32: the engine would not load elsewhere."""
+    import inspect
+    import typing
+
+    from elunet.contracts import elu_plugin_contract
+
+    python_plugin = _declared_python_plugin()
+    fields = elu_plugin_contract().fields
+    for func in (python_plugin._elu_desc, python_plugin._elu_impl):
+        declared = {name: p.annotation for name, p in inspect.signature(func).parameters.items() if name in fields}
+        assert list(declared) == list(fields)
+        for name, annotation in declared.items():
+            (scalar,) = typing.get_args(typing.get_args(annotation)[-1])  # NDArray[T] is ndarray[shape, dtype[T]]
+            assert np.dtype(scalar).name == fields[name]

@@ -147,16 +147,41 @@ def test_an_engine_loads_the_plugin_library_only_when_it_uses_the_plugin(trt, tm
     assert error < 1e-5
 
 
-def test_python_plugin_builds_too(trt, tmp_path):
-    from elunet.plugins.engine_builder import EngineOptions, build_engine
-    from elunet.plugins.library import elu_creator_registered
+BUILD_WITH_THE_PYTHON_PLUGIN = """
+import sys
+from pathlib import Path
+from elunet.plugins.engine_builder import EngineOptions, build_engine
 
-    if elu_creator_registered(trt):
-        pytest.skip("the compiled plugin is registered in this process; the Python plugin would clash")
-    pytest.importorskip("torch")
-    built = build_engine(elu_plugin_onnx(tmp_path / "m.onnx", alpha=1.0),
-                         EngineOptions(min_batch=1, opt_batch=2, max_batch=4, python_plugin=True))
-    assert built.plugin_layers == 1
+built = build_engine(Path(sys.argv[1]), EngineOptions(min_batch=1, opt_batch=1, max_batch=2, python_plugin=True))
+assert built.plugin_layers == built.elu_plugin_nodes == 1, (built.plugin_layers, built.elu_plugin_nodes)
+Path(sys.argv[2]).write_bytes(built.plan)
+"""
+
+
+def test_python_plugin_engine_builds_and_loads_in_a_new_process_with_the_compiled_library(trt, tmp_path):
+    """The Python plugin's shape function takes the alpha TensorRT passes (else: "parser rejected"), and its
+    engine serializes alpha as one float32, which the compiled creator accepts when another process loads it."""
+    import subprocess
+    import sys
+
+    from elunet.card import CARD_FILE
+    from elunet.plugins import library
+    from test_plugins_python import synthetic_card
+
+    pytest.importorskip("torch", reason="the Python plugin runs PyTorch's ELU")
+    pytest.importorskip("tensorrt.plugin", reason="the Python plugin API needs TensorRT 10.6 or newer")
+    try:
+        library.find_plugin_library()
+    except ElunetError as exc:
+        pytest.skip(f"plugin library not built: {exc.message}")
+    plan = tmp_path / "model.plan"
+    done = subprocess.run([sys.executable, "-c", BUILD_WITH_THE_PYTHON_PLUGIN,
+                           str(elu_plugin_onnx(tmp_path / "model.onnx", alpha=0.7)), str(plan)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    synthetic_card("plugin").save(tmp_path / CARD_FILE)
+    registered, error = open_in_a_new_process(plan, 0.7)
+    assert registered == "registered" and error < 1e-5
 
 
 def test_int8_export_builds_an_explicitly_quantized_engine(trt, tmp_path):
