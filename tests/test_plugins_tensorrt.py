@@ -73,6 +73,14 @@ def test_plugin_creator_registered_with_contract_strings(trt, plugin_library):
                                                     contract.plugin_namespace)
     assert creator is not None
     assert [f.name for f in creator.field_names] == list(contract.fields)
+    assert [f.type for f in creator.field_names] == [getattr(trt.PluginFieldType, t.upper()) for t in contract.fields.values()]
+
+
+def test_engines_are_built_without_tf32(trt):
+    from elunet.plugins.engine_builder import EngineOptions, builder_config
+
+    config = builder_config(trt, trt.Builder(trt.Logger(trt.Logger.ERROR)), EngineOptions())
+    assert not config.get_flag(trt.BuilderFlag.TF32)
 
 
 def test_engine_has_plugin_layers_and_matches_numpy(trt, plugin_library, tmp_path):

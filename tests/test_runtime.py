@@ -139,3 +139,23 @@ def test_backend_tensorrt_without_a_device_opens_on_the_gpu(synthetic_repository
     choice = choose_engine(version, "tensorrt", None)
     assert (choice.kind, choice.device, choice.path.name) == ("tensorrt", "cuda:0", "model.plan")
     assert choose_engine(version, "onnxruntime", None).device == "cpu"
+
+
+def test_onnxruntime_cuda_provider_is_opened_without_tf32():
+    from elunet.runtime.onnxruntime_engine import provider_options
+
+    assert provider_options("CUDAExecutionProvider", 1) == {"device_id": 1, "use_tf32": 0}
+
+
+@pytest.mark.gpu
+def test_onnxruntime_cuda_session_runs_without_tf32(synthetic_repository):
+    """What the CUDA provider says it was given (ONNX Runtime's own record), on a GPU with onnxruntime-gpu."""
+    from elunet.runtime.onnxruntime_engine import available_providers
+
+    if "CUDAExecutionProvider" not in available_providers():
+        pytest.skip(f"this onnxruntime has no CUDA provider (it has {available_providers()}): needs onnxruntime-gpu and a GPU")
+    version = ModelRepository(synthetic_repository).get(LINEAR)
+    with open_engine("onnxruntime", version.model_file(), device="cuda") as engine:
+        session = engine.create_instance().session
+        assert "CUDAExecutionProvider" in session.get_providers()
+        assert session.get_provider_options()["CUDAExecutionProvider"]["use_tf32"] == "0"
