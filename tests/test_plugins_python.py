@@ -192,3 +192,25 @@ def test_python_plugin_declares_its_field_as_the_contract_type():
         for name, annotation in declared.items():
             (scalar,) = typing.get_args(typing.get_args(annotation)[-1])  # NDArray[T] is ndarray[shape, dtype[T]]
             assert np.dtype(scalar).name == fields[name]
+
+
+def test_tensorrt_minimum_is_stated_once_in_pyproject_and_checked_at_run_time():
+    import tomllib
+    from pathlib import Path
+
+    from elunet.plugins.tensorrt_import import MIN_TENSORRT
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    requirement = next(r for r in pyproject["project"]["optional-dependencies"]["tensorrt"] if r.startswith("tensorrt"))
+    assert requirement == "tensorrt>=" + ".".join(map(str, MIN_TENSORRT))
+
+
+def test_a_tensorrt_older_than_the_minimum_is_refused_with_the_reason(monkeypatch):
+    import types
+
+    from elunet.plugins.tensorrt_import import import_tensorrt
+
+    monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="10.6.0.26", Builder=object))
+    with pytest.raises(ElunetError, match="10.6.0.26 is too old") as err:
+        import_tensorrt()
+    assert "tensorrt>=10.7" in err.value.hint
