@@ -48,7 +48,7 @@ class EngineOptions:
             raise ElunetError(
                 f"batch sizes must satisfy 1 <= min <= opt <= max, got min={self.min_batch} opt={self.opt_batch} "
                 f"max={self.max_batch}",
-                hint="e.g. --min-batch 1 --opt-batch 8 --max-batch 64",
+                hint="e.g. --min-batch 1 --opt-batch 8 --max-batch-size 64",
             )
         if self.workspace_mib < 1:
             raise ElunetError(f"--workspace must be at least 1 MiB, got {self.workspace_mib}")
@@ -193,7 +193,7 @@ def build_engine(onnx_path: Path, options: EngineOptions, log=print) -> BuiltEng
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise ElunetError("TensorRT failed to build the engine (see its log above)",
-                          hint="a larger --workspace or a smaller --max-batch may help")
+                          hint="a larger --workspace or a smaller --max-batch-size may help")
     plan = bytes(plan)
     if options.timing_cache is not None:
         from elunet.files import write_atomic

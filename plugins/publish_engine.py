@@ -29,7 +29,7 @@ def publish_engine(
     repository: Path,
     name: str,
     version: int | None,
-    max_batch: int,
+    max_batch_size: int,
     force: bool = False,
     checkpoint: Path | None = None,
     images: int | None = None,
@@ -60,7 +60,7 @@ def publish_engine(
             log("no --checkpoint: publishing without a parity check (the card records parity: skipped)")
         published_card = card.model_copy(update={
             "name": name, "version": staged.version, "export": card.export.model_copy(update={"parity": parity})})
-        return staged.publish(published_card, platform="tensorrt_plan", max_batch_size=max_batch, io_dtype=io_dtype)
+        return staged.publish(published_card, platform="tensorrt_plan", max_batch_size=max_batch_size, io_dtype=io_dtype)
 
 
 def verify_engine(plan_path: Path, card: ModelCard, checkpoint: Path, *, images: int | None, data_dir: Path | None):

@@ -122,7 +122,7 @@ def test_build_engine_verifies_with_the_card_beside_the_staged_engine(tmp_path, 
     built = BuiltEngine(plan=b"synthetic plan bytes", plugin_layers=0, elu_plugin_nodes=0)
     with pytest.raises(Stop):
         publishing.publish_engine(built, synthetic_card("native"), repository=tmp_path, name="synthetic-elu-trt",
-                                  version=None, max_batch=16, checkpoint=tmp_path / "checkpoint", log=lambda line: None)
+                                  version=None, max_batch_size=16, checkpoint=tmp_path / "checkpoint", log=lambda line: None)
     assert seen == [False]
 
 
@@ -138,7 +138,7 @@ def test_publish_engine_writes_a_tensorrt_plan_version(tmp_path, monkeypatch):
     monkeypatch.setattr(publishing, "engine_io_dtype", lambda plan: "fp32")
     built = BuiltEngine(plan=b"synthetic plan bytes", plugin_layers=3, elu_plugin_nodes=3)
     published = publishing.publish_engine(built, card, repository=tmp_path, name="synthetic-elu-trt", version=None,
-                                          max_batch=16, log=lambda line: None)
+                                          max_batch_size=16, log=lambda line: None)
     version = ModelRepository(tmp_path).get("synthetic-elu-trt")
     assert version.path == published.path and version.version == 1
     assert version.model_file("tensorrt_plan").read_bytes() == b"synthetic plan bytes"
@@ -214,3 +214,15 @@ def test_a_tensorrt_older_than_the_minimum_is_refused_with_the_reason(monkeypatc
     with pytest.raises(ElunetError, match="10.6.0.26 is too old") as err:
         import_tensorrt()
     assert "tensorrt>=10.7" in err.value.hint
+
+
+def test_export_and_build_engine_name_the_max_batch_size_alike():
+    """Both write a model's config.pbtxt max_batch_size: one flag, defined once (elunet.cli_options)."""
+    from typer.main import get_command
+
+    from elunet.cli import app
+
+    commands = get_command(app).commands
+    flags = {name: [p.opts for p in commands[name].params if p.name == "max_batch_size"] for name in ("export", "build-engine")}
+    assert flags == {"export": [["--max-batch-size"]], "build-engine": [["--max-batch-size"]]}
+    assert not [p for p in commands["build-engine"].params if "--max-batch" in p.opts]

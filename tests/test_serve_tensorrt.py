@@ -31,7 +31,7 @@ def test_tensorrt_backend_serves_the_engine_within_tolerance(start_server, expor
     onnx_file = ModelRepository(repository).get(name).model_file()
     # A native-Elu export: the engine needs no plugin library. --checkpoint: the engine earns its parity
     # certificate, without which parity-gated serving refuses it.
-    build = subprocess.run([sys.executable, "-m", "elunet", "build-engine", str(onnx_file), "--max-batch", "32",
+    build = subprocess.run([sys.executable, "-m", "elunet", "build-engine", str(onnx_file), "--max-batch-size", "32",
                             "--checkpoint", str(trained_checkpoint)], capture_output=True, text=True)
     assert build.returncode == 0, build.stderr
     assert (repository / f"{name}-trt" / "1" / "parity.json").is_file()
