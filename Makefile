@@ -2,6 +2,7 @@
 #   make demo   install, train the default model briefly, export, serve, classify
 #   make test   install, run the test suite
 #   make deploy-check   build the serve image and run the Compose deployment for real (podman)
+#   make gpu-wheels     the wheels scripts/gpu_check.sh installs on a GPU machine without network, in .whl/
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -18,7 +19,7 @@ TEST_APT_PACKAGES ?= docker-compose prometheus nginx wrk
 DEPLOY_APT_PACKAGES := podman runc netavark aardvark-dns iptables debootstrap docker-compose
 STAMP := $(VENV)/.elunet-installed
 
-.PHONY: setup system-deps demo test deploy-check clean
+.PHONY: setup system-deps demo test deploy-check gpu-wheels clean
 
 setup: $(STAMP)
 
@@ -49,6 +50,13 @@ test: setup
 deploy-check: setup
 	@$(MAKE) --no-print-directory system-deps EXTRA_APT_PACKAGES="$(DEPLOY_APT_PACKAGES)"
 	$(SUDO) env PATH="$(abspath $(VENV))/bin:$$PATH" bash scripts/deploy_check.sh
+
+# pyproject's gpu-check extra with its dependencies, pinned to this venv's versions (what `make test`
+# runs), for the GPU machine's Python; its image's own packages are left out (scripts/gpu_wheels.py).
+GPU_PYTHON_VERSION ?= 3.12
+gpu-wheels:
+	@test -x $(PY) || { echo "no $(PY): run make setup first (the wheels are pinned to its versions)"; exit 1; }
+	$(PY) scripts/gpu_wheels.py --dest .whl --python-version $(GPU_PYTHON_VERSION)
 
 clean:
 	rm -rf $(VENV) runs build dist *.egg-info

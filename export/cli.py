@@ -27,7 +27,7 @@ from elunet.export.settings import (
     ExportSettings,
 )
 from elunet.export.verify import BACKENDS, DEFAULT_BACKEND, DEVICES
-from elunet.model_config import DEFAULT_MAX_BATCH_SIZE
+from elunet.cli_options import max_batch_size_option
 from elunet.repository import PARITY_FILE
 
 PARITY_EXIT_CODE = 1  # over tolerance; elunet exits 2 for usage errors
@@ -93,7 +93,7 @@ def export(
     skip_verify: bool = typer.Option(False, "--skip-verify", help="write without the parity check (the card records parity: skipped)"),
     images: int = typer.Option(DEFAULT_IMAGES, "--images", min=ODD_BATCH, help="real test images the parity check uses"),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="where the dataset is, if not in the default places (see `elunet datasets`)"),
-    max_batch_size: int = typer.Option(DEFAULT_MAX_BATCH_SIZE, "--max-batch-size", min=1, help="max_batch_size in the repository's config.pbtxt"),
+    max_batch_size: int = max_batch_size_option(),
     calibration_method: Optional[Literal[CALIBRATION_METHODS]] = typer.Option(
         None,
         "--calibration-method",

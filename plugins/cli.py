@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from elunet.cli_options import max_batch_size_option
+
 
 def register(app: typer.Typer) -> None:
     """Add this stage's commands to the root `elunet` app."""
@@ -17,7 +19,7 @@ def build_engine_command(
     model: Path = typer.Argument(..., help="ONNX model from `elunet export` (e.g. models/fashion-cnn/1/model.onnx)"),
     min_batch: int = typer.Option(1, "--min-batch", help="smallest batch the engine accepts"),
     opt_batch: int = typer.Option(8, "--opt-batch", help="batch TensorRT tunes kernels for"),
-    max_batch: int = typer.Option(64, "--max-batch", help="largest batch; also Triton's max_batch_size"),
+    max_batch_size: int = max_batch_size_option("; also the engine profile's largest batch"),
     workspace: int = typer.Option(1024, "--workspace", help="builder workspace limit, MiB"),
     timing_cache: Optional[Path] = typer.Option(
         None, "--timing-cache", help="timing cache file: read if it exists, updated after the build (faster rebuilds)"),
@@ -51,7 +53,7 @@ def build_engine_command(
     --python-plugin; the built engine is checked to contain the plugin layers. Needs TensorRT and an NVIDIA GPU;
     an engine runs only on the GPU type and TensorRT version that built it.
 
-    Example: elunet build-engine models/fashion-cnn-plugin/1/model.onnx --checkpoint runs/demo --max-batch 64
+    Example: elunet build-engine models/fashion-cnn-plugin/1/model.onnx --checkpoint runs/demo --max-batch-size 64
     """
     from elunet.errors import ElunetError
     from elunet.plugins.engine_builder import EngineOptions, build_engine, source_card_and_location
@@ -60,7 +62,7 @@ def build_engine_command(
     from elunet.repository import check_model_name
 
     import_tensorrt()  # first: without TensorRT nothing else matters
-    options = EngineOptions(min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch, workspace_mib=workspace,
+    options = EngineOptions(min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch_size, workspace_mib=workspace,
                             timing_cache=timing_cache, plugin_libs=tuple(plugin_lib),
                             python_plugin=python_plugin).validate()
     card, location = source_card_and_location(model)
@@ -73,7 +75,7 @@ def build_engine_command(
     if version is None and location is not None:
         version = location[1]
     built = build_engine(model, options, log=typer.echo)
-    published = publish_engine(built, card, repository=repository, name=name, version=version, max_batch=max_batch,
+    published = publish_engine(built, card, repository=repository, name=name, version=version, max_batch_size=max_batch_size,
                                force=force, checkpoint=checkpoint, images=images, data_dir=data_dir, log=typer.echo)
     typer.echo(f"published {published.path} ({len(built.plan) / 2**20:.1f} MiB engine, {built.plugin_layers} plugin "
                f"layers for {built.elu_plugin_nodes} EluPlugin nodes, {built.int8_layers} int8 layers)")

@@ -48,7 +48,7 @@ class EngineOptions:
             raise ElunetError(
                 f"batch sizes must satisfy 1 <= min <= opt <= max, got min={self.min_batch} opt={self.opt_batch} "
                 f"max={self.max_batch}",
-                hint="e.g. --min-batch 1 --opt-batch 8 --max-batch 64",
+                hint="e.g. --min-batch 1 --opt-batch 8 --max-batch-size 64",
             )
         if self.workspace_mib < 1:
             raise ElunetError(f"--workspace must be at least 1 MiB, got {self.workspace_mib}")
@@ -124,6 +124,19 @@ def int8_layers(layers: list[dict]) -> list[dict]:
     ]
 
 
+def builder_config(trt, builder, options: EngineOptions):
+    """The builder config every engine is built with (its optimization profile is added by build_engine)."""
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_mib * MIB)
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
+    # TensorRT may run float32 convolutions and matrix products in TF32 (a 10-bit mantissa) unless told
+    # not to, and that alone exceeds the fp32 parity tolerance (1e-4); the graph's types are the contract
+    # (strongly typed), so a float32 layer of any engine computes in float32. The torch engine turns TF32
+    # off for the same reason.
+    config.clear_flag(trt.BuilderFlag.TF32)
+    return config
+
+
 def build_engine(onnx_path: Path, options: EngineOptions, log=print) -> BuiltEngine:
     trt = import_tensorrt()
     options = options.validate()
@@ -153,9 +166,7 @@ def build_engine(onnx_path: Path, options: EngineOptions, log=print) -> BuiltEng
             "match elunet/elu_plugin.json",
         )
 
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_mib * MIB)
-    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
+    config = builder_config(trt, builder, options)
     profile = builder.create_optimization_profile()
     for i in range(network.num_inputs):
         tensor = network.get_input(i)
@@ -182,7 +193,7 @@ def build_engine(onnx_path: Path, options: EngineOptions, log=print) -> BuiltEng
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise ElunetError("TensorRT failed to build the engine (see its log above)",
-                          hint="a larger --workspace or a smaller --max-batch may help")
+                          hint="a larger --workspace or a smaller --max-batch-size may help")
     plan = bytes(plan)
     if options.timing_cache is not None:
         from elunet.files import write_atomic

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from elunet.card import ModelCard
+from elunet.card import CARD_FILE, ModelCard
 from elunet.errors import ElunetError
 from elunet.plugins.engine_builder import BuiltEngine, engine_io_dtype
 from elunet.repository import MODEL_FILES, PARITY_FILE, ModelVersion
@@ -29,7 +29,7 @@ def publish_engine(
     repository: Path,
     name: str,
     version: int | None,
-    max_batch: int,
+    max_batch_size: int,
     force: bool = False,
     checkpoint: Path | None = None,
     images: int | None = None,
@@ -44,6 +44,9 @@ def publish_engine(
         plan_path.write_bytes(built.plan)
         parity = "skipped"
         if checkpoint is not None:
+            # The runtime reads from the card beside an engine whether it needs the ELU plugin, as serve will;
+            # publish replaces this one with the published card.
+            card.save(staged.path / CARD_FILE)
             report = verify_engine(plan_path, card, checkpoint, images=images, data_dir=data_dir)
             report.save(staged.path / PARITY_FILE)
             for line in report.lines():
@@ -57,7 +60,7 @@ def publish_engine(
             log("no --checkpoint: publishing without a parity check (the card records parity: skipped)")
         published_card = card.model_copy(update={
             "name": name, "version": staged.version, "export": card.export.model_copy(update={"parity": parity})})
-        return staged.publish(published_card, platform="tensorrt_plan", max_batch_size=max_batch, io_dtype=io_dtype)
+        return staged.publish(published_card, platform="tensorrt_plan", max_batch_size=max_batch_size, io_dtype=io_dtype)
 
 
 def verify_engine(plan_path: Path, card: ModelCard, checkpoint: Path, *, images: int | None, data_dir: Path | None):

@@ -10,6 +10,10 @@ from functools import lru_cache
 
 from elunet.errors import ElunetError
 
+# The oldest TensorRT whose ONNX parser prefers a registered plugin over the node's ONNX function; the
+# tensorrt extra in pyproject.toml states the same bound (a test holds them equal).
+MIN_TENSORRT = (10, 7)
+
 TENSORRT_HINT = (
     "TensorRT needs an NVIDIA GPU machine: use NVIDIA's TensorRT container (NGC, 'tensorrt' image) "
     "or `pip install 'elunet[tensorrt]'` there (the tensorrt wheels download their libraries from NVIDIA's "
@@ -28,6 +32,14 @@ def import_tensorrt():
             f"the installed 'tensorrt' package ({getattr(tensorrt, '__file__', '?')}) is a placeholder without "
             "TensorRT's libraries",
             hint=TENSORRT_HINT,
+        )
+    found = tuple(int(part) for part in tensorrt.__version__.split(".")[:2])
+    if found < MIN_TENSORRT:
+        wanted = ".".join(map(str, MIN_TENSORRT))
+        raise ElunetError(
+            f"TensorRT {tensorrt.__version__} is too old: elunet needs {wanted} or newer, whose ONNX parser uses the "
+            "registered ELU plugin instead of inlining the EluPlugin node's ONNX function",
+            hint=f"pip install 'tensorrt>={wanted}', or use an NGC TensorRT container that ships {wanted} or newer",
         )
     return tensorrt
 

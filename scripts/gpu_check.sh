@@ -1,75 +1,144 @@
 #!/usr/bin/env bash
-# Every GPU check of the project, in one call, on a bare CUDA machine with
-# PyTorch (CUDA build) and no TensorRT. Prints the figures; < 8 minutes.
+# Every GPU check of the project in one command, for the lent GPU machine: its image has PyTorch (CUDA
+# build), numpy, onnxruntime (CPU) and nvcc, and it has no network. Under 10 minutes.
 #
-#   bash scripts/gpu_check.sh            # from the repository root
+#   make gpu-wheels              # beforehand, where there is network: the other wheels into .whl/
+#   bash scripts/gpu_check.sh    # on the GPU machine, from the repository root (.whl/ carried along)
 #
-# It installs nothing into the machine's Python: elunet is made importable
-# through a throw-away folder of symlinks on PYTHONPATH (the package maps its
-# stages from the repository root). pytest is the one extra it needs; when
-# missing it is installed from $WHEELHOUSE (a folder of wheels carried along,
-# e.g. made with `pip download pytest -d .gpu-wheels`) or else from the index.
+# 1. installs .whl/*.whl offline (--no-index --no-deps) into a throw-away folder on PYTHONPATH, and makes
+#    elunet importable through symlinks (the package maps its stages from the repository root);
+# 2. imports every carried distribution's modules, every module of the serve stage and the modules the
+#    checks import, and starts `elunet serve --help`: a missing wheel ends the run here, before GPU time;
+# 3. the GPU sections: the ELU kernel against torch.nn.functional.elu (nvcc and NVRTC loaders), its
+#    bandwidth against a device-to-device copy, and the torch backend served on CUDA (parity with the
+#    CPU reference, throughput). Each one skips, saying why, without an NVIDIA GPU that PyTorch can use.
 #
-# Exit status: 0 when every check ran and passed, 1 otherwise.
+# PYTHON picks the interpreter (default python3); WHEELS the wheel folder (default .whl).
+# Exit status: 0 every section ran and passed; 3 nothing failed but GPU sections were skipped; 1 a failure.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 PY=${PYTHON:-python3}
-WHEELHOUSE=${WHEELHOUSE:-$ROOT/.gpu-wheels}
-STATUS=0
+WHEELS=${WHEELS:-$ROOT/.whl}
+FAILED=0
+SKIPPED=0
 section() { printf '\n==== %s ====\n' "$*"; }
-fail() { echo "FAILED: $*"; STATUS=1; }
+fail() { echo "FAILED: $*"; FAILED=1; }
+skip() { echo "SKIPPED: $*"; SKIPPED=1; }
 
 section "machine"
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo "nvidia-smi not available"
-if ! "$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
-  echo "PyTorch with CUDA is not usable by $PY: nothing to check"
-  exit 1
+echo "python: $("$PY" -c 'import sys; print(sys.executable, sys.version.split()[0])')"
+GPU_REASON=""
+if ! command -v nvidia-smi >/dev/null; then
+  GPU_REASON="no NVIDIA GPU: nvidia-smi is not installed"
+elif ! nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; then
+  GPU_REASON="no NVIDIA GPU: nvidia-smi lists none"
 fi
-"$PY" -c 'import torch; print("torch", torch.__version__, "CUDA", torch.version.cuda, "GPU", torch.cuda.get_device_name())'
 echo "nvcc: $(command -v nvcc || echo 'not found (the NVRTC loader covers the kernel)')"
 
-section "python environment"
+section "install the carried wheels (offline)"
 SITE=$(mktemp -d)
 trap 'rm -rf "$SITE"' EXIT
-mkdir "$SITE/elunet"
-for f in "$ROOT"/elunet/*; do ln -s "$f" "$SITE/elunet/"; done
-for stage in train export serve plugins; do ln -s "$ROOT/$stage" "$SITE/elunet/$stage"; done
-export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
-# Work from outside the checkout: Python puts the working directory first on
-# sys.path, and the checkout's own elunet/ folder lacks the stage subpackages.
-cd "$SITE"
-"$PY" -c 'import elunet.plugins.kernel_loader' || fail "elunet.plugins does not import"
-if ! "$PY" -c 'import pytest' 2>/dev/null; then
-  if [ -d "$WHEELHOUSE" ]; then
-    "$PY" -m pip install -q --no-index --find-links "$WHEELHOUSE" pytest || true
-  else
-    timeout 120 "$PY" -m pip install -q pytest || true
-  fi
+shopt -s nullglob
+wheels=("$WHEELS"/*.whl)
+shopt -u nullglob
+if [ ${#wheels[@]} = 0 ]; then
+  fail "no wheels in $WHEELS: run \`make gpu-wheels\` where there is network, and carry .whl/ along"
+elif "$PY" -m pip install -q --root-user-action=ignore --no-index --no-deps --no-compile --target "$SITE/wheels" "${wheels[@]}"; then
+  echo "${#wheels[@]} wheels from $WHEELS ($(du -sh "$WHEELS" | cut -f1)) installed into $SITE/wheels"
+else
+  fail "pip could not install the wheels of $WHEELS (made for this Python? see above; \`make gpu-wheels GPU_PYTHON_VERSION=X.Y\`)"
 fi
-"$PY" -c 'import pytest; print("pytest", pytest.__version__)' || fail "pytest is missing and could not be installed"
+mkdir "$SITE/elunet-src" "$SITE/elunet-src/elunet"
+for f in "$ROOT"/elunet/*; do ln -s "$f" "$SITE/elunet-src/elunet/"; done
+for stage in train export serve plugins; do ln -s "$ROOT/$stage" "$SITE/elunet-src/elunet/$stage"; done
+export PYTHONPATH="$SITE/elunet-src:$SITE/wheels${PYTHONPATH:+:$PYTHONPATH}"
+# From outside the checkout: Python puts the working directory first on sys.path, and the checkout's own
+# elunet/ folder lacks the stage subpackages. Checks that start servers inherit this folder and PYTHONPATH.
+cd "$SITE"
+
+section "imports"
+# Each carried distribution's module (the one named like it, else every top-level module its RECORD
+# lists: nothing is listed by hand; uvicorn, for one, imports httptools and uvloop only when serving),
+# the serve stage's modules, and what the checks below import beyond the image's PyTorch.
+"$PY" - "$ROOT" "$SITE/wheels" <<'EOF' || fail "imports (see above): the server or a check would exit on import"
+import importlib, pathlib, re, sys
+root, site = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+modules = set()
+for record in site.glob("*.dist-info/RECORD"):
+    tops = set()
+    for line in record.read_text().splitlines():
+        top = line.split(",")[0].split("/")[0]
+        if top.endswith((".dist-info", ".data")) or top.startswith(("_", "..")) or top in ("bin", "include", "share"):
+            continue
+        if top.endswith(".py"):
+            tops.add(top[:-3])
+        elif "." not in top or top.endswith(".so"):
+            tops.add(top.split(".")[0])
+    distribution = re.sub(r"[-_.]+", "_", record.parent.name.split("-")[0]).lower()
+    modules |= {distribution} if distribution in {t.lower() for t in tops} else tops
+modules |= {f"elunet.serve.{p.stem}" for p in (root / "serve").glob("*.py") if p.stem != "__main__"}
+modules |= {"elunet.cli", "elunet.runtime.onnxruntime_engine", "elunet.plugins.kernel_loader", "elunet.export.parity",
+            "onnxruntime", "numpy"}
+failed = []
+for name in sorted(modules):
+    try:
+        importlib.import_module(name)
+    except Exception as exc:  # any failure to import is what this section exists to find
+        failed.append(f"{name}: {type(exc).__name__}: {exc}")
+print(f"{len(modules) - len(failed)} of {len(modules)} modules import")
+for line in failed:
+    print("  cannot import", line)
+sys.exit(1 if failed else 0)
+EOF
+"$PY" -m elunet serve --help >/dev/null || fail "\`elunet serve --help\` does not start"
+
+TORCH_REASON=$("$PY" -c '
+try:
+    import torch
+except Exception as exc:
+    print(f"PyTorch is not importable by this Python ({exc}); the GPU image provides it")
+else:
+    if not torch.cuda.is_available():
+        print(f"PyTorch {torch.__version__} sees no CUDA GPU (CUDA build: {torch.version.cuda})")
+' 2>&1)
+REASON=${GPU_REASON:-$TORCH_REASON}
+if [ -z "$REASON" ]; then
+  "$PY" -c 'import torch; print("torch", torch.__version__, "CUDA", torch.version.cuda, "GPU", torch.cuda.get_device_name())'
+  "$PY" -c 'import elunet.train.checkpoint, elunet.train.models, elunet.train.data' \
+    || fail "the torch serving check's imports (elunet.train)"
+fi
 
 section "ELU kernel vs torch.nn.functional.elu (nvcc and NVRTC loaders)"
-# --noconftest: the other stages' fixtures need packages this machine lacks.
-timeout 300 "$PY" -m pytest -q -rs --noconftest -p no:cacheprovider -o addopts= "$ROOT/tests/test_plugins_kernel_gpu.py" \
-  || fail "kernel test"
+if [ -n "$REASON" ]; then
+  skip "$REASON"
+else
+  # --noconftest: the other stages' fixtures need packages this machine does not carry.
+  timeout 180 "$PY" -m pytest -q -rs --noconftest -p no:cacheprovider -o addopts= "$ROOT/tests/test_plugins_kernel_gpu.py" \
+    || fail "kernel test"
+fi
 
 section "ELU kernel bandwidth vs device-to-device copy (2^28 elements)"
-timeout 180 "$PY" "$ROOT/benchmarks/elu_kernel_bandwidth.py" --log2-elements 28 --repeats 20 || fail "bandwidth below target or not measured"
-
-# ==== SERVING: torch-CUDA backend check (added by the serving stage) ====
-section "serving: torch backend on CUDA (parity vs the CPU reference, served throughput)"
-SERVE_DEPS="fastapi uvicorn pydantic prometheus-client pillow python-multipart typer safetensors tritonclient grpcio protobuf"
-if ! "$PY" -c 'import fastapi, uvicorn, pydantic, prometheus_client, PIL, multipart, typer, safetensors, tritonclient.grpc' 2>/dev/null && [ -d "$WHEELHOUSE" ]; then
-  "$PY" -m pip install -q --no-index --find-links "$WHEELHOUSE" $SERVE_DEPS || true
-fi
-if "$PY" -c 'import fastapi, uvicorn, pydantic, prometheus_client, PIL, multipart, typer, safetensors, tritonclient.grpc' 2>/dev/null; then
-  timeout 360 "$PY" "$ROOT/benchmarks/serve_gpu_check.py" --duration 8 || fail "serving: torch-CUDA parity or throughput"
+if [ -n "$REASON" ]; then
+  skip "$REASON"
 else
-  fail "serving: needs $SERVE_DEPS (carry wheels: pip download -d .gpu-wheels $SERVE_DEPS)"
+  timeout 120 "$PY" "$ROOT/benchmarks/elu_kernel_bandwidth.py" --log2-elements 28 --repeats 20 \
+    || fail "bandwidth below target or not measured"
 fi
-# ==== end SERVING ====
+
+section "serving: torch backend on CUDA (parity vs the CPU reference, served throughput)"
+if [ -n "$REASON" ]; then
+  skip "$REASON"
+else
+  timeout 240 "$PY" "$ROOT/benchmarks/serve_gpu_check.py" --duration 8 || fail "serving: torch-CUDA parity or throughput"
+fi
 
 section "result"
-if [ "$STATUS" = 0 ]; then echo "all GPU checks passed"; else echo "some GPU checks failed (see above)"; fi
-exit "$STATUS"
+if [ "$FAILED" = 1 ]; then
+  echo "some checks failed (see above)"
+  exit 1
+elif [ "$SKIPPED" = 1 ]; then
+  echo "nothing failed; the GPU sections were skipped: $REASON"
+  exit 3
+fi
+echo "all GPU checks passed"

@@ -41,17 +41,20 @@ def plugin_library(trt):
         pytest.skip(f"plugin library not built: {exc.message}")
 
 
-def elu_plugin_onnx(path, alpha: float, dtype=np.float32):
-    """A synthetic one-node ONNX: input [batch, 1, 4, 4] -> EluPlugin -> Flatten -> logits [batch, 16]."""
+def elu_plugin_onnx(path, alpha: float, dtype=np.float32, plugin: bool = True):
+    """A synthetic one-node ONNX: input [batch, 1, 4, 4] -> EluPlugin (or ONNX's Elu) -> Flatten -> logits [batch, 16]."""
     import onnx
     from onnx import TensorProto, helper
 
     contract = elu_plugin_contract()
     onnx_type = TensorProto.FLOAT if dtype == np.float32 else TensorProto.FLOAT16
-    plugin = helper.make_node(contract.op_type, [INPUT_NAME], ["act"], domain=contract.onnx_domain, alpha=alpha,
-                              plugin_version=contract.plugin_version, plugin_namespace=contract.plugin_namespace)
+    if plugin:
+        elu = helper.make_node(contract.op_type, [INPUT_NAME], ["act"], domain=contract.onnx_domain, alpha=alpha,
+                               plugin_version=contract.plugin_version, plugin_namespace=contract.plugin_namespace)
+    else:
+        elu = helper.make_node("Elu", [INPUT_NAME], ["act"], alpha=alpha)
     flatten = helper.make_node("Flatten", ["act"], [OUTPUT_NAME], axis=1)
-    graph = helper.make_graph([plugin, flatten], "elu_plugin",
+    graph = helper.make_graph([elu, flatten], "elu_plugin",
                               [helper.make_tensor_value_info(INPUT_NAME, onnx_type, ["batch", 1, 4, 4])],
                               [helper.make_tensor_value_info(OUTPUT_NAME, onnx_type, ["batch", 16])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18),
@@ -70,6 +73,14 @@ def test_plugin_creator_registered_with_contract_strings(trt, plugin_library):
                                                     contract.plugin_namespace)
     assert creator is not None
     assert [f.name for f in creator.field_names] == list(contract.fields)
+    assert [f.type for f in creator.field_names] == [getattr(trt.PluginFieldType, t.upper()) for t in contract.fields.values()]
+
+
+def test_engines_are_built_without_tf32(trt):
+    from elunet.plugins.engine_builder import EngineOptions, builder_config
+
+    config = builder_config(trt, trt.Builder(trt.Logger(trt.Logger.ERROR)), EngineOptions())
+    assert not config.get_flag(trt.BuilderFlag.TF32)
 
 
 def test_engine_has_plugin_layers_and_matches_numpy(trt, plugin_library, tmp_path):
@@ -94,16 +105,91 @@ def test_engine_has_plugin_layers_and_matches_numpy(trt, plugin_library, tmp_pat
         second.close()
 
 
-def test_python_plugin_builds_too(trt, tmp_path):
-    from elunet.plugins.engine_builder import EngineOptions, build_engine
-    from elunet.plugins.library import elu_creator_registered
+# A process of its own: in this one the plugin may already be registered by another test.
+OPEN_IN_A_NEW_PROCESS = """
+import sys
+import numpy as np
+from elunet.plugins.library import elu_creator_registered
+from elunet.plugins.tensorrt_import import import_tensorrt
+from elunet.runtime import open_engine
 
-    if elu_creator_registered(trt):
-        pytest.skip("the compiled plugin is registered in this process; the Python plugin would clash")
-    pytest.importorskip("torch")
-    built = build_engine(elu_plugin_onnx(tmp_path / "m.onnx", alpha=1.0),
-                         EngineOptions(min_batch=1, opt_batch=2, max_batch=4, python_plugin=True))
-    assert built.plugin_layers == 1
+x = np.linspace(-3, 3, 16, dtype=np.float32).reshape(1, 1, 4, 4)
+with open_engine("tensorrt", sys.argv[1], device="cuda") as engine:
+    got = engine.create_instance().infer(x)
+want = np.where(x > 0, x, float(sys.argv[2]) * np.expm1(x)).reshape(1, 16)
+print("registered" if elu_creator_registered(import_tensorrt()) else "not registered", float(np.abs(got - want).max()))
+"""
+
+
+def open_in_a_new_process(plan, alpha: float) -> tuple[str, float]:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", OPEN_IN_A_NEW_PROCESS, str(plan), str(alpha)], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    registered, error = done.stdout.strip().rsplit(" ", 1)
+    return registered, float(error)
+
+
+@pytest.mark.parametrize("elu_mode", ["native", "plugin"])
+def test_an_engine_loads_the_plugin_library_only_when_it_uses_the_plugin(trt, tmp_path, elu_mode):
+    """A native-Elu engine opens with no plugin library anywhere; a plugin engine, published with its card, gets it."""
+    from elunet.card import CARD_FILE
+    from elunet.plugins import library
+    from elunet.plugins.engine_builder import EngineOptions, build_engine
+    from test_plugins_python import synthetic_card
+
+    if elu_mode == "plugin":
+        try:
+            library.load_plugin_library()
+        except ElunetError as exc:
+            pytest.skip(f"plugin library not built: {exc.message}")
+    built = build_engine(elu_plugin_onnx(tmp_path / "model.onnx", alpha=0.7, plugin=elu_mode == "plugin"),
+                         EngineOptions(min_batch=1, opt_batch=1, max_batch=2))
+    plan = tmp_path / "model.plan"
+    plan.write_bytes(built.plan)
+    synthetic_card(elu_mode).save(tmp_path / CARD_FILE)
+    registered, error = open_in_a_new_process(plan, 0.7)
+    assert registered == ("registered" if elu_mode == "plugin" else "not registered")
+    assert error < 1e-5
+
+
+BUILD_WITH_THE_PYTHON_PLUGIN = """
+import sys
+from pathlib import Path
+from elunet.plugins.engine_builder import EngineOptions, build_engine
+
+built = build_engine(Path(sys.argv[1]), EngineOptions(min_batch=1, opt_batch=1, max_batch=2, python_plugin=True))
+assert built.plugin_layers == built.elu_plugin_nodes == 1, (built.plugin_layers, built.elu_plugin_nodes)
+Path(sys.argv[2]).write_bytes(built.plan)
+"""
+
+
+def test_python_plugin_engine_builds_and_loads_in_a_new_process_with_the_compiled_library(trt, tmp_path):
+    """The Python plugin's shape function takes the alpha TensorRT passes (else: "parser rejected"), and its
+    engine serializes alpha as one float32, which the compiled creator accepts when another process loads it."""
+    import subprocess
+    import sys
+
+    from elunet.card import CARD_FILE
+    from elunet.plugins import library
+    from test_plugins_python import synthetic_card
+
+    pytest.importorskip("torch", reason="the Python plugin runs PyTorch's ELU")
+    pytest.importorskip("tensorrt.plugin", reason="the Python plugin API needs TensorRT 10.6 or newer")
+    try:
+        library.find_plugin_library()
+    except ElunetError as exc:
+        pytest.skip(f"plugin library not built: {exc.message}")
+    plan = tmp_path / "model.plan"
+    done = subprocess.run([sys.executable, "-c", BUILD_WITH_THE_PYTHON_PLUGIN,
+                           str(elu_plugin_onnx(tmp_path / "model.onnx", alpha=0.7)), str(plan)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    synthetic_card("plugin").save(tmp_path / CARD_FILE)
+    registered, error = open_in_a_new_process(plan, 0.7)
+    assert registered == "registered" and error < 1e-5
 
 
 def test_int8_export_builds_an_explicitly_quantized_engine(trt, tmp_path):

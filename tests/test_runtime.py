@@ -129,3 +129,33 @@ def test_a_gpu_request_without_any_gpu_path_is_explained(synthetic_repository):
     with pytest.raises(ElunetError, match="asked for a GPU") as err:
         choose_engine(version, "auto", "cuda:1")
     assert "no model.plan" in err.value.message and "no CUDA provider" in err.value.message
+
+
+def test_backend_tensorrt_without_a_device_opens_on_the_gpu(synthetic_repository, tmp_path):
+    """The serve-trt image and compose service set only ELUNET_BACKEND=tensorrt: the device must follow the backend."""
+    shutil.copytree(synthetic_repository / LINEAR, tmp_path / LINEAR)
+    version = ModelRepository(tmp_path).get(LINEAR)
+    version.model_file("tensorrt_plan").write_bytes(b"an engine; choosing does not open it")
+    choice = choose_engine(version, "tensorrt", None)
+    assert (choice.kind, choice.device, choice.path.name) == ("tensorrt", "cuda:0", "model.plan")
+    assert choose_engine(version, "onnxruntime", None).device == "cpu"
+
+
+def test_onnxruntime_cuda_provider_is_opened_without_tf32():
+    from elunet.runtime.onnxruntime_engine import provider_options
+
+    assert provider_options("CUDAExecutionProvider", 1) == {"device_id": 1, "use_tf32": 0}
+
+
+@pytest.mark.gpu
+def test_onnxruntime_cuda_session_runs_without_tf32(synthetic_repository):
+    """What the CUDA provider says it was given (ONNX Runtime's own record), on a GPU with onnxruntime-gpu."""
+    from elunet.runtime.onnxruntime_engine import available_providers
+
+    if "CUDAExecutionProvider" not in available_providers():
+        pytest.skip(f"this onnxruntime has no CUDA provider (it has {available_providers()}): needs onnxruntime-gpu and a GPU")
+    version = ModelRepository(synthetic_repository).get(LINEAR)
+    with open_engine("onnxruntime", version.model_file(), device="cuda") as engine:
+        session = engine.create_instance().session
+        assert "CUDAExecutionProvider" in session.get_providers()
+        assert session.get_provider_options()["CUDAExecutionProvider"]["use_tf32"] == "0"

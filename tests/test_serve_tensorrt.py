@@ -29,8 +29,12 @@ def test_tensorrt_backend_serves_the_engine_within_tolerance(start_server, expor
     shutil.copytree(exported_repository, repository)
     (name,) = ModelRepository(repository).models()
     onnx_file = ModelRepository(repository).get(name).model_file()
-    build = subprocess.run([sys.executable, "-m", "elunet", "build-engine", str(onnx_file), "--max-batch", "32"], capture_output=True, text=True)
+    # A native-Elu export: the engine needs no plugin library. --checkpoint: the engine earns its parity
+    # certificate, without which parity-gated serving refuses it.
+    build = subprocess.run([sys.executable, "-m", "elunet", "build-engine", str(onnx_file), "--max-batch-size", "32",
+                            "--checkpoint", str(trained_checkpoint)], capture_output=True, text=True)
     assert build.returncode == 0, build.stderr
+    assert (repository / f"{name}-trt" / "1" / "parity.json").is_file()
     server = start_server(repository, backend="auto", max_batch_size=32)
     _, meta = server.get_json(f"/v2/models/{name}-trt")
     assert meta["platform"].startswith("tensorrt")

@@ -8,7 +8,7 @@ TensorRT:
 
 - ``onnxruntime``: an ONNX file on ONNX Runtime's CPU provider, or its
   TensorRT / CUDA execution providers (onnxruntime-gpu);
-- ``tensorrt``: a TensorRT engine (``.plan``), natively, ELU plugin loaded;
+- ``tensorrt``: a TensorRT engine (``.plan``), natively, the ELU plugin loaded where it uses it;
 - ``torch``: a checkpoint folder (or a model-repository version folder) in PyTorch.
 
 ``choose.py`` picks one for a model-repository version (``auto``).

@@ -30,12 +30,15 @@ class Choice:
 
 
 def choose_engine(version: ModelVersion, kind: str, device: str | None) -> Choice:
-    """The engine for ``version``: ``kind`` is auto or one of elunet.runtime.ENGINES; ``device`` None lets auto decide."""
+    """The engine for ``version``: ``kind`` is auto or one of elunet.runtime.ENGINES; ``device`` None lets auto decide
+    (tensorrt: cuda:0, onnxruntime and torch: cpu)."""
     if kind == "auto":
         kind, device, why = _auto(version, device)
     else:
         why = f"--backend {kind}"
-    device = device or "cpu"
+    # TensorRT has no CPU path: without --device it would open on "cpu" and be refused, which is what the
+    # serve-trt image (it sets only the backend) did to every model.
+    device = device or ("cuda:0" if kind == "tensorrt" else "cpu")
     if kind == "onnxruntime":
         obstacle = _onnxruntime_obstacle(version)
         if obstacle:

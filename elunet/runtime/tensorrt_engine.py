@@ -5,12 +5,20 @@ on its own stream with its own device buffers; a context itself must never run
 two inferences at once. So an instance owns a context, a CUDA stream and its
 input/output buffers, and the engine only holds what is shared (the
 deserialized ``ICudaEngine``). cuda-python manages memory and streams; no
-PyTorch. The ELU plugin library is loaded first: an engine holding EluPlugin
-layers deserializes only once its creator is registered.
+PyTorch.
+
+An engine holding EluPlugin layers deserializes only once the plugin's
+creator is registered, and a native-Elu engine needs no plugin at all, so
+the plugin library is loaded only for engines that use it. A serialized
+engine cannot be asked before it is deserialized, so the answer comes from
+the model card that `elunet build-engine` publishes beside it
+(``export.elu_mode``: build-engine refuses a plugin export whose engine lost
+its plugin layers, so the card's mode is the engine's). An ONNX file is
+inspected directly (its EluPlugin nodes).
 
 ``model_path`` is a serialized engine (``.plan``, ``.engine``) or an ONNX file,
-which is built into an engine first (ELU plugin registered). Batches larger
-than the engine's profile maximum are split; every batch from 1 up runs.
+which is built into an engine first. Batches larger than the engine's
+profile maximum are split; every batch from 1 up runs.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from elunet.card import CARD_FILE, ModelCard
 from elunet.contracts import INPUT_NAME, OUTPUT_NAME
 from elunet.dtypes import BY_NUMPY
 from elunet.errors import ElunetError
@@ -26,6 +35,15 @@ from elunet.model_config import DEFAULT_MAX_BATCH_SIZE, TensorSignature
 from elunet.runtime.engine import Engine, Instance
 
 ENGINE_SUFFIXES = (".plan", ".engine", ".trt")
+
+
+def engine_uses_elu_plugin(plan_path: Path) -> bool | None:
+    """Whether the serialized engine at ``plan_path`` holds EluPlugin layers, from the card beside it; None: no card."""
+    card_file = Path(plan_path).with_name(CARD_FILE)
+    if not card_file.is_file():
+        return None
+    card = ModelCard.load(card_file)
+    return card.export is not None and card.export.elu_mode == "plugin"
 
 
 class TensorRTInstance(Instance):
@@ -108,7 +126,9 @@ class TensorRTEngine(Engine):
                                     plugin_libs=(plugin_lib,) if plugin_lib else ())
             plan = build_engine(model_path, options).plan
         elif model_path.suffix in ENGINE_SUFFIXES:
-            load_plugin_library(plugin_lib)
+            uses_plugin = engine_uses_elu_plugin(model_path)
+            if uses_plugin:
+                load_plugin_library(plugin_lib)
             plan = model_path.read_bytes()
         else:
             raise ElunetError(f"{model_path} is neither an ONNX model nor a TensorRT engine",
@@ -116,9 +136,13 @@ class TensorRTEngine(Engine):
         self._runtime = trt.Runtime(tensorrt_logger())
         self.trt_engine = self._runtime.deserialize_cuda_engine(plan)
         if self.trt_engine is None:
-            raise ElunetError(f"TensorRT could not deserialize {model_path} (see its log above)",
-                              hint="engines only run on the TensorRT version and GPU type that built them; rebuild "
-                              "with `elunet build-engine`")
+            hint = ("engines only run on the TensorRT version and GPU type that built them; rebuild with "
+                    "`elunet build-engine`")
+            if model_path.suffix in ENGINE_SUFFIXES and uses_plugin is None:
+                hint += (f"; no {CARD_FILE} beside it says whether it holds EluPlugin layers, so no plugin was loaded: "
+                         "keep the card build-engine published with it, or register the plugin first "
+                         "(elunet.plugins.library.load_plugin_library)")
+            raise ElunetError(f"TensorRT could not deserialize {model_path} (see its log above)", hint=hint)
         engine = self.trt_engine
         names = {engine.get_tensor_name(i) for i in range(engine.num_io_tensors)}
         if names != {INPUT_NAME, OUTPUT_NAME}:

@@ -324,8 +324,13 @@ nvinfer1::IPluginV3* EluPluginCreator::createPlugin(
             }
             if (field.type != nvinfer1::PluginFieldType::kFLOAT32 || field.length != 1 || field.data == nullptr)
             {
-                std::string const message
-                    = std::string("EluPlugin: field '") + contract::kAlphaField + "' must be one float32";
+                // Say what arrived: a wrong type here means an engine or ONNX node written against another
+                // contract (e.g. a float64 alpha), which has to be rebuilt, not reinterpreted.
+                std::string const message = std::string("EluPlugin: field '") + contract::kAlphaField
+                    + "' must be one float32 (kFLOAT32), got PluginFieldType "
+                    + std::to_string(static_cast<int32_t>(field.type)) + " with length " + std::to_string(field.length)
+                    + (field.data == nullptr ? " and no data" : "")
+                    + "; rebuild the engine or ONNX with a plugin that writes alpha as one float32";
                 logError(message.c_str());
                 return nullptr;
             }
