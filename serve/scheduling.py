@@ -29,7 +29,9 @@ config.pbtxt is scheduled by the server settings alone, with dynamic batching.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Iterable
 
+from elunet.runtime.cpus import threads_per_instance
 from elunet.serve.settings import AUTO_INSTANCES, ServeSettings
 
 # The most instances an automatic count chooses; the CPU threads are shared out for it before the count is known.
@@ -109,3 +111,9 @@ def scheduling(config, settings: ServeSettings) -> Scheduling:
         instances=pick("instances", instances, settings.instances),
         source=source,
     )
+
+
+def cpu_threads_per_instance(settings: ServeSettings, planned: Iterable[Scheduling]) -> int:
+    """Intra-op threads for each instance: ``--cpu-threads``, else an equal share of the CPUs for every
+    instance ``planned`` (an automatic count at its most: the share is fixed before the count is known)."""
+    return settings.cpu_threads or threads_per_instance(sum(s.planned_instances for s in planned))
