@@ -89,9 +89,13 @@ class ServedModel:
 
     def timeout(self, requested_us: float | None, server_timeout_s: float) -> float:
         """Seconds this request may take: the model's queue timeout, shortened by a request's own
-        ``timeout`` parameter (microseconds, Triton's) where the queue policy allows that."""
+        ``timeout`` parameter (microseconds, Triton's) where the queue policy allows that.
+
+        A config.pbtxt without a default_timeout_microseconds (or with 0) sets no queue timeout, as in
+        Triton; then the server's ``--request-timeout-s``, ``server_timeout_s``, applies.
+        """
         s = self.scheduling
-        timeout = s.timeout_s if s else server_timeout_s
+        timeout = s.timeout_s if s.source.get("timeout") == "config.pbtxt" else server_timeout_s
         if requested_us and s.allow_timeout_override:
             timeout = min(timeout, requested_us / 1e6)
         return timeout
