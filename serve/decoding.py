@@ -46,6 +46,7 @@ class Decoder:
         self._workers = workers or available_cpus()
         self._threads = ThreadPoolExecutor(self._workers, thread_name_prefix="decode", initializer=lower_priority)
         self._processes = self._process_pool()
+        self._restart: asyncio.Future | None = None  # the replacement pool's start, after a worker died
         self._inline = inline_bytes
 
     def _process_pool(self) -> ProcessPoolExecutor:
@@ -60,6 +61,8 @@ class Decoder:
         """
         if size < self._inline:
             return fn(*args)
+        if holds_gil and self._restart is not None:
+            await self._restarted()
         pool = self._processes if holds_gil else self._threads
         try:
             return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
@@ -68,8 +71,7 @@ class Decoder:
             # it held fail once, clearly; a new pool takes the next ones.
             if self._processes is pool:
                 log.error("a decoding worker process died; starting a new pool")
-                self._processes = self._process_pool()
-                self._restarting = asyncio.ensure_future(self.start())
+                self._replace_process_pool()
             raise ServeError(
                 503,
                 "a decoding worker process died while handling this request (killed, or out of memory); the workers "
@@ -77,6 +79,29 @@ class Decoder:
                 reason="decoder_failed",
                 headers={"Retry-After": "1"},
             ) from None
+
+    def _replace_process_pool(self) -> None:
+        self._processes = self._process_pool()
+        self._restart = asyncio.ensure_future(self.start())
+        self._restart.add_done_callback(_log_failed_restart)
+
+    async def _restarted(self) -> None:
+        """Wait until the replacement pool has started. If it could not start, this request gets a 503 that
+        says so, and another pool is started for the next one: a pool that is not there never answers."""
+        restart = self._restart
+        try:
+            await asyncio.shield(restart)  # shielded: a request that is cancelled must not cancel the start
+        except Exception as exc:  # noqa: BLE001 - whatever stopped the workers from starting is this request's answer
+            if self._restart is restart:
+                self._replace_process_pool()
+            raise ServeError(
+                503,
+                f"the decoding worker processes could not be restarted ({type(exc).__name__}: {exc}); trying again: send it again",
+                reason="decoder_failed",
+                headers={"Retry-After": "1"},
+            ) from None
+        if self._restart is restart:
+            self._restart = None
 
     async def start(self) -> None:
         """Start every worker process now: the pool starts one when a call finds none idle, and that
@@ -87,6 +112,11 @@ class Decoder:
     def close(self) -> None:
         self._threads.shutdown(wait=True)
         self._processes.shutdown(wait=True)
+
+
+def _log_failed_restart(restart: asyncio.Future) -> None:
+    if not restart.cancelled() and (exc := restart.exception()) is not None:
+        log.error("the decoding worker processes could not be restarted: %s: %s", type(exc).__name__, exc)
 
 
 def _ready(hold_s: float) -> bool:
