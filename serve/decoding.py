@@ -8,17 +8,15 @@ interpreter lock:
 - work that releases the lock (raw binary tensors: numpy's casts) runs in a
   thread pool;
 - work that holds it runs in a process pool, since in a thread it would still
-  stop the loop for as long as one native call takes: JSON parsing and encoding
-  in pydantic-core and nested lists to numpy (0.66 s liveness p99 under 8 x 16
-  MB JSON bodies in threads), zlib inflating a compressed body (43 ms per call
-  for 64 MB), Pillow decoding a PNG (the lock is free only every switch
-  interval: 40 ms liveness p99 with two 64 Mpx decodes in threads).
+  stop the loop, health probes included, for as long as one native call takes:
+  JSON parsing and encoding in pydantic-core and nested lists to numpy, zlib
+  inflating a compressed body, Pillow decoding a PNG (which frees the lock only
+  every switch interval).
 
 Both pools have one worker per CPU this process may use, so a flood of large
 bodies queues there instead of starving the loop, and their workers run at a
 lower scheduling priority (nice +10): on a busy host the event loop, which
-answers health probes and small requests, comes first (measured with one core
-kept busy by another process: liveness p99 65 ms at equal priority).
+answers health probes and small requests, comes first.
 """
 
 from __future__ import annotations
@@ -36,8 +34,8 @@ from elunet.serve.errors import ServeError
 log = logging.getLogger("elunet.serve")
 
 T = TypeVar("T")
-# Payloads below this many bytes are handled on the loop: a 62 KiB JSON body blocks it 0.25 ms, while
-# handing it to the process pool costs the request 0.71 ms (benchmarks/decode_inline.py).
+# Payloads below this many bytes are handled on the loop: decoding them there blocks it for less time than
+# handing them to the process pool would cost the request (benchmarks/decode_inline.py measures both).
 INLINE_BYTES = 64 * 1024
 
 

@@ -102,11 +102,10 @@ def _s_per_image(served: ServedModel, instance: Instance, cpu_threads: int) -> f
 
     Two clocks, each of which overcounts in its own situation, and the smaller one: this process's
     CPU time (the intra-op threads' together) also counts the event loop and other models
-    serving traffic meanwhile (a reload under load measured 284 instead of 144 us); the calling
-    thread's own CPU time times the intra-op threads is exact with one thread and counts other
-    threads of no kind, but with several, on a busy host, the caller computes more than its share
-    (265 instead of 147 us). Wall time would count other processes too (268 instead of 142 us once
-    in four starts, the decoding pool starting). On a GPU, wall time.
+    serving traffic meanwhile (a reload under load); the calling thread's own CPU time times the
+    intra-op threads is exact with one thread and counts other threads of no kind, but with several,
+    on a busy host, the caller computes more than its share. Wall time would count other processes
+    too (the decoding pool starting beside the first load). On a GPU, wall time.
     """
     batch = np.zeros((served.max_batch_size, *served.card.input_shape), np.float32)
     on_cpu = served.engine.device == "cpu"
