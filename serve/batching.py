@@ -23,10 +23,10 @@ requests, Triton's way:
 The batch is computed on that one instance in a worker thread (the event loop
 keeps answering), and the instance is free again only when it is done: no
 instance ever computes two batches at once. Those threads run at nice +10:
-the loop, which feeds them, gets a CPU the moment it has work (paired A/B on
-2 cores, wrk -c64 JSON, medians: elu-cifar11 +8 % requests/s, fashion-cnn
-+2-3 %; README). While every instance is busy, requests accumulate, so
-batches grow with load.
+the loop, which feeds them, gets a CPU the moment it has work, so on a host
+with few cores the instances do not starve the parser that fills their next
+batch. While every instance is busy, requests accumulate, so batches grow
+with load.
 
 The rules are applied the moment anything changes, by whoever changed it: on
 the event loop when a request arrives or the oldest request's delay runs out,
@@ -36,23 +36,21 @@ thread, posting the finished batch's answers to the loop; it waits for the
 loop only when no batch may leave yet. The queue and the free instances are
 shared between the loop and those threads under one lock.
 
-Two ways to be late were measured before (fashion-cnn, V2 JSON, wrk -c64 on 2
-cores). A batcher that woke up only on its own turn of the event loop saw a
-burst of requests (64 clients answered by one batch, all sending again) only
-after the loop had parsed the whole burst: every request joined one batch far
-past its delay, and parsing and computing took turns (1854 requests/s, batches
-of 63; 2172-2436 with the rules applied in the loop's callbacks). And an
-instance that went back to the loop after each batch stood idle until the loop
-reached that callback and woke its thread again: 8.5 ms per 16.5 ms batch.
+This avoids two ways to be late. A batcher that woke up only on its own turn
+of the event loop would see a burst of requests (every client answered by one
+batch, all sending again) only after the loop had parsed the whole burst:
+every request would join one batch far past its delay, and parsing and
+computing would take turns instead of overlapping. And an instance that went
+back to the loop after each batch would stand idle until the loop reached that
+callback and woke its thread again, for much of each batch's time under load.
 
 The share keeps the instances' batches alike. Without it (Triton's rule), a
-free instance took every request waiting, up to the maximum: one instance
-then computed a large batch (25-48 images) while the other went round with
-small ones (7-9), and the large batch's answers, all sent at once, came back
-as the next large batch (elu-cifar11, V2 JSON, wrk -c64, 2 instances: 7-9
-images in half the batches, 25-48 in a quarter). With it, two thirds of the
-batches hold 13-24 images: 2-4 % more requests/s and a shorter tail of
-latency (README, "Beside MLServer and LitServe").
+free instance takes every request waiting, up to the maximum: one instance
+then computes a large batch while the other goes round with small ones, and
+the large batch's answers, all sent at once, come back as the next large
+batch. With it, batches are of like sizes, which gives more requests/s and a
+shorter tail of latency (benchmarks/serve_peers.py; README, "Beside MLServer
+and LitServe").
 """
 
 from __future__ import annotations

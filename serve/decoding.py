@@ -8,17 +8,15 @@ interpreter lock:
 - work that releases the lock (raw binary tensors: numpy's casts) runs in a
   thread pool;
 - work that holds it runs in a process pool, since in a thread it would still
-  stop the loop for as long as one native call takes: JSON parsing and encoding
-  in pydantic-core and nested lists to numpy (0.66 s liveness p99 under 8 x 16
-  MB JSON bodies in threads), zlib inflating a compressed body (43 ms per call
-  for 64 MB), Pillow decoding a PNG (the lock is free only every switch
-  interval: 40 ms liveness p99 with two 64 Mpx decodes in threads).
+  stop the loop, health probes included, for as long as one native call takes:
+  JSON parsing and encoding in pydantic-core and nested lists to numpy, zlib
+  inflating a compressed body, Pillow decoding a PNG (which frees the lock only
+  every switch interval).
 
 Both pools have one worker per CPU this process may use, so a flood of large
 bodies queues there instead of starving the loop, and their workers run at a
 lower scheduling priority (nice +10): on a busy host the event loop, which
-answers health probes and small requests, comes first (measured with one core
-kept busy by another process: liveness p99 65 ms at equal priority).
+answers health probes and small requests, comes first.
 """
 
 from __future__ import annotations
@@ -36,8 +34,8 @@ from elunet.serve.errors import ServeError
 log = logging.getLogger("elunet.serve")
 
 T = TypeVar("T")
-# Payloads below this many bytes are handled on the loop: a 62 KiB JSON body blocks it 0.25 ms, while
-# handing it to the process pool costs the request 0.71 ms (benchmarks/decode_inline.py).
+# Payloads below this many bytes are handled on the loop: decoding them there blocks it for less time than
+# handing them to the process pool would cost the request (benchmarks/decode_inline.py measures both).
 INLINE_BYTES = 64 * 1024
 
 
@@ -46,6 +44,7 @@ class Decoder:
         self._workers = workers or available_cpus()
         self._threads = ThreadPoolExecutor(self._workers, thread_name_prefix="decode", initializer=lower_priority)
         self._processes = self._process_pool()
+        self._restart: asyncio.Future | None = None  # the replacement pool's start, after a worker died
         self._inline = inline_bytes
 
     def _process_pool(self) -> ProcessPoolExecutor:
@@ -60,6 +59,8 @@ class Decoder:
         """
         if size < self._inline:
             return fn(*args)
+        if holds_gil and self._restart is not None:
+            await self._restarted()
         pool = self._processes if holds_gil else self._threads
         try:
             return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
@@ -68,8 +69,7 @@ class Decoder:
             # it held fail once, clearly; a new pool takes the next ones.
             if self._processes is pool:
                 log.error("a decoding worker process died; starting a new pool")
-                self._processes = self._process_pool()
-                self._restarting = asyncio.ensure_future(self.start())
+                self._replace_process_pool()
             raise ServeError(
                 503,
                 "a decoding worker process died while handling this request (killed, or out of memory); the workers "
@@ -77,6 +77,29 @@ class Decoder:
                 reason="decoder_failed",
                 headers={"Retry-After": "1"},
             ) from None
+
+    def _replace_process_pool(self) -> None:
+        self._processes = self._process_pool()
+        self._restart = asyncio.ensure_future(self.start())
+        self._restart.add_done_callback(_log_failed_restart)
+
+    async def _restarted(self) -> None:
+        """Wait until the replacement pool has started. If it could not start, this request gets a 503 that
+        says so, and another pool is started for the next one: a pool that is not there never answers."""
+        restart = self._restart
+        try:
+            await asyncio.shield(restart)  # shielded: a request that is cancelled must not cancel the start
+        except Exception as exc:  # noqa: BLE001 - whatever stopped the workers from starting is this request's answer
+            if self._restart is restart:
+                self._replace_process_pool()
+            raise ServeError(
+                503,
+                f"the decoding worker processes could not be restarted ({type(exc).__name__}: {exc}); trying again: send it again",
+                reason="decoder_failed",
+                headers={"Retry-After": "1"},
+            ) from None
+        if self._restart is restart:
+            self._restart = None
 
     async def start(self) -> None:
         """Start every worker process now: the pool starts one when a call finds none idle, and that
@@ -87,6 +110,11 @@ class Decoder:
     def close(self) -> None:
         self._threads.shutdown(wait=True)
         self._processes.shutdown(wait=True)
+
+
+def _log_failed_restart(restart: asyncio.Future) -> None:
+    if not restart.cancelled() and (exc := restart.exception()) is not None:
+        log.error("the decoding worker processes could not be restarted: %s: %s", type(exc).__name__, exc)
 
 
 def _ready(hold_s: float) -> bool:

@@ -27,7 +27,7 @@ class JsonFormatter(logging.Formatter):
 
 def json_line(entry: dict) -> str:
     try:
-        # orjson: one access line per request, and json.dumps took most of its formatting time (6 of 9 us)
+        # orjson: there is one access line per request, and json.dumps was most of the time formatting one took
         return orjson.dumps(entry, default=str).decode()
     except orjson.JSONEncodeError:  # e.g. an integer beyond 64 bits, a path with a lone surrogate
         return json.dumps(entry, default=str)
@@ -49,8 +49,8 @@ def access_line(method: str, path: str, status: int, client: str, bytes_sent: in
     """Log one request in the access log, as ``logging`` would with these fields as extras.
 
     Where the access logger's lines go to the server's own handler (``configure_logging``), the line is
-    formatted here and handed to it, without a LogRecord: paired under load, the event loop's CPU per
-    fashion-cnn request fell from 222-231 to 199-212 us (README, "Where the time went").
+    formatted here and handed to it, without a LogRecord: building and handling a record is a share of a
+    small request's event-loop CPU worth saving (README, "Where the time went").
     Anywhere else (the app run by another ASGI server, a test's logging), it is an ordinary record.
     """
     if not _access.isEnabledFor(logging.INFO):

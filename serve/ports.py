@@ -1,8 +1,9 @@
 """Whether the ports `elunet serve` listens on are free, checked before any model is loaded.
 
-uvicorn binds only after the lifespan has loaded and warmed up every model, so a taken port was
-reported minutes later, as a log record, with exit code 3. Binding a probe socket first turns it
-into one plain error line and exit code 2 at start-up.
+uvicorn binds its port only after the lifespan has started, and the models begin to load in the
+background there. A port it cannot bind then ends the server through the lifespan's shutdown, which
+waits for those loads: the taken port is reported late, as a log record, with exit code 3. Binding
+a probe socket first turns it into one plain error line and exit code 2 at start-up, before any load.
 """
 
 from __future__ import annotations

@@ -29,18 +29,17 @@ config.pbtxt is scheduled by the server settings alone, with dynamic batching.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Iterable
 
+from elunet.runtime.cpus import threads_per_instance
 from elunet.serve.settings import AUTO_INSTANCES, ServeSettings
 
 # The most instances an automatic count chooses; the CPU threads are shared out for it before the count is known.
 AUTO_MAX_INSTANCES = 2
 # An automatic count is one instance for a model that computes an image in less CPU time than this at its
-# largest batch, else two. It is about what the event loop spends on a request: 150 us of user+sys per V2
-# JSON request of one 28x28 image under wrk -c64 (Intel Xeon, AVX-512 VNNI), 270 us for 3x32x32. A model
-# faster than that keeps up with the loop on one instance; a second one only takes the loop's CPU.
-# (fashion-cnn int8 at 145 us/image: 5371 requests/s on one instance, 4383 on two; fashion-cnn fp32 at
-# 269 us: 3461 on two, 3393-3517 on one (level); elu-cifar11 fp32 at 2 ms: 834 on two, 748 on one with both threads;
-# benchmarks/serve_defaults.py.)
+# largest batch, else two. It is about what the event loop spends on a V2 JSON request of one small image:
+# a model faster than that keeps up with the loop on one instance, and a second one only takes the loop's
+# CPU; a slower one gains from the second. benchmarks/serve_defaults.py measures both counts per model.
 ONE_INSTANCE_BELOW_S_PER_IMAGE = 200e-6
 
 
@@ -109,3 +108,9 @@ def scheduling(config, settings: ServeSettings) -> Scheduling:
         instances=pick("instances", instances, settings.instances),
         source=source,
     )
+
+
+def cpu_threads_per_instance(settings: ServeSettings, planned: Iterable[Scheduling]) -> int:
+    """Intra-op threads for each instance: ``--cpu-threads``, else an equal share of the CPUs for every
+    instance ``planned`` (an automatic count at its most: the share is fixed before the count is known)."""
+    return settings.cpu_threads or threads_per_instance(sum(s.planned_instances for s in planned))

@@ -97,7 +97,7 @@ class ServeSettings(BaseModel):
     )
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="request bodies larger than this get 413")
     max_image_pixels: int = Field(
-        25_000_000, ge=1, description="images with more pixels get 413 (decoding one costs about a CPU-second per 25 Mpx)"
+        25_000_000, ge=1, description="images with more pixels get 413 (decoding one costs CPU time in proportion to its pixels)"
     )
     body_timeout_s: float = Field(
         30.0, gt=0, description="a request body not received whole within this time gets 408; a client that takes none of its "
@@ -115,7 +115,7 @@ class ServeSettings(BaseModel):
     event_loop: Literal["asyncio", "uvloop"] = Field(
         "asyncio",
         description="the event loop: asyncio keeps accepting new connections under overload; uvloop did not (health probes on "
-        "new connections unanswered for over 5 s with 900 busy clients: benchmarks/serve_overload.py)",
+        "new connections went unanswered under overload: benchmarks/serve_overload.py)",
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log verbosity")
 

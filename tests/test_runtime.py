@@ -67,7 +67,7 @@ def test_no_stage_opens_a_model_but_through_the_runtime():
                 offenders[str(path.relative_to(ROOT))] = sorted(set(found))
     # The plugins stage deserializes a just-built engine to inspect it (layers, I/O types); it runs nothing.
     assert offenders == {"plugins/engine_builder.py": ["deserialize_cuda_engine"]}, offenders
-    assert not _model_openers(ROOT / "serve" / "models.py") and "open_engine" in (ROOT / "export" / "verify.py").read_text()
+    assert not _model_openers(ROOT / "serve" / "loader.py") and "open_engine" in (ROOT / "serve" / "loader.py").read_text() and "open_engine" in (ROOT / "export" / "verify.py").read_text()
 
 
 def test_importing_the_runtime_imports_no_engine_library():

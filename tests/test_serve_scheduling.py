@@ -139,3 +139,23 @@ def test_precedence_config_over_server_settings_over_defaults(tmp_path):
     bare = scheduling(text_format.Parse('name: "m"', model_config_pb2().ModelConfig()), settings)
     assert (bare.max_batch_size, bare.instances, bare.dynamic) == (8, 2, False), "no dynamic_batching: Triton does not batch"
     assert scheduling(None, settings).dynamic and scheduling(None, settings).max_queue_delay_s == 0.005
+
+
+def test_a_request_waits_the_config_pbtxt_queue_timeout_else_the_servers_request_timeout(tmp_path):
+    """Triton: default_timeout_microseconds 0 or absent is no queue timeout, and the server's own timeout applies."""
+    from google.protobuf import text_format
+
+    from elunet.serve.registry import ServedModel
+
+    def served(config_text: str | None) -> ServedModel:
+        config = text_format.Parse(config_text, model_config_pb2().ModelConfig()) if config_text is not None else None
+        return ServedModel(None, None, config, scheduling(config, load_settings({"repository": tmp_path})), fingerprint="")
+
+    queue = 'name: "m" dynamic_batching { default_queue_policy { %s } }'
+    for untimed in (None, 'name: "m"', queue % "default_timeout_microseconds: 0 allow_timeout_override: true"):
+        assert served(untimed).timeout(None, server_timeout_s=2.0) == 2.0, untimed
+        assert served(untimed).timeout(500_000, server_timeout_s=2.0) == 0.5, "a request may shorten it"
+    timed = served(queue % "default_timeout_microseconds: 9000000 allow_timeout_override: true")
+    assert (timed.timeout(None, server_timeout_s=2.0), timed.timeout(500_000, server_timeout_s=2.0)) == (9.0, 0.5)
+    fixed = served(queue % "default_timeout_microseconds: 9000000")  # allow_timeout_override false: Triton's default
+    assert fixed.timeout(500_000, server_timeout_s=2.0) == 9.0

@@ -2,8 +2,8 @@
 
 ``os.cpu_count()`` counts the host's cores; a container limited by a cgroup
 CPU quota, or a process pinned with taskset, may use fewer. Oversubscribing
-them makes the thread pools' waiting collapse throughput (measured with
-torch on a busy 2-core host: 6 images/s with 2 threads per inference, 401 with 1).
+them collapses throughput: the threads of one inference wait for each other
+while the CPUs they need run someone else's.
 """
 
 from __future__ import annotations

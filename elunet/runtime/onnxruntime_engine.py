@@ -107,8 +107,7 @@ class OnnxRuntimeEngine(Engine):
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3  # errors only: ORT's notes on fp16 casts etc. are not findings
         # Idle intra-op threads would otherwise spin between batches, taking the CPU
-        # that the event loop needs to parse requests (measured: ~1.5x raw throughput
-        # on a busy 2-core host with spinning off).
+        # that the event loop needs to parse requests.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.intra_op_num_threads = self._cpu_threads
         options.inter_op_num_threads = 1

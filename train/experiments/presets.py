@@ -57,5 +57,3 @@ LEARNING_BEHAVIOUR = Preset(
     activations=("elu", "relu", "lrelu"),
     seeds=5,
 )
-
-PRESETS = {p.kind: p for p in (ACTIVATIONS, LEARNING_BEHAVIOUR)}

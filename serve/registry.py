@@ -6,18 +6,14 @@ What the registry loads depends on ``--model-control-mode``:
 
 - ``none``: what the repository holds at start;
 - ``poll``: the repository is scanned every ``--repository-poll-secs``: new
-  versions load, removed ones unload, changed ones reload (a fingerprint of
-  the version's files and of the model's config.pbtxt and labels.txt);
+  versions load, removed ones unload, changed ones reload (what the files say,
+  serve/repository_watch.py);
 - ``explicit``: only what ``--load-model`` or the load API names.
 
-Which versions of a model serve is its config.pbtxt's ``version_policy``
-(latest N, specific, all; Triton's default: the latest one); a request
-without a version goes to the highest version that is ready.
+A request without a version goes to the highest version that is ready.
 
-Loading a version — card read, parity certificate checked (unless
-``--allow-unverified``), engine opened and checked against card.json and
-config.pbtxt, instances created and warmed up — runs in a thread while the
-server answers. A version that replaces another takes traffic only once it is
+Loading a version (serve/loader.py) runs in a thread while the server
+answers. A version that replaces another takes traffic only once it is
 ready; the one it replaces answers the requests it already has, then closes and
 frees its memory. A load that fails leaves what served before serving, and its
 reason in the index and the log. One model that fails never stops the others.
@@ -26,29 +22,22 @@ reason in the index and the log. One model that fails never stops the others.
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import gc
-import hashlib
 import logging
-import time
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from elunet.card import CARD_FILE, ModelCard
-from elunet.certificate import certificate_problem
-from elunet.contracts import WEIGHTS_FILE
+from elunet.card import ModelCard
 from elunet.errors import ElunetError
-from elunet.model_config import TensorSignature, differences, read_config
-from elunet.repository import CONFIG_FILE, LABELS_FILE, MODEL_FILES, ModelRepository, ModelVersion, check_model_name, parse_version
-from elunet.runtime import Engine, Instance, open_engine
-from elunet.runtime.choose import choose_engine
-from elunet.runtime.cpus import available_cpus, threads_per_instance
+from elunet.repository import ModelRepository, ModelVersion, check_model_name, parse_version
+from elunet.runtime import Engine, Instance
+from elunet.runtime.cpus import available_cpus
 from elunet.serve.batching import BackendFailure, DynamicBatcher
 from elunet.serve.errors import ServeError, bad_request, not_found
+from elunet.serve.loader import load
 from elunet.serve.metrics import ModelMetrics, ServeMetrics
-from elunet.serve.scheduling import Scheduling, scheduling
+from elunet.serve.repository_watch import Desired, RepositoryWatch, return_memory
+from elunet.serve.scheduling import Scheduling, cpu_threads_per_instance, scheduling
 from elunet.serve.settings import ServeSettings
 
 log = logging.getLogger("elunet.serve")
@@ -100,9 +89,13 @@ class ServedModel:
 
     def timeout(self, requested_us: float | None, server_timeout_s: float) -> float:
         """Seconds this request may take: the model's queue timeout, shortened by a request's own
-        ``timeout`` parameter (microseconds, Triton's) where the queue policy allows that."""
+        ``timeout`` parameter (microseconds, Triton's) where the queue policy allows that.
+
+        A config.pbtxt without a default_timeout_microseconds (or with 0) sets no queue timeout, as in
+        Triton; then the server's ``--request-timeout-s``, ``server_timeout_s``, applies.
+        """
         s = self.scheduling
-        timeout = s.timeout_s if s else server_timeout_s
+        timeout = s.timeout_s if s.source.get("timeout") == "config.pbtxt" else server_timeout_s
         if requested_us and s.allow_timeout_override:
             timeout = min(timeout, requested_us / 1e6)
         return timeout
@@ -146,20 +139,12 @@ class ServedModel:
             self.engine = None
 
 
-@dataclass
-class Desired:
-    """What the repository says one model should serve now."""
-
-    config: object | None
-    versions: dict[int, str]  # version -> fingerprint, as the version policy selects them
-    problem: str | None = None
-
-
 class ModelRegistry:
     def __init__(self, settings: ServeSettings, metrics: ServeMetrics):
         self.settings = settings
         self.metrics = metrics
         self.repository = ModelRepository(settings.repository)
+        self.watch = RepositoryWatch(self.repository)
         root = self.repository.root
         if not root.is_dir():
             raise ElunetError(f"model repository {root} does not exist", hint="create it with `elunet export CKPT --repository DIR`")
@@ -188,7 +173,6 @@ class ModelRegistry:
         self._lock = asyncio.Lock()
         self._started = False
         self._retiring: set[asyncio.Task] = set()
-        self._hashes: dict[Path, tuple[tuple, str]] = {}  # file -> (stat stamp, sha256), so unchanged files are not read again
 
     # --- what serves -----------------------------------------------------------------
 
@@ -257,14 +241,12 @@ class ModelRegistry:
 
     async def start(self) -> None:
         """Load what the mode asks for at start (every requested model, concurrently with serving liveness)."""
-        desired = {name: await asyncio.to_thread(self._desired, name) for name in sorted(self.requested)}
-        # Each version will load with its scheduling's count (config.pbtxt, else --instances, else the most an automatic one chooses).
-        plans = [(len(d.versions), scheduling(d.config, self.settings)) for d in desired.values()]
-        total = sum(versions * s.planned_instances for versions, s in plans)
-        self.cpu_threads = self.settings.cpu_threads or threads_per_instance(total)
-        automatic = any(s.automatic for _, s in plans)
-        log.info("%d instance(s) in all%s share %d CPU(s): %d intra-op thread(s) each",
-                 total, " (automatic counts at their most)" if automatic else "", available_cpus(), self.cpu_threads)
+        desired = {name: await asyncio.to_thread(self.watch.desired, name) for name in sorted(self.requested)}
+        planned = [scheduling(d.config, self.settings) for d in desired.values() for _ in d.versions]
+        self.cpu_threads = cpu_threads_per_instance(self.settings, planned)
+        automatic = any(s.automatic for s in planned)
+        log.info("%d instance(s) in all%s share %d CPU(s): %d intra-op thread(s) each", sum(s.planned_instances for s in planned),
+                 " (automatic counts at their most)" if automatic else "", available_cpus(), self.cpu_threads)
         async with self._lock:
             for name, want in desired.items():
                 await self._sync(name, want)
@@ -281,7 +263,7 @@ class ModelRegistry:
                         if self.settings.models and name not in self.settings.models:
                             continue
                         self.requested.add(name)
-                        await self._sync(name, await asyncio.to_thread(self._desired, name))
+                        await self._sync(name, await asyncio.to_thread(self.watch.desired, name))
             except Exception:  # noqa: BLE001 - a failed poll must not end polling
                 log.exception("polling the model repository failed; trying again in %g s", self.settings.repository_poll_secs)
 
@@ -290,7 +272,7 @@ class ModelRegistry:
         self._check_explicit("load")
         check_model_name(name)
         async with self._lock:
-            want = await asyncio.to_thread(self._desired, name, config_override)
+            want = await asyncio.to_thread(self.watch.desired, name, config_override)
             if want.problem and not self.repository.model_dir(name).is_dir():
                 raise bad_request(f"failed to load {name!r}: no such model in the repository; models there: {', '.join(self.repository.models()) or 'none'}")
             self.requested.add(name)
@@ -363,34 +345,22 @@ class ModelRegistry:
     async def _load_version(self, name: str, version: int, config, fingerprint: str, visible: bool) -> ServedModel:
         source = ModelVersion(name, version, self.repository.version_dir(name, version))
         served = ServedModel(source, self.metrics.for_model(name, version), config, scheduling(config, self.settings), fingerprint)
-        if self._started and not self.settings.cpu_threads:  # after start, share with what serves now
-            serving = sum(m.scheduling.planned_instances for m in self.all() if m.state != UNAVAILABLE)
-            self.cpu_threads = threads_per_instance(serving + served.scheduling.planned_instances)
+        if self._started:  # after start, share with what serves now
+            serving = [m.scheduling for m in self.all() if m.state != UNAVAILABLE]
+            self.cpu_threads = cpu_threads_per_instance(self.settings, [*serving, served.scheduling])
         if visible:  # a version nobody is served yet: the index shows it loading
             self.models.setdefault(name, {})[version] = served
         try:
-            await asyncio.to_thread(self._open_and_warm_up, served)
+            await load(served, self.settings, self.cpu_threads)
         except Exception as exc:  # noqa: BLE001 - any load failure is this version's, reported, never the server's
             served.release()
             reason = exc.message if isinstance(exc, ElunetError) else f"{type(exc).__name__}: {exc}"
-            served.state, served.reason = UNAVAILABLE, self._relative(reason)
+            served.state, served.reason = UNAVAILABLE, self.watch.relative(reason)
             log.error("model %s v%d failed to load: %s", name, version, served.reason)
             return served
-        s = served.scheduling
-        served.batcher = DynamicBatcher(
-            served.instances,
-            max_batch_size=s.max_batch_size,
-            max_queue_delay_s=s.max_queue_delay_s,
-            max_queue_size=s.max_queue_size,
-            preferred_batch_sizes=s.preferred_batch_sizes,
-            dynamic=s.dynamic,
-            observer=served.metrics,
-            name=f"{name}-{version}",
-        )
-        served.metrics.scheduled(s)
         served.state, served.reason = READY, ""
         e = served.engine
-        log.info("model %s v%d ready: %s on %s (%s, parity %s): %s", name, version, e.kind, e.device, e.name, served.parity, s.describe())
+        log.info("model %s v%d ready: %s on %s (%s, parity %s): %s", name, version, e.kind, e.device, e.name, served.parity, served.scheduling.describe())
         return served
 
     async def _retire(self, served: ServedModel, wait: bool = False) -> None:
@@ -399,147 +369,9 @@ class ModelRegistry:
         task = asyncio.create_task(served.retire(self.settings.request_timeout_s + RETIRE_SLACK_S))
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
-        task.add_done_callback(lambda _: _return_memory())
+        task.add_done_callback(lambda _: return_memory())
         if wait:
             await task
-
-    def _open_and_warm_up(self, served: ServedModel) -> None:
-        started = time.perf_counter()
-        s = self.settings
-        served.card = ModelCard.load(served.source.path / CARD_FILE)
-        labels_file = served.source.path.parent / LABELS_FILE
-        served.labels = labels_file.read_text().splitlines() if labels_file.is_file() else list(served.card.labels)
-        if len(served.labels) != served.card.num_classes:
-            raise ElunetError(f"{LABELS_FILE} has {len(served.labels)} lines, the model has {served.card.num_classes} classes",
-                              hint="one label per line, line i naming class i (elunet export writes it)")
-        choice = choose_engine(served.source, s.backend, s.device)
-        if choice.why and s.backend == "auto":
-            log.info("model %s v%d: auto picked %s on %s: %s", served.name, served.version, choice.kind, choice.device, choice.why)
-        self._check_certificate(served, choice.kind)
-        engine = served.engine = open_engine(
-            choice.kind, choice.path, device=choice.device, cpu_threads=self.cpu_threads, max_batch_size=served.scheduling.max_batch_size
-        )
-        self._check_agrees(served, engine)
-        served.instances = [self._warmed_up(served, engine.create_instance())]
-        if served.scheduling.automatic:
-            per_image = self._s_per_image(served, served.instances[0])
-            served.scheduling = served.scheduling.with_auto_instances(per_image)
-            log.info("model %s v%d: %.0f us of %s per image at batch %d: %d instance(s)", served.name, served.version, per_image * 1e6,
-                     "CPU time" if served.engine.device == "cpu" else "wall time", served.max_batch_size, served.scheduling.instances)
-        served.instances += [self._warmed_up(served, engine.create_instance()) for _ in range(1, served.scheduling.instances)]
-        log.info("model %s v%d: %d instance(s) warmed up in %.2f s", served.name, served.version, len(served.instances), time.perf_counter() - started)
-
-    @staticmethod
-    def _warmed_up(served: ServedModel, instance: Instance) -> Instance:
-        """Run the largest and the smallest batch: allocators, kernel selection and lazy initialisation
-        happen here instead of in the first users' requests."""
-        card = served.card
-        for n in sorted({served.max_batch_size, 1}, reverse=True):
-            logits = instance.infer(np.zeros((n, *card.input_shape), np.float32))
-            if logits.shape != (n, card.num_classes):
-                raise ElunetError(
-                    f"warm-up of {served.name} v{served.version}: logits shape {logits.shape}, expected {(n, card.num_classes)}",
-                    hint="the model file and its card.json disagree; re-export the model",
-                )
-        return instance
-
-    def _s_per_image(self, served: ServedModel, instance: Instance) -> float:
-        """Time per image at the largest batch, warm, the best of three; on a CPU engine, CPU time.
-
-        Two clocks, each of which overcounts in its own situation, and the smaller one: this process's
-        CPU time (the intra-op threads' together) also counts the event loop and other models
-        serving traffic meanwhile (a reload under load measured 284 instead of 144 us); the calling
-        thread's own CPU time times the intra-op threads is exact with one thread and counts other
-        threads of no kind, but with several, on a busy host, the caller computes more than its share
-        (265 instead of 147 us). Wall time would count other processes too (268 instead of 142 us once
-        in four starts, the decoding pool starting). On a GPU, wall time.
-        """
-        batch = np.zeros((served.max_batch_size, *served.card.input_shape), np.float32)
-        on_cpu = served.engine.device == "cpu"
-        best = float("inf")
-        for _ in range(3):
-            wall, process, thread = time.perf_counter(), time.process_time(), time.thread_time()
-            instance.infer(batch)
-            took = min(time.process_time() - process, (time.thread_time() - thread) * self.cpu_threads) if on_cpu else time.perf_counter() - wall
-            best = min(best, took)
-        return best / served.max_batch_size
-
-    def _check_certificate(self, served: ServedModel, kind: str) -> None:
-        """Parity-gated to the end: a version serves only with a passed certificate for what runs."""
-        path = served.source.path
-        if kind == "torch":  # the checkpoint itself runs: its weights must be those the certificate names
-            problem = certificate_problem(path / MODEL_FILES["onnxruntime_onnx"], weights_file=path / WEIGHTS_FILE)
-        else:
-            problem = certificate_problem(path / MODEL_FILES["tensorrt_plan" if kind == "tensorrt" else "onnxruntime_onnx"])
-        if problem is None:
-            return
-        if not self.settings.allow_unverified:
-            raise ElunetError(f"not serving an unverified model: {problem}",
-                              hint="export it with `elunet export` (which verifies), run `elunet verify`, or start the server with --allow-unverified true")
-        served.parity = "unverified"
-        log.warning("model %s v%d is served unverified (--allow-unverified): %s", served.name, served.version, problem)
-
-    def _check_agrees(self, served: ServedModel, engine: Engine) -> None:
-        """The model file, its card and its config.pbtxt must describe the same model."""
-        card, s = served.card, served.scheduling
-        found = []
-        for kind, actual, dims in (("input", engine.input, tuple(card.input_shape)), ("output", engine.output, (card.num_classes,))):
-            if actual.dims != dims:
-                found.append(f"the model file's {kind} dims are {list(actual.dims)}, card.json says {list(dims)}")
-        if served.config is not None:
-            held = [p for p, file in MODEL_FILES.items() if (served.source.path / file).is_file()]
-            found += differences(served.config, name=served.name, platforms=held, inputs=[engine.input], outputs=[engine.output])
-        if engine.max_batch_size and s.max_batch_size > engine.max_batch_size:
-            if s.source.get("max_batch_size") == "config.pbtxt":
-                found.append(f"max_batch_size is {s.max_batch_size}, the model file accepts at most {engine.max_batch_size}")
-            else:
-                served.scheduling = replace(s, max_batch_size=engine.max_batch_size)
-        if found:
-            raise ElunetError(f"{CONFIG_FILE}, card.json and the model file of {served.name} disagree: " + "; ".join(found))
-
-    # --- the repository on disk --------------------------------------------------------------
-
-    def _desired(self, name: str, config_override=None) -> Desired:
-        """What ``name`` should serve by the files now (runs in a thread: it hashes files)."""
-        model_dir = self.repository.model_dir(name)
-        if not model_dir.is_dir():
-            return Desired(None, {}, "no such model in the repository")
-        config = config_override
-        if config is None and (model_dir / CONFIG_FILE).is_file():
-            try:
-                config = read_config(model_dir / CONFIG_FILE)
-            except ElunetError as exc:
-                return Desired(None, {}, f"{CONFIG_FILE}: {self._relative(exc.message)}")
-        available = [v.version for v in self.repository.versions(name)]
-        if not available:
-            return Desired(config, {}, "no version folders (expected <model>/<integer>/)")
-        chosen, problem = select_versions(config, available)
-        if not chosen:
-            return Desired(config, {}, problem)
-        shared = "".join(self._hash(model_dir / f) for f in (CONFIG_FILE, LABELS_FILE) if (model_dir / f).is_file())
-        if config_override is not None:
-            shared += str(config_override)
-        return Desired(config, {v: self._fingerprint(model_dir / str(v), shared) for v in chosen})
-
-    def _fingerprint(self, folder: Path, shared: str) -> str:
-        h = hashlib.sha256(shared.encode())
-        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-            h.update(f"{path.relative_to(folder)}\0{self._hash(path)}\0".encode())
-        return h.hexdigest()
-
-    def _hash(self, path: Path) -> str:
-        stat = path.stat()
-        stamp = (stat.st_size, stat.st_mtime_ns, stat.st_ino)
-        cached = self._hashes.get(path)
-        if cached is None or cached[0] != stamp:
-            from elunet.files import sha256_file
-
-            cached = self._hashes[path] = (stamp, sha256_file(path))
-        return cached[1]
-
-    def _relative(self, text: str) -> str:
-        """Reasons name files relative to the repository: clients see no absolute server paths."""
-        return text.replace(f"{self.repository.root.resolve()}/", "").replace(f"{self.repository.root}/", "")
 
     async def close(self) -> None:
         """Answer everything queued, then release the engines."""
@@ -551,27 +383,3 @@ class ModelRegistry:
         if self._retiring:
             await asyncio.gather(*self._retiring, return_exceptions=True)
 
-
-def select_versions(config, available: list[int]) -> tuple[list[int], str | None]:
-    """The versions ``config``'s version_policy serves of ``available`` (Triton's default: the latest one)."""
-    policy = config.version_policy if config is not None and config.HasField("version_policy") else None
-    kind = policy.WhichOneof("policy_choice") if policy is not None else None
-    if kind == "all":
-        return sorted(available), None
-    if kind == "specific":
-        wanted = set(policy.specific.versions)
-        chosen = sorted(wanted & set(available))
-        if not chosen:
-            return [], f"version_policy specific {sorted(wanted)}: none of these versions has a folder (folders: {sorted(available)})"
-        return chosen, None
-    count = policy.latest.num_versions if kind == "latest" and policy.latest.num_versions > 0 else 1
-    return sorted(available)[-count:], None
-
-
-def _return_memory() -> None:
-    """Give freed heap back to the operating system after an unload (glibc keeps it otherwise)."""
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
