@@ -33,7 +33,7 @@ from elunet.serve.extensions import proto_json
 from elunet.serve.images import images_pixels, softmax
 from elunet.serve.metrics import ServeMetrics
 from elunet.serve.middleware import AccessLog, ApiKeyCheck, BodyLimit, TrailingSlash
-from elunet.serve.models import ModelRegistry, ServedModel
+from elunet.serve.registry import ModelRegistry, ServedModel
 from elunet.serve.operations import ClientGone, Operations, unless_disconnected
 from elunet.serve.protocol import (
     DOCS_ASSETS,

@@ -25,7 +25,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from elunet.contracts import INPUT_NAME
 from elunet.errors import ElunetError
 from elunet.serve.errors import ServeError, bad_request
-from elunet.serve.models import ServedModel
+from elunet.serve.registry import ServedModel
 from elunet.serve.operations import Operations
 from elunet.serve.protocol import INPUT_DATATYPES
 from elunet.serve.tensors import as_pixels, check_input, output_tensor, raw_values, requested_outputs, requested_timeout_us, tensor_bytes

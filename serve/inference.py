@@ -16,7 +16,7 @@ from typing import Awaitable, Callable, TypeVar
 import numpy as np
 
 from elunet.serve.errors import ServeError, bad_request
-from elunet.serve.models import ServedModel
+from elunet.serve.registry import ServedModel
 
 R = TypeVar("R")
 T = TypeVar("T")

@@ -28,7 +28,7 @@ from elunet.serve.extensions import config_from_json, effective_config, statisti
 from elunet.serve.inference import infer
 from elunet.serve.metrics import ServeMetrics
 from elunet.serve.protocol import EXTENSIONS, SERVER_NAME, ModelMetadata, ModelState, ServerMetadata, TensorMetadata
-from elunet.serve.models import READY, ModelRegistry, ServedModel
+from elunet.serve.registry import READY, ModelRegistry, ServedModel
 from elunet.serve.settings import ServeSettings
 
 # decode(served) -> (request, pixels, requested timeout in µs or None); encode(served, request, logits) -> the answer
