@@ -56,7 +56,7 @@ RUN --mount=type=bind,source=deploy/runtime-setup.sh,target=/tmp/runtime-setup.s
 # .../merged/dist on host"), leaving /dist empty. Which sources it came from, for the build log:
 ARG ELUNET_SOURCE=unknown
 COPY --from=wheel /dist/ /tmp/dist/
-RUN --mount=type=bind,source=deploy/install-serve.sh,target=/tmp/install-serve.sh \
+RUN --mount=type=bind,source=deploy/install-serve.sh,target=/tmp/install-serve.sh --mount=type=bind,source=deploy/serve.lock,target=/tmp/serve.lock \
     echo "elunet from sources $ELUNET_SOURCE" && sh /tmp/install-serve.sh "$(ls /tmp/dist/elunet-*.whl)" serve "$ORT_PACKAGE" \
  && rm -rf /tmp/dist
 COPY --chmod=755 deploy/healthcheck.py /opt/elunet/bin/elunet-healthcheck
@@ -107,7 +107,7 @@ COPY --chmod=755 deploy/healthcheck.py /opt/elunet/bin/elunet-healthcheck
 FROM trt-base AS serve-trt
 ENV ELUNET_BACKEND=tensorrt
 COPY --from=wheel /dist/ /tmp/dist/
-RUN --mount=type=bind,source=deploy/install-serve.sh,target=/tmp/install-serve.sh \
+RUN --mount=type=bind,source=deploy/install-serve.sh,target=/tmp/install-serve.sh --mount=type=bind,source=deploy/serve.lock,target=/tmp/serve.lock \
     PIP_CONSTRAINT=/opt/elunet/tensorrt-constraint.txt sh /tmp/install-serve.sh "$(ls /tmp/dist/elunet-*.whl)" serve,tensorrt onnxruntime \
  && rm -rf /tmp/dist && elunet build-engine --help >/dev/null
 USER elunet

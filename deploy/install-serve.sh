@@ -12,8 +12,10 @@ set -eu
 wheel=$1
 extras=$2
 ort_package=$3
+# The versions CI tested (scripts/serve_lock.py), beside this script.
+lock=$(dirname "$0")/serve.lock
 
-pip install "$wheel[$extras]"
+pip install -c "$lock" "$wheel[$extras]"
 # The serve extra brings the CPU build `onnxruntime`; the GPU build installs the same Python module,
 # so it must replace the CPU build, not join it.
 if [ "$ort_package" != onnxruntime ]; then

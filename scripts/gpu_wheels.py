@@ -18,11 +18,12 @@ import argparse
 import subprocess
 import sys
 import tomllib
-from importlib import metadata
 from pathlib import Path
 
-from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name, parse_wheel_filename
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pins import resolve  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 EXTRA = "gpu-check"
@@ -30,61 +31,6 @@ EXTRA = "gpu-check"
 IMAGE_PACKAGES = ("torch", "numpy", "onnxruntime")
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
              "manylinux1_x86_64")
-
-
-def target_environment(python_version: str, extra: str = "") -> dict[str, str]:
-    """PEP 508 marker values of CPython ``python_version`` on Linux x86-64 (the device), not of this machine."""
-    return {
-        "python_version": python_version, "python_full_version": f"{python_version}.0", "implementation_name": "cpython",
-        "platform_python_implementation": "CPython", "sys_platform": "linux", "platform_system": "Linux",
-        "platform_machine": "x86_64", "os_name": "posix", "implementation_version": f"{python_version}.0", "extra": extra,
-    }
-
-
-def applies(requirement: Requirement, python_version: str, extras: set[str]) -> bool:
-    if requirement.marker is None:
-        return True
-    return any(requirement.marker.evaluate(target_environment(python_version, extra)) for extra in extras | {""})
-
-
-def resolve(pyproject: dict, python_version: str, image: set[str]) -> dict[str, str]:
-    """{distribution name: installed version} of everything the extra needs on the target, image packages left out."""
-    project = pyproject["project"]
-    own = canonicalize_name(project["name"])
-    extras = project["optional-dependencies"]
-    if EXTRA not in extras:
-        raise SystemExit(f"pyproject.toml has no [project.optional-dependencies] {EXTRA}: it lists what the GPU check needs")
-    pending = [Requirement(r) for r in extras[EXTRA]]
-    wanted: dict[str, set[str]] = {}  # distribution -> extras already followed
-    pins: dict[str, str] = {}
-    while pending:
-        requirement = pending.pop()
-        name = canonicalize_name(requirement.name)
-        if name == own:  # "elunet[serve]": the project's dependencies and those extras, from pyproject itself
-            pending += [Requirement(r) for r in project["dependencies"]]
-            pending += [Requirement(r) for extra in requirement.extras for r in extras[extra]]
-            continue
-        if name in image:
-            continue
-        try:
-            version = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            raise SystemExit(f"{requirement} is needed but not installed in {sys.prefix}, whose versions the wheels are "
-                             "pinned to: run `make setup` (or pip install the missing package) first") from None
-        if version not in requirement.specifier:
-            raise SystemExit(f"{requirement} is needed but {name} {version} is installed in {sys.prefix}: "
-                             "reinstall it (make setup) so the device runs a version the requirement allows")
-        followed = wanted.setdefault(name, set())
-        new_extras = set(requirement.extras) - followed
-        if name in pins and not new_extras:
-            continue
-        pins[name] = version
-        followed |= set(requirement.extras)
-        for line in metadata.requires(name) or []:
-            dependency = Requirement(line)
-            if applies(dependency, python_version, followed):
-                pending.append(dependency)
-    return pins
 
 
 def download(pins: dict[str, str], dest: Path, python_version: str) -> None:
@@ -113,7 +59,7 @@ def main() -> int:
     parser.add_argument("--max-mib", type=float, default=64.0, help="what a device run may carry, all files together")
     args = parser.parse_args()
 
-    pins = resolve(tomllib.loads((ROOT / "pyproject.toml").read_text()), args.python_version,
+    pins = resolve(tomllib.loads((ROOT / "pyproject.toml").read_text()), EXTRA, args.python_version,
                    {canonicalize_name(n) for n in args.image})
     wanted = {f"{name}=={version}" for name, version in pins.items()}
     args.dest.mkdir(exist_ok=True)

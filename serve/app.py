@@ -34,6 +34,8 @@ from elunet.serve.images import images_pixels, softmax
 from elunet.serve.metrics import ServeMetrics
 from elunet.serve.middleware import AccessLog, ApiKeyCheck, BodyLimit, TrailingSlash
 from elunet.serve.registry import ModelRegistry, ServedModel
+from elunet.serve.http_infer import PATHS as INFER_PATHS
+from elunet.serve.http_infer import InferRoute
 from elunet.serve.operations import ClientGone, Operations, unless_disconnected
 from elunet.serve.protocol import (
     DOCS_ASSETS,
@@ -57,7 +59,7 @@ from elunet.serve.protocol import (
     ServerMetadata,
 )
 from elunet.serve.settings import ServeSettings
-from elunet.serve.tensors import HEADER_LENGTH, decode_infer, requested_timeout_us, response_body, response_encoding
+from elunet.serve.tensors import HEADER_LENGTH
 
 log = logging.getLogger("elunet.serve")
 
@@ -123,7 +125,9 @@ def create_app(settings: ServeSettings) -> FastAPI:
     _document_infer_body(app)
     _add_docs(app)
     # Added innermost first. A request meets: the path normalized, the access log, CORS (preflights carry no API
-    # key), the API key (before any of the body is read into memory), then the body read whole within its limits.
+    # key), the API key (before any of the body is read into memory), the body read whole within its limits,
+    # then infer's route or FastAPI's router.
+    app.add_middleware(InferRoute, ops=ops)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s, draining=lambda: ops.draining)
     if ops.api_key is not None:
         app.add_middleware(ApiKeyCheck, key=ops.api_key, open_groups=settings.open_endpoints)
@@ -141,7 +145,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
 
 
 def _add_v2_routes(app: FastAPI, ops: Operations) -> None:
-    settings, decoder = ops.settings, ops.decoder
+    """Every V2 route but infer, which InferRoute answers (serve/http_infer.py)."""
 
     @app.get("/v2", response_model=ServerMetadata, tags=["v2"])
     async def server_metadata() -> ServerMetadata:
@@ -189,38 +193,12 @@ def _add_v2_routes(app: FastAPI, ops: Operations) -> None:
         """Triton's statistics extension: counts and cumulative durations per model version, and per batch size."""
         return proto_json(ops.model_statistics(model, version))
 
-    async def infer(request: Request, model: str, version: str | None = None) -> Response:
-        body = await request.body()
-        header_length, content_encoding, accept_encoding = _headers(request.scope, b"inference-header-content-length", b"content-encoding",
-                                                                    b"accept-encoding")
-        encoding = response_encoding(accept_encoding)
-
-        async def decode(served: ServedModel):
-            # Only raw binary tensors decode without holding the interpreter lock (serve/decoding.py).
-            holds_gil = header_length is None or bool(content_encoding)
-            parsed, pixels = await decoder.run(
-                len(body), holds_gil, decode_infer, body, header_length, content_encoding, settings.max_body_bytes, served.card.input_shape,
-                settings.allow_non_finite,
-            )
-            return parsed, pixels, requested_timeout_us(parsed.parameters)
-
-        async def encode(served: ServedModel, parsed, logits):
-            size = logits.size * 8 + (len(body) if encoding else 0)
-            return await decoder.run(size, True, response_body, parsed, served.name, served.version, logits, served.labels, encoding)
-
-        content, headers = await _answered(request, ops.infer(model, version, decode, encode))
-        return Response(content, headers=headers)
-
     # Before the {model} routes, so that "stats" is not taken for a model name.
     app.add_api_route("/v2/models/stats", model_statistics, methods=["GET"], tags=["v2"], responses=_ERRORS)
     _add_model_routes(app, "/v2/models/{model}", "/stats", model_statistics, methods=["GET"], tags=["v2"], responses=_ERRORS)
     _add_model_routes(app, "/v2/models/{model}", "/config", config, methods=["GET"], tags=["v2"], responses=_ERRORS)
     _add_model_routes(app, "/v2/models/{model}", "", metadata, methods=["GET"], response_model=ModelMetadata, tags=["v2"], responses=_ERRORS)
     _add_model_routes(app, "/v2/models/{model}", "/ready", ready, methods=["GET"], tags=["v2"], responses=_ERRORS)
-    _add_model_routes(
-        app, "/v2/models/{model}", "/infer", infer, methods=["POST"], tags=["v2"], response_class=Response,
-        responses={200: {"model": InferenceResponse}, **_ERRORS}, openapi_extra={"x-elunet-infer-body": True},
-    )
 
 
 async def _answered(request: Request, work):
@@ -230,14 +208,6 @@ async def _answered(request: Request, work):
             pass
 
     return await unless_disconnected(work, disconnected())
-
-
-def _headers(scope, *names: bytes) -> list[str | None]:
-    """The first value of each header named (ASGI's lower-case names), in one pass over the raw headers."""
-    found: dict[bytes, bytes] = {}
-    for name, value in scope["headers"]:
-        found.setdefault(name, value)
-    return [found[name].decode("latin-1") if name in found else None for name in names]
 
 
 async def _repository_body(request: Request, model):
@@ -403,7 +373,8 @@ def _add_docs(app: FastAPI) -> None:
 
 
 def _document_infer_body(app: FastAPI) -> None:
-    """Describe the infer body (read raw, because of the binary extension) in the OpenAPI document."""
+    """Describe infer (InferRoute's, read raw because of the binary extension) and the request bodies read
+    raw in the OpenAPI document: FastAPI's documented way to extend it ("Extending OpenAPI")."""
     generate = app.openapi
 
     def openapi() -> dict:
@@ -411,23 +382,26 @@ def _document_infer_body(app: FastAPI) -> None:
             return app.openapi_schema
         schema = generate()
         components = schema.setdefault("components", {}).setdefault("schemas", {})
-        for model in (InferenceRequest, ClassifyRequest):
+        for model in (InferenceRequest, InferenceResponse, ErrorResponse, ClassifyRequest):
             definition = model.model_json_schema(ref_template="#/components/schemas/{model}")
             components.update(definition.pop("$defs", {}))
             components[model.__name__] = definition
-        for path in schema["paths"].values():
-            operation = path.get("post", {})
-            if operation.pop("x-elunet-infer-body", False):
-                operation["requestBody"] = {
-                    "required": True,
-                    "content": {
-                        "application/json": {"schema": {"$ref": "#/components/schemas/InferenceRequest"}},
-                        "application/octet-stream": {
-                            "schema": {"type": "string", "format": "binary"},
-                            "description": "binary tensor extension: JSON header of Inference-Header-Content-Length bytes, then raw tensors",
-                        },
+        error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}
+        for path in INFER_PATHS:
+            parameters = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}} for name in ("model", "version") if f"{{{name}}}" in path]
+            schema["paths"][path] = {"post": {
+                "tags": ["v2"], "summary": "Infer", "operationId": "infer_" + ("versioned" if "version" in path else "newest"),
+                "parameters": parameters,
+                "requestBody": {"required": True, "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/InferenceRequest"}},
+                    "application/octet-stream": {
+                        "schema": {"type": "string", "format": "binary"},
+                        "description": "binary tensor extension: JSON header of Inference-Header-Content-Length bytes, then raw tensors",
                     },
-                }
+                }},
+                "responses": {"200": {"description": "the outputs", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/InferenceResponse"}}}},
+                              **{str(code): {"description": "error", **error} for code in _ERRORS}},
+            }}
         app.openapi_schema = schema
         return schema
 

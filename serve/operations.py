@@ -150,21 +150,29 @@ def model_name(name: str) -> str:
 
 
 async def unless_disconnected(work: Awaitable, disconnected: Awaitable):
-    """The result of ``work``; if ``disconnected`` completes first (the client left), ``work`` is cancelled,
-    so a request nobody waits for no longer holds a place in a batch, and ClientGone is raised."""
-    task = asyncio.ensure_future(work)
+    """The result of ``work``, awaited in this task; if ``disconnected`` completes first (the client left), this
+    task is cancelled out of ``work``, so a request nobody waits for no longer holds a place in a batch, and
+    ClientGone is raised instead."""
+    current = asyncio.current_task()
+    state = {"gone": False, "done": False}
+
+    def on_disconnect(watch: asyncio.Future) -> None:
+        if not state["done"] and not watch.cancelled() and watch.exception() is None:
+            state["gone"] = True
+            current.cancel()
+
     watch = asyncio.ensure_future(disconnected)
+    watch.add_done_callback(on_disconnect)
     try:
-        await asyncio.wait((task, watch), return_when=asyncio.FIRST_COMPLETED)
-    except BaseException:  # this request itself was cancelled (a shutdown past its grace period)
-        task.cancel()
+        return await work
+    except asyncio.CancelledError:
+        if state["gone"]:
+            current.uncancel()
+            raise ClientGone() from None
         raise
     finally:
+        state["done"] = True  # a disconnect noticed from now on is too late to matter
         watch.cancel()
-    if not task.done():
-        task.cancel()
-        raise ClientGone()
-    return task.result()
 
 
 class ClientGone(Exception):

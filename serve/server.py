@@ -51,6 +51,8 @@ def serve(settings: ServeSettings) -> None:
         host=settings.host,
         port=settings.port,
         access_log=False,  # the AccessLog middleware writes structured lines instead
+        # X-Forwarded-For is not read (as Triton does not): the access log names the peer that connected.
+        proxy_headers=False,
         log_config=None,
         http="httptools",
         timeout_keep_alive=settings.keep_alive_timeout_s,

@@ -7,6 +7,7 @@ itself is dry-run by hand (`make gpu-wheels && bash scripts/gpu_check.sh`, GPU s
 from __future__ import annotations
 
 import importlib.util
+from importlib import metadata
 import subprocess
 import tomllib
 from pathlib import Path
@@ -36,12 +37,12 @@ def test_the_gpu_check_extra_restates_no_other_extras_spec_differently():
 
 def test_the_carried_wheels_cover_the_serve_path_and_leave_the_image_packages_out():
     module = gpu_wheels()
-    pins = module.resolve(PYPROJECT, "3.12", set(module.IMAGE_PACKAGES))
+    pins = module.resolve(PYPROJECT, module.EXTRA, "3.12", set(module.IMAGE_PACKAGES))
     # The serve dependencies the old script's list lacked (the server exited on import), the core's, pytest.
     assert {"orjson", "pysimdjson", "httptools", "grpcio-health-checking", "swagger-ui-bundle", "typer", "pydantic",
             "safetensors", "pytest"} <= set(pins)
     assert not set(pins) & {"torch", "numpy", "onnxruntime"}
-    assert all(pins[name] == module.metadata.version(name) for name in pins)  # what the tests here ran
+    assert all(pins[name] == metadata.version(name) for name in pins)  # what the tests here ran
 
 
 def test_the_gpu_check_script_parses():
