@@ -317,7 +317,7 @@ def train(
     if steps_per_epoch == 0:
         raise ElunetError(f"{per_rank} training images per process is less than one batch of {cfg.batch_size}", hint="lower --batch-size")
     total_steps = cfg.epochs * steps_per_epoch
-    lr_at(cfg.schedule, 0, total_steps, cfg.lr, steps_per_epoch)  # an unknown --schedule fails here, before --out is touched
+    lr_at(cfg.schedule, 0, total_steps, cfg.lr)  # an unknown --schedule fails here, before --out is touched
     start_epoch = saved_state.get("epoch", 0)
     step = saved_state.get("step", 0)
     last_good = resume_from
@@ -344,7 +344,7 @@ def train(
         progress = EpochProgress(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", cfg.batch_size * dist.world, log) if dist.is_main else None
         t0 = time.perf_counter()
         for i in range(steps_per_epoch):
-            lr = lr_at(cfg.schedule, step, total_steps, cfg.lr, steps_per_epoch)
+            lr = lr_at(cfg.schedule, step, total_steps, cfg.lr)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
