@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -15,9 +16,9 @@ from fixtures_train import QUICK_RUN
 import elunet.train.loop as loop
 from elunet.contracts import WEIGHTS_FILE
 from elunet.errors import ElunetError
-from elunet.train.checkpoint import LATEST_FILE, METRICS_FILE, load_checkpoint
+from elunet.train.checkpoint import LATEST_FILE, METRICS_FILE, TRAIN_STATE_FILE, load_checkpoint, load_resume_state, save_run_checkpoint
 from elunet.train.config import TrainConfig
-from elunet.train.data import load_dataset
+from elunet.train.data import find_dataset, load_dataset
 
 TINY = dict(limit_train=1000, epochs=2, batch_size=100, lr=0.02, seed=3)
 
@@ -43,19 +44,46 @@ def test_short_run_beats_chance_and_its_checkpoint_reproduces_the_metrics(traine
     assert set(log[-1]["mean_activation"]) == {"stack1_1", "stack2_1", "stack2_2", "stack3_1", "stack3_2"}
 
 
-def test_resume_gives_bit_identical_weights(tmp_path):
-    whole = loop.train(TrainConfig(out=str(tmp_path / "whole"), **TINY), log=_quiet)
-    # An interrupted run: it got as far as the epoch-1 checkpoint.
+def test_resume_gives_bit_identical_weights_after_the_dataset_moved(tmp_path):
+    (tmp_path / "data").symlink_to(find_dataset("fashion-mnist"))
+    whole = loop.train(TrainConfig(out=str(tmp_path / "whole"), data_dir=str(tmp_path / "data"), **TINY), log=_quiet)
+    assert json.loads((whole / TRAIN_STATE_FILE).read_text())[loop.GRAD_SCALER_KEY] == {}  # disabled on the CPU
+    # An interrupted run: it got as far as the epoch-1 checkpoint; then its dataset moved.
     part = tmp_path / "part"
     shutil.copytree(tmp_path / "whole", part)
     shutil.rmtree(part / "epoch-0002")
     (part / LATEST_FILE).write_text("epoch-0001\n")
-    resumed = loop.train(TrainConfig(out=str(part), **TINY), resume=True, log=_quiet)
+    (tmp_path / "data").rename(tmp_path / "moved")
+    resumed = loop.train(TrainConfig(out=str(part), data_dir=str(tmp_path / "moved"), **TINY), resume=True, log=_quiet, given={"data_dir"})
     assert resumed.name == "epoch-0002"
     assert (resumed / WEIGHTS_FILE).read_bytes() == (whole / WEIGHTS_FILE).read_bytes()
     assert [json.loads(ln)["epoch"] for ln in (part / METRICS_FILE).read_text().splitlines()] == [1, 2]
     with pytest.raises(ElunetError, match="--lr 0.5"):
         loop.train(TrainConfig(out=str(part), **{**TINY, "lr": 0.5}), resume=True, log=_quiet)
+
+
+def test_without_data_dir_a_resumed_run_looks_in_the_default_places():
+    saved = dataclasses.asdict(TrainConfig(data_dir="/where/it/was", **TINY))
+    assert loop.check_resume_config(TrainConfig(**TINY), saved, given=set()).data_dir is None
+
+
+def test_options_that_change_the_numerics_cannot_change_on_resume():
+    saved = dataclasses.asdict(TrainConfig(**TINY))
+    for option, value in (("amp", False), ("channels_last", False), ("compile", True)):
+        with pytest.raises(ElunetError, match=f"--{option.replace('_', '-')} {value} \\(the run has {not value}\\)"):
+            loop.check_resume_config(TrainConfig(**{**TINY, option: value}), saved, given={option})
+
+
+def test_the_loss_scale_survives_a_checkpoint(trained_checkpoint, tmp_path):
+    # fp16 autocast (and so an enabled scaler) runs on CUDA only; the scaler's state does the same round trip on the CPU.
+    scaler = loop.grad_scaler("cpu", True, {})
+    scaler.scale(torch.ones(()))
+    scaler.update(new_scale=1024.0)  # where a run stands after some overflow backoffs
+    ck = load_checkpoint(trained_checkpoint)
+    optimizer = torch.optim.SGD(ck.model.parameters(), lr=0.1)
+    folder, _ = save_run_checkpoint(tmp_path / "run", 1, ck.model, ck.card, optimizer, {loop.GRAD_SCALER_KEY: scaler.state_dict()})
+    _, state, _ = load_resume_state(folder)
+    assert loop.grad_scaler("cpu", True, state[loop.GRAD_SCALER_KEY]).get_scale() == 1024.0
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
@@ -111,7 +139,7 @@ def test_cli_resume_refuses_changed_options_and_explains_a_truncated_checkpoint(
     r = _elunet("train", "--out", run, "--resume", "--lr", "0.05", "--epochs", "3", "--batch-size", "100")
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert "--lr 0.05 (the run has 0.01)" in r.stderr and "--epochs 3 (the run has 2)" in r.stderr and "--batch-size" not in r.stderr.split("hint")[0]
-    r = _elunet("train", "--out", run, "--resume", "--lr", "0.01", "--no-channels-last")  # the run's own value, and a how-to-run option
+    r = _elunet("train", "--out", run, "--resume", "--lr", "0.01", "--keep", "3")  # the run's own value, and a how-to-run option
     assert r.returncode == 0, r.stderr
 
     weights = tmp_path / "run" / "epoch-0002" / WEIGHTS_FILE

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from elunet.card import CARD_FILE, ModelCard
 from elunet.errors import ElunetError
 from elunet.train.activations import ACTIVATION_MODULES
 from elunet.train.augment import augment
@@ -53,6 +54,7 @@ from elunet.train.schedules import lr_at
 # Images of the training split on which the per-layer mean activation (the paper's bias-shift signal) is measured.
 ACTIVATION_PROBE_IMAGES = 1000
 NAN_CHECK_EVERY = 50  # steps; checking every step would sync a GPU each step
+GRAD_SCALER_KEY = "grad_scaler"  # in a checkpoint's train state
 
 
 class TrainingDiverged(ElunetError):
@@ -127,6 +129,15 @@ def autocast(device: torch.device, amp: bool):
     return contextlib.nullcontext()
 
 
+def grad_scaler(device_type: str, enabled: bool, state: dict[str, Any]) -> torch.amp.GradScaler:
+    """fp16 autocast's loss scaler, continuing from a checkpoint's ``state``: its scale adapts during
+    the run, so a resumed run must start from the scale the interrupted one had reached."""
+    scaler = torch.amp.GradScaler(device_type, enabled=enabled)
+    if enabled and state:
+        scaler.load_state_dict(state)
+    return scaler
+
+
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, scaler, amp_ctx) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward, backward, update. Returns (loss, correct) as tensors so the GPU is never synced here."""
     with amp_ctx:
@@ -140,15 +151,15 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tens
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: ImageDataset, device: torch.device, channels_last: bool, amp: bool, batch_size: int = 1000) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) on a whole split."""
+def evaluate(model: nn.Module, data: ImageDataset, device: torch.device, channels_last: bool, batch_size: int = 1000) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) on a whole split, in float32 even when training uses autocast:
+    the card's accuracy is that of the weights it is saved with, as export and serving run them."""
     model.eval()
     loss_sum, correct = torch.zeros((), device=device), torch.zeros((), device=device)
     for i in range(0, len(data), batch_size):
         x = to_input(data.images[i : i + batch_size], device, channels_last)
         y = data.targets[i : i + batch_size].to(device)
-        with autocast(device, amp):
-            logits = model(x).float()
+        logits = model(x)
         loss_sum += F.cross_entropy(logits, y, reduction="sum")
         correct += (logits.argmax(1) == y).sum()
     return loss_sum.item() / len(data), correct.item() / len(data)
@@ -258,6 +269,16 @@ def _subset(data: ImageDataset, n: int, seed: int) -> ImageDataset:
     return dataclasses.replace(data, images=data.images[keep], targets=data.targets[keep])
 
 
+def _check_same_classes(card: ModelCard, saved: ModelCard, source: Path) -> None:
+    """--data-dir may move on resume; the classes the run learns may not."""
+    if (card.labels, card.input_shape) != (saved.labels, saved.input_shape):
+        raise ElunetError(
+            f"--resume: the data in {source} has classes {card.labels} of shape {card.input_shape}, "
+            f"the run was trained on {saved.labels} of shape {saved.input_shape}",
+            hint="point --data-dir at the dataset the run was started with",
+        )
+
+
 def train(
     cfg: TrainConfig, resume: bool = False, force: bool = False, log: Callable[[str], None] = print,
     prepare_model: Callable[[nn.Module], None] | None = None, given: Collection[str] | None = None,
@@ -290,13 +311,14 @@ def train(
         name=cfg.model_name, architecture=cfg.arch, activation=cfg.activation, alpha=cfg.alpha,
         batch_norm=cfg.bn, dataset=cfg.dataset, labels=train_data.labels, input_shape=train_data.shape,
         normalization=train_data.normalization,
-        training={k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUNTIME_FIELDS | {"data_dir", "name"}},
+        training={k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUNTIME_FIELDS | {"name"}},
     )
     torch.manual_seed(cfg.seed)
     raw_model = build_model(card, train_data.fit_normalization())
     if prepare_model is not None and not resume_from:
         prepare_model(raw_model)
     if resume_weights is not None:
+        _check_same_classes(card, ModelCard.load(resume_from / CARD_FILE), train_data.source)
         load_weights_into(raw_model, resume_weights, resume_from, card)
     raw_model.to(dist.device)
     if cfg.channels_last:
@@ -310,7 +332,7 @@ def train(
     if cfg.compile:
         model = torch.compile(model)
     amp = cfg.amp and dist.device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=amp and not torch.cuda.is_bf16_supported()) if amp else torch.amp.GradScaler("cpu", enabled=False)
+    scaler = grad_scaler(dist.device.type, amp and not torch.cuda.is_bf16_supported(), saved_state.get(GRAD_SCALER_KEY, {}))
 
     per_rank = len(train_data) // dist.world
     steps_per_epoch = per_rank // cfg.batch_size
@@ -377,7 +399,7 @@ def train(
 
         # ---- evaluate, log and checkpoint (rank 0)
         if dist.is_main:
-            test_loss, test_acc = evaluate(raw_model, test_data, dist.device, cfg.channels_last, amp)
+            test_loss, test_acc = evaluate(raw_model, test_data, dist.device, cfg.channels_last)
             record = {
                 "epoch": epoch + 1, "step": step, "lr": lr, "train_loss": round(train_loss, 6), "train_acc": round(train_acc, 6),
                 "test_loss": round(test_loss, 6), "test_acc": round(test_acc, 6),
@@ -386,7 +408,7 @@ def train(
             }
             append_metrics(out, record)
             card = card.model_copy(update={"metrics": {"test_acc": test_acc, "test_loss": test_loss, "train_loss": train_loss, "train_acc": train_acc, "epochs": float(epoch + 1)}})
-            state = {"epoch": epoch + 1, "step": step, "config": dataclasses.asdict(cfg)}
+            state = {"epoch": epoch + 1, "step": step, "config": dataclasses.asdict(cfg), GRAD_SCALER_KEY: scaler.state_dict()}
             last_good, card = save_run_checkpoint(out, epoch + 1, raw_model, card, optimizer, state, keep=cfg.keep)
             log(
                 f"epoch {epoch + 1:>3}/{cfg.epochs}  train loss {train_loss:.4f} acc {train_acc:.4f} | test loss {test_loss:.4f} "
