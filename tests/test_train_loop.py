@@ -157,13 +157,66 @@ def test_cli_resume_refuses_changed_options_and_explains_a_truncated_checkpoint(
     assert error.startswith(f"error: {weights} is truncated or corrupt (") and "echo epoch-0001" in hint
 
 
+def _torchrun(*args, log_dir, timeout=300):
+    """Two CPU processes (gloo) under torchrun, each one's output in its own LOG_DIR/.../<rank>/std{out,err}.log."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "--log-dir", str(log_dir), "--redirects", "3", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def _rank_log(log_dir, rank: int, stream: str) -> str:
+    (path,) = log_dir.glob(f"**/attempt_0/{rank}/{stream}.log")
+    return path.read_text()
+
+
+# Runs `elunet train` with each batch's augmentation observed: per image, whether it was flipped
+# (None for a mirror-symmetric image, where a flip cannot be seen).
+OBSERVE_FLIPS = """
+import json, os, sys
+import torch
+import elunet.train.loop as loop
+from elunet.cli import main
+
+record = open(os.path.join(sys.argv[1], f"flips-{os.environ['RANK']}.jsonl"), "w")
+real = loop.augment
+
+def observed(images, aug, generator):
+    out = real(images, aug, generator)
+    record.write(json.dumps([None if torch.equal(i, i.flip(-1)) else not torch.equal(o, i) for i, o in zip(images, out)]) + "\\n")
+    record.flush()
+    return out
+
+loop.augment = observed
+sys.argv = ["elunet", *sys.argv[2:]]
+main()
+"""
+
+
+def test_two_ddp_processes_augment_differently(tmp_path):
+    (tmp_path / "observe.py").write_text(OBSERVE_FLIPS)
+    r = _torchrun(str(tmp_path / "observe.py"), str(tmp_path), "train", "--out", str(tmp_path / "run"), "--limit-train", "400",
+                  "--epochs", "1", "--batch-size", "50", log_dir=tmp_path / "logs", timeout=120)
+    assert r.returncode == 0, _rank_log(tmp_path / "logs", 0, "stderr")[-3000:]
+    flips = [[f for ln in (tmp_path / f"flips-{rank}.jsonl").read_text().splitlines() for f in json.loads(ln)] for rank in (0, 1)]
+    assert len(flips[0]) == len(flips[1]) == 200  # each rank's shard: 4 steps of 50
+    seen = [(a, b) for a, b in zip(*flips) if a is not None and b is not None]
+    assert sum(a != b for a, b in seen) > len(seen) / 4, "rank 1 flipped exactly the images rank 0 flipped: one generator for both"
+
+
+def test_a_refusal_on_rank_0_ends_every_rank_with_its_message(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / METRICS_FILE).write_text("")  # a run is there; without --force rank 0 refuses before the first barrier
+    r = _torchrun("-m", "elunet", "train", "--out", str(tmp_path / "run"), "--limit-train", "400", log_dir=tmp_path / "logs", timeout=120)
+    assert r.returncode != 0
+    for rank in (0, 1):
+        assert "already holds a training run" in _rank_log(tmp_path / "logs", rank, "stderr"), f"rank {rank}"
+
+
 @pytest.mark.slow
 def test_two_process_ddp_on_cpu(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517", "-m", "elunet", "train",
-           "--out", str(tmp_path), "--limit-train", "2000", "--epochs", "1", "--batch-size", "50", "--lr", "0.02"]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert r.returncode == 0, r.stderr[-3000:]
+    r = _torchrun("-m", "elunet", "train", "--out", str(tmp_path), "--limit-train", "2000", "--epochs", "1", "--batch-size", "50", "--lr", "0.02",
+                  log_dir=tmp_path / "logs")
+    r.stdout = _rank_log(tmp_path / "logs", 0, "stdout")
+    assert r.returncode == 0, _rank_log(tmp_path / "logs", 0, "stderr")[-3000:]
     assert r.stdout.count("epoch   1/1") == 1  # rank 0 alone logs
     assert "x2 processes" in r.stdout and "20 steps of 50" in r.stdout  # each rank: 1000 images of its shard
     log = [json.loads(ln) for ln in (tmp_path / METRICS_FILE).read_text().splitlines()]

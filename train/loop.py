@@ -99,6 +99,25 @@ def _barrier(dist: Dist) -> None:
         torch.distributed.barrier()
 
 
+def _on_main(dist: Dist, work: Callable[[], Any]) -> Any:
+    """``work()`` on rank 0, its result on every rank; an ElunetError there is raised on every rank
+    with its message, instead of leaving the others waiting for rank 0 until torchrun times out."""
+    if dist.world == 1:
+        return work()
+    outcome: list[Any] = [None]
+    if dist.is_main:
+        try:
+            outcome[0] = ("result", work())
+        except ElunetError as exc:
+            outcome[0] = ("error", exc.message, exc.hint)
+    torch.distributed.broadcast_object_list(outcome, src=0)
+    if outcome[0][0] == "error":
+        _, message, hint = outcome[0]
+        torch.distributed.destroy_process_group()
+        raise ElunetError(message if dist.is_main else f"rank 0: {message}", hint=hint)
+    return outcome[0][1]
+
+
 def _any_rank(flag: bool, dist: Dist) -> bool:
     if dist.world == 1:
         return flag
@@ -107,10 +126,15 @@ def _any_rank(flag: bool, dist: Dist) -> bool:
     return bool(t.item())
 
 
-def seed_epoch(seed: int, epoch: int, rank: int) -> torch.Generator:
-    """Seed the global RNG (dropout) and return the data generator (shuffle, augmentation) of one epoch."""
+def seed_epoch(seed: int, epoch: int, rank: int) -> tuple[torch.Generator, torch.Generator]:
+    """Seed the global RNG (dropout) and return the (shuffle, augmentation) generators of one epoch.
+
+    The shuffle is the same on every rank (one permutation, sharded); the augmentation and the
+    dropout are seeded by rank, or rank r's i-th image would get exactly rank 0's crop and flip.
+    """
     torch.manual_seed(seed * 1_000_003 + epoch * 1009 + rank)
-    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)  # the same on every rank: one shuffle, sharded
+    augmentation = torch.Generator().manual_seed(int(torch.randint(2**62, ())))  # a stream of its own, not dropout's
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch), augmentation
 
 
 # ---------------------------------------------------------------- one step, one evaluation
@@ -290,10 +314,7 @@ def train(
     ``given``: on --resume, the fields of ``cfg`` the caller chose (see check_resume_config).
     """
     dist = setup_distributed(cfg.device)
-    resume_from = check_run_dir(cfg, resume, force) if dist.is_main else None
-    _barrier(dist)
-    if dist.world > 1 and not dist.is_main and resume:
-        resume_from = resolve_checkpoint(cfg.out)
+    resume_from = _on_main(dist, lambda: check_run_dir(cfg, resume, force))
     resume_weights, saved_state, optimizer_state = load_resume_state(resume_from) if resume_from else (None, {}, None)
     if resume_from:
         cfg = check_resume_config(cfg, saved_state["config"], given)
@@ -358,8 +379,8 @@ def train(
 
     for epoch in range(start_epoch, cfg.epochs):
         # ---- train one epoch
-        gen = seed_epoch(cfg.seed, epoch, dist.rank)
-        order = torch.randperm(len(train_data), generator=gen)[dist.rank :: dist.world][: steps_per_epoch * cfg.batch_size]
+        shuffle, augmentation = seed_epoch(cfg.seed, epoch, dist.rank)
+        order = torch.randperm(len(train_data), generator=shuffle)[dist.rank :: dist.world][: steps_per_epoch * cfg.batch_size]
         model.train()
         loss_sum = torch.zeros((), device=dist.device)
         correct = torch.zeros((), device=dist.device, dtype=torch.long)
@@ -372,7 +393,7 @@ def train(
             idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
             images = train_data.images[idx]
             if cfg.augment:
-                images = augment(images, train_data.augmentation, gen)
+                images = augment(images, train_data.augmentation, augmentation)
             x = to_input(images, dist.device, cfg.channels_last)
             y = train_data.targets[idx].to(dist.device, non_blocking=True)
             loss, hits = train_step(model, optimizer, x, y, scaler, autocast(dist.device, amp))
