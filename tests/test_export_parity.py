@@ -139,3 +139,19 @@ def test_verify_refuses_a_different_checkpoint(fashion_export, trained_checkpoin
     save_checkpoint(tmp_path / "other", other.model, other.card)
     with pytest.raises(ElunetError, match="exported from weights with sha256"):
         verify_model(fashion_export("native", "fp32").model_path, load_checkpoint(tmp_path / "other"), images=16)
+
+
+def test_parity_data_with_other_classes_than_the_models_is_refused(tmp_path):
+    from PIL import Image
+
+    from elunet.export.real_data import load_split
+    from elunet.train.models import describe_model
+
+    for name in ("a", "b"):  # synthetic images, one folder per class
+        (tmp_path / name).mkdir()
+        for i in range(10):
+            Image.new("RGB", (8, 8), (i, i, i)).save(tmp_path / name / f"{i}.png")
+    card = describe_model(name="m", architecture="fashion-cnn", activation="elu", alpha=None, batch_norm=False, dataset="imagefolder",
+                          labels=["a", "c"], input_shape=(3, 8, 8), normalization="meanstd")
+    with pytest.raises(ElunetError, match=r"has classes \['a', 'b'\]; the model was trained on \['a', 'c'\]"):
+        load_split(card, "test", tmp_path, "parity")
