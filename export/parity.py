@@ -31,6 +31,7 @@ NaN/inf where the reference is finite fails a set.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass, field
 
@@ -58,6 +59,7 @@ class Tolerance:
     atol: float
     rtol: float
     min_top1: float = 1.0
+    loosened: bool = False  # looser than the dtype's defaults: a certificate earned with it serves nothing
 
     @classmethod
     def for_dtype(cls, dtype: str, atol: float | None = None, rtol: float | None = None, min_top1: float | None = None) -> "Tolerance":
@@ -70,12 +72,16 @@ class Tolerance:
 
 
 def criteria(
-    dtype: str, *, atol: float | None = None, rtol: float | None = None, min_top1: float | None = None, max_accuracy_drop: float | None = None
+    dtype: str, *, atol: float | None = None, rtol: float | None = None, min_top1: float | None = None, max_accuracy_drop: float | None = None,
+    loosen: bool = False,
 ) -> tuple[Tolerance, AccuracyGate | None]:
     """What a graph of ``dtype`` is held to: element-wise tolerances, and for int8 the accuracy gate.
 
     ``min_top1`` is the required top-1 agreement: per input set for fp32/fp16, on the whole
     test split for int8. ``max_accuracy_drop`` (percentage points) is int8's only.
+
+    The defaults are also the ceiling: anything looser is refused unless ``loosen``, and then
+    marked (``Tolerance.loosened``), so that `verify --atol 10` cannot earn a certificate that serves.
     """
     gate = DEFAULT_ACCURACY_GATES.get(dtype)
     if gate is None:
@@ -84,15 +90,30 @@ def criteria(
                 f"--max-accuracy-drop judges int8 graphs; this one is {dtype}",
                 hint="fp32 and fp16 graphs are held to --atol, --rtol and --min-top1",
             )
-        return Tolerance.for_dtype(dtype, atol, rtol, min_top1), None
+        default, asked = Tolerance.for_dtype(dtype), Tolerance.for_dtype(dtype, atol, rtol, min_top1)
+        looser = [f"--{k.replace('_', '-')} {getattr(asked, k):g} (default {getattr(default, k):g})" for k in ("atol", "rtol") if getattr(asked, k) > getattr(default, k)]
+        looser += [f"--min-top1 {asked.min_top1:g} (default {default.min_top1:g})"] if asked.min_top1 < default.min_top1 else []
+        return dataclasses.replace(asked, loosened=_allow_looser(dtype, looser, loosen)), None
     if atol is not None or rtol is not None:
         raise ElunetError(
             f"{dtype} graphs are judged by accuracy on the whole test split, not element-wise: --atol/--rtol do not apply",
             hint="use --max-accuracy-drop POINTS and --min-top1 FRACTION",
         )
     overrides = {"max_accuracy_drop_points": max_accuracy_drop, "min_top1_agreement": min_top1}
-    gate = AccuracyGate.model_validate({**gate.model_dump(), **{k: v for k, v in overrides.items() if v is not None}})
-    return Tolerance.for_dtype(dtype), gate
+    asked = AccuracyGate.model_validate({**gate.model_dump(), **{k: v for k, v in overrides.items() if v is not None}})
+    looser = [f"--max-accuracy-drop {asked.max_accuracy_drop_points:g} (default {gate.max_accuracy_drop_points:g})"] if asked.max_accuracy_drop_points > gate.max_accuracy_drop_points else []
+    looser += [f"--min-top1 {asked.min_top1_agreement:g} (default {gate.min_top1_agreement:g})"] if asked.min_top1_agreement < gate.min_top1_agreement else []
+    return dataclasses.replace(Tolerance.for_dtype(dtype), loosened=_allow_looser(dtype, looser, loosen)), asked
+
+
+def _allow_looser(dtype: str, looser: list[str], loosen: bool) -> bool:
+    """Whether the criteria are loosened; refuses it unless asked for explicitly."""
+    if looser and not loosen:
+        raise ElunetError(
+            f"{', '.join(looser)} is looser than what {dtype} graphs are held to, and a certificate earned with it would vouch for less than serving assumes",
+            hint="keep the defaults (or tighter), or add --loosened to measure anyway: that certificate is marked loosened and is never accepted for serving or publishing",
+        )
+    return bool(looser)
 
 
 def judge_accuracy(gate: AccuracyGate, targets: np.ndarray, reference: np.ndarray, actual: np.ndarray) -> dict:

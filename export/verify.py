@@ -4,9 +4,8 @@ The PyTorch network of the checkpoint is the reference; the model under test
 runs on the engine that serves it (elunet.runtime: ONNX Runtime, or TensorRT),
 opened exactly as `elunet serve` opens it, so the code that earns the
 certificate is the code that serves. Both see the same inputs (parity.py). The result is a parity
-certificate, ``parity.json``, bound to the exact bytes of the model (its
-sha256) and of the checkpoint's weights, so a certificate can never vouch
-for a file that changed after it was verified.
+certificate, ``parity.json``; what it binds, and why, is elunet/certificate.py's
+docstring. A failing run never replaces a passed certificate (write_certificate).
 """
 
 from __future__ import annotations
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from elunet.card import AccuracyGate, ModelCard
+from elunet.certificate import RunsOn, serving_digests
 from elunet.files import sha256_file, write_atomic
 from elunet.contracts import OUTPUT_NAME
 from elunet.errors import ElunetError
@@ -32,7 +32,7 @@ DEFAULT_BACKEND = "onnxruntime"
 BACKENDS = (DEFAULT_BACKEND, "tensorrt")
 DEVICES = ("auto", "cpu", "cuda")
 
-PARITY_FORMAT = 1
+PARITY_FORMAT = 2
 
 
 @dataclass
@@ -103,6 +103,24 @@ class ParityReport:
         )
 
 
+def write_certificate(report: ParityReport, path: Path) -> Path:
+    """Write ``report`` to ``path``; returns where it went.
+
+    A failed report never replaces a passed certificate: one failing run (another machine, a
+    tighter tolerance) must not take a published model down. It goes beside it, as <stem>.failed.json.
+    """
+    path = Path(path)
+    if not report.passed and path.is_file():
+        try:
+            holds_a_pass = ParityReport.load(path).passed
+        except (ElunetError, KeyError, TypeError):
+            holds_a_pass = False
+        if holds_a_pass:
+            path = path.with_name(f"{path.stem}.failed{path.suffix}")
+    report.save(path)
+    return path
+
+
 def _gate_figures(gate: dict) -> str:
     return (
         f"on {gate['images']} test images, accuracy {gate['runner_accuracy']:.2%} vs float32 {gate['reference_accuracy']:.2%} "
@@ -165,7 +183,7 @@ def verify_model(
                     "runner": float(np.mean(np.argmax(act, 1) == targets)),
                 }
                 verdict = judge_accuracy(gate, targets, ref, act) if gate else None
-        runner_name = runner.name
+        runner_name, runs_on = runner.name, RunsOn.of(backend, engine.device)
     outputs = [o for r in results for o in r.outputs.values()]
     data = {
         "format": PARITY_FORMAT,
@@ -179,14 +197,17 @@ def verify_model(
         },
         "checkpoint": {"path": str(checkpoint.path), "weights_sha256": checkpoint.sha256},
         "backend": backend,
+        "runs_on": {"backend": runs_on.backend, "device": runs_on.device},
         "runner": runner_name,
         "reference": reference.name,
         "tolerance": {
             "atol": finite_or_text(tol.atol),
             "rtol": finite_or_text(tol.rtol),
             "min_top1": tol.min_top1,
+            "loosened": tol.loosened,
             "rule": "an element fails when abs err > atol and rel err > rtol",
         },
+        "serves_with": serving_digests(card),
         "summary": {
             key: finite_or_text(max(getattr(o, key) for o in outputs))
             for key in ("max_abs_err", "max_rel_err", "needed_atol", "needed_rtol")

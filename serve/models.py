@@ -37,13 +37,13 @@ from pathlib import Path
 import numpy as np
 
 from elunet.card import CARD_FILE, ModelCard
-from elunet.certificate import certificate_problem
+from elunet.certificate import RunsOn, certificate_problem
 from elunet.contracts import WEIGHTS_FILE
 from elunet.errors import ElunetError
 from elunet.model_config import TensorSignature, differences, read_config
 from elunet.repository import CONFIG_FILE, LABELS_FILE, MODEL_FILES, ModelRepository, ModelVersion, check_model_name, parse_version
 from elunet.runtime import Engine, Instance, open_engine
-from elunet.runtime.choose import choose_engine
+from elunet.runtime.choose import Choice, choose_engine
 from elunet.runtime.cpus import available_cpus, threads_per_instance
 from elunet.serve.batching import BackendFailure, DynamicBatcher
 from elunet.serve.errors import ServeError, bad_request, not_found
@@ -415,7 +415,7 @@ class ModelRegistry:
         choice = choose_engine(served.source, s.backend, s.device)
         if choice.why and s.backend == "auto":
             log.info("model %s v%d: auto picked %s on %s: %s", served.name, served.version, choice.kind, choice.device, choice.why)
-        self._check_certificate(served, choice.kind)
+        self._check_certificate(served, choice)
         engine = served.engine = open_engine(
             choice.kind, choice.path, device=choice.device, cpu_threads=self.cpu_threads, max_batch_size=served.scheduling.max_batch_size
         )
@@ -464,13 +464,15 @@ class ModelRegistry:
             best = min(best, took)
         return best / served.max_batch_size
 
-    def _check_certificate(self, served: ServedModel, kind: str) -> None:
-        """Parity-gated to the end: a version serves only with a passed certificate for what runs."""
+    def _check_certificate(self, served: ServedModel, choice: Choice) -> None:
+        """Parity-gated to the end: a version serves only with a passed certificate for what runs, where it runs."""
         path = served.source.path
-        if kind == "torch":  # the checkpoint itself runs: its weights must be those the certificate names
-            problem = certificate_problem(path / MODEL_FILES["onnxruntime_onnx"], weights_file=path / WEIGHTS_FILE)
+        labels = path.parent / LABELS_FILE
+        if choice.kind == "torch":  # the checkpoint itself runs, the reference: its weights must be those the certificate names
+            problem = certificate_problem(path / MODEL_FILES["onnxruntime_onnx"], None, weights_file=path / WEIGHTS_FILE, labels_file=labels)
         else:
-            problem = certificate_problem(path / MODEL_FILES["tensorrt_plan" if kind == "tensorrt" else "onnxruntime_onnx"])
+            model_file = path / MODEL_FILES["tensorrt_plan" if choice.kind == "tensorrt" else "onnxruntime_onnx"]
+            problem = certificate_problem(model_file, RunsOn.of(choice.kind, choice.device), labels_file=labels)
         if problem is None:
             return
         if not self.settings.allow_unverified:

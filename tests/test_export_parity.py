@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 
@@ -15,9 +16,10 @@ from onnx import numpy_helper
 from elunet.card import CARD_FILE, ModelCard
 from elunet.errors import ElunetError
 from elunet.export.card_metadata import card_from_onnx
-from elunet.export.parity import Tolerance, compare
-from elunet.export.verify import ParityReport, verify_model
-from elunet.repository import PARITY_FILE
+from elunet.certificate import RunsOn, certificate_problem, target_certificate
+from elunet.export.parity import Tolerance, compare, criteria
+from elunet.export.verify import ParityReport, verify_model, write_certificate
+from elunet.repository import PARITY_FILE, side_file
 from elunet.train.checkpoint import load_checkpoint
 from fixtures_export import TEST_PARITY_IMAGES
 
@@ -123,7 +125,7 @@ def test_verify_refuses_a_model_tampered_after_export(fashion_export, trained_ch
     )
     assert run.returncode == 1, run.stdout + run.stderr
     assert "parity FAILED" in run.stdout
-    report = json.loads((tmp_path / PARITY_FILE).read_text())
+    report = json.loads(target_certificate(tampered, RunsOn("onnxruntime", "cpu")).read_text())
     assert report["passed"] is False
     assert report["summary"]["needed_atol"] > 1e-4
 
@@ -155,3 +157,33 @@ def test_parity_data_with_other_classes_than_the_models_is_refused(tmp_path):
                           labels=["a", "c"], input_shape=(3, 8, 8), normalization="meanstd")
     with pytest.raises(ElunetError, match=r"has classes \['a', 'b'\]; the model was trained on \['a', 'c'\]"):
         load_split(card, "test", tmp_path, "parity")
+
+
+def _copy_of(export, folder):
+    """The exported model with its card and certificate, in a folder of the test's own."""
+    for file in (export.model_path, side_file(export.model_path, CARD_FILE), side_file(export.model_path, PARITY_FILE)):
+        shutil.copy(file, folder)
+    return folder / export.model_path.name
+
+
+def test_a_looser_tolerance_needs_a_mark_and_never_earns_a_serving_certificate(fashion_export, trained_checkpoint, tmp_path):
+    with pytest.raises(ElunetError, match=r"--atol 10 \(default 0.0001\) is looser than what fp32 graphs are held to"):
+        criteria("fp32", atol=10)
+    with pytest.raises(ElunetError, match=r"--max-accuracy-drop 5 \(default 0.5\)"):
+        criteria("int8", max_accuracy_drop=5)
+    assert not criteria("fp32", atol=1e-6)[0].loosened  # tighter is always allowed
+    model = _copy_of(fashion_export("native", "fp32"), tmp_path)
+    report = verify_model(model, load_checkpoint(trained_checkpoint), tolerance=criteria("fp32", atol=10, loosen=True)[0], images=TEST_PARITY_IMAGES)
+    assert report.passed and report.data["tolerance"]["loosened"] is True
+    report.save(side_file(model, PARITY_FILE))
+    assert "looser than the defaults" in certificate_problem(model, RunsOn("onnxruntime", "cpu"))
+
+
+def test_a_failing_verify_never_replaces_a_passed_certificate(fashion_export, trained_checkpoint, tmp_path):
+    model = _copy_of(fashion_export("native", "fp16"), tmp_path)
+    exact = criteria("fp16", atol=0.0, rtol=0.0)[0]  # tighter than fp16 can be: fails
+    report = verify_model(model, load_checkpoint(trained_checkpoint), tolerance=exact, images=64)
+    assert not report.passed
+    written = write_certificate(report, side_file(model, PARITY_FILE))
+    assert written.name == "parity.failed.json" and json.loads(written.read_text())["passed"] is False
+    assert certificate_problem(model, RunsOn("onnxruntime", "cpu")) is None, "the published certificate must still serve"
