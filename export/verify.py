@@ -67,7 +67,8 @@ class ParityReport:
         if gate is None:
             out = [
                 f"parity: {d['runner']} vs {d['reference']}  (atol {_fmt(tol['atol'])}, rtol {_fmt(tol['rtol'])}, top-1 >= {tol['min_top1']:.0%})",
-                f"  {tol['rule']}; rel err = abs err / |reference|: large where a reference logit is near 0, undefined (inf) where it is 0",
+                f"  {tol['rule']}; rel err = abs err / |reference|: large where a reference logit is near 0, undefined (inf) where it is 0; "
+                "top-1 disagreements within tolerance (near-ties) are not flips",
                 "  atol needed: the smallest atol that passes every element at this rtol (0: rtol alone passes them all)",
             ]
         else:
@@ -78,8 +79,9 @@ class ParityReport:
             mark = "ok  " if s["passed"] else "FAIL"
             needed = f"atol needed {_fmt(o['needed_atol'])}  " if gate is None else ""  # int8 sets have no atol to need
             out.append(
-                f"  {mark} {s['name']:<20} n={s['images']:<5} max abs {_fmt(o['max_abs_err'])}  max rel {_fmt(o['max_rel_err'])}  "
-                f"{needed}top-1 {o['top1_agreement']:.2%}"
+                f"  {mark} {s['name']:<20} n={s['images']:<5} abs err max {_fmt(o['abs_err']['max'])} at {o['worst_index']} "
+                f"(median {_fmt(o['abs_err']['median'])}, p99 {_fmt(o['abs_err']['p99'])})  rel err max {_fmt(o['rel_err']['max'])} "
+                f"(p99 {_fmt(o['rel_err']['p99'])})  {needed}top-1 {o['top1_agreement']:.2%} ({o['top1_flips']} beyond tolerance)"
             )
         acc = d.get("accuracy")
         if acc:
