@@ -250,10 +250,18 @@ def _bf16_elu_model(opset: int) -> onnx.ModelProto:
 
 
 def test_an_opset_too_old_for_the_dtype_is_refused():
-    with pytest.raises(ElunetError, match=r"Elu at opset 21 does not accept tensor\(bfloat16\)") as err:
+    with pytest.raises(ElunetError, match=r"opset 21: .*op_type:Elu.*unsupported type: tensor\(bfloat16\)") as err:
         check_opset_supports_types(_bf16_elu_model(21))
-    assert "--opset 22" in str(err.value)
+    assert "newer --opset" in err.value.hint
     check_opset_supports_types(_bf16_elu_model(22))
+
+
+def test_inputs_bound_to_one_type_must_agree():
+    """Add's A and B are both T: float32 + float16 is invalid, though each type alone is allowed."""
+    a, b = (helper.make_tensor_value_info(n, t, [4]) for n, t in (("a", TensorProto.FLOAT), ("b", TensorProto.FLOAT16)))
+    graph = helper.make_graph([helper.make_node("Add", ["a", "b"], ["y"])], "g", [a, b], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])])
+    with pytest.raises(ElunetError, match=r"op_type:Add.*inconsistent type tensor\(float16\)"):
+        check_opset_supports_types(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
 
 
 def test_an_opset_too_old_for_the_plugin_function_is_refused():
