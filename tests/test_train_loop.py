@@ -121,14 +121,44 @@ def test_cli_explains_bad_requests(tmp_path):
     assert r.returncode == 2 and "no alpha" in r.stderr
     r = _elunet("train", "--out", str(tmp_path / "new"), "--dataset", "cifar10", "--data-dir", str(tmp_path))
     assert r.returncode == 2 and "cifar-10-batches-py" in r.stderr and "data_batch_1" in r.stderr
-    r = _elunet("train", "--out", str(tmp_path / "new"), "--arch", "resnet", "--limit-train", "100")
-    assert r.returncode == 2 and "unknown architecture" in r.stderr and "fashion-cnn" in r.stderr
-    r = _elunet("train", "--out", str(tmp_path / "new"), "--schedule", "linear", "--limit-train", "100", "--batch-size", "50")
-    assert r.returncode == 2 and "unknown schedule" in r.stderr
     assert not (tmp_path / "new").exists(), "a refused command must not leave an empty --out behind"
     r = _elunet("train", "--out", str(tmp_path / "run"), "--force", "--limit-train", "100", "--batch-size", "200")
     assert r.returncode == 2 and "less than one batch" in r.stderr
     assert (tmp_path / "run" / METRICS_FILE).is_file(), "--force with a bad option must not delete the run it would replace"
+
+
+def test_a_mistyped_choice_is_refused_before_the_dataset_loads(tmp_path):
+    for option, value, allowed in (("--arch", "resnet", "fashion-cnn"), ("--schedule", "linear", "onecycle"), ("--device", "gpu", "cuda"),
+                                   ("--optimizer", "adam", "adamw"), ("--activation", "gelu", "elu"), ("--dataset", "svhn", "cifar10")):
+        r = _elunet("train", "--out", str(tmp_path / "new"), "--data-dir", str(tmp_path / "nowhere"), option, value)
+        assert r.returncode == 2 and f"'{value}' is not one of" in r.stderr and allowed in r.stderr, r.stderr
+        assert "not found" not in r.stderr
+    assert not (tmp_path / "new").exists()
+
+
+def test_train_help_groups_its_options_in_panels():
+    from elunet.train import options
+
+    r = _elunet("train", "--help", env={**os.environ, "COLUMNS": "200"})
+    for panel in (options.MODEL_PANEL, options.DATA_PANEL, options.OPTIMIZATION_PANEL, options.RUN_PANEL, options.HARDWARE_PANEL):
+        assert f"─ {panel} ─" in r.stdout, panel
+
+
+def test_experiments_take_trains_own_option_definitions():
+    import typer.main
+
+    from elunet.cli import app
+
+    root = typer.main.get_command(app)
+    train = {p.name: p for p in root.commands["train"].params}
+    for kind in ("activations", "learning-behaviour"):
+        # its --bn adds variants, its --out is an experiment folder: options of its own
+        shared = [p for p in root.commands["experiment"].commands[kind].params if p.name in train and p.name not in ("bn", "out")]
+        assert len(shared) == 13
+        for p in shared:
+            same = train[p.name]
+            described = lambda o: (o.opts, o.secondary_opts, o.help, o.type_descriptor.annotation, o.min, o.max, o.rich_help_panel)  # noqa: E731
+            assert described(p) == described(same), p.name
 
 
 def test_cli_resume_refuses_changed_options_and_explains_a_truncated_checkpoint(tmp_path):

@@ -14,6 +14,7 @@ ARCHITECTURE_NAMES = ("fashion-cnn", "elu-cifar11", "elu-cifar18", "mlp-8x128")
 ACTIVATION_NAMES = ("elu", "relu", "lrelu", "srelu", "celu", "selu")
 DATASET_NAMES = ("fashion-mnist", "mnist", "cifar10", "cifar100", "imagefolder")
 OPTIMIZER_NAMES = ("sgd", "adamw")
+DEVICE_NAMES = ("auto", "cpu", "cuda")
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,7 @@ from elunet.train.checkpoint import (
     resolve_checkpoint,
     save_run_checkpoint,
 )
-from elunet.train.config import RUNTIME_FIELDS, TrainConfig
+from elunet.train.config import DEVICE_NAMES, RUNTIME_FIELDS, TrainConfig
 from elunet.train.data import ImageDataset, load_dataset
 from elunet.train.models import build_model, describe_model
 from elunet.train.progress import EpochProgress
@@ -77,8 +77,8 @@ class Dist:
 
 def setup_distributed(device: str) -> Dist:
     """One process, or one of `torchrun --nproc_per_node N`'s processes (it sets RANK/WORLD_SIZE)."""
-    if device not in ("auto", "cpu", "cuda"):
-        raise ElunetError(f"unknown --device {device!r}", hint="use auto, cpu or cuda")
+    if device not in DEVICE_NAMES:
+        raise ElunetError(f"unknown --device {device!r}", hint=f"use one of: {', '.join(DEVICE_NAMES)}")
     if device == "cuda" and not torch.cuda.is_available():
         raise ElunetError("--device cuda, but PyTorch sees no CUDA GPU", hint="use --device cpu, or install a CUDA build of torch on a GPU machine")
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
