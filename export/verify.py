@@ -214,7 +214,7 @@ def verify_model(
             key: finite_or_text(max(getattr(o, key) for o in outputs))
             for key in ("max_abs_err", "max_rel_err", "needed_atol", "needed_rtol")
         }
-        | {"min_top1_agreement": min(o.top1_agreement for o in outputs)},
+        | {"min_top1_agreement": min(o.top1_agreement for o in outputs), "top1_flips": sum(o.top1_flips for o in outputs)},
         "accuracy": accuracy,
         **({"accuracy_gate": verdict} if verdict else {}),
         "sets": [set_to_json(r) for r in results],
