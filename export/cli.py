@@ -46,13 +46,14 @@ def _gates(field: str) -> str:
 
 
 QUANTIZED = "/".join(QUANTIZED_DTYPES)
+LOOSER = "the defaults are also the limits: looser only with `elunet verify --loosened`, whose certificate never serves"
 MIN_TOP1_HELP = (
-    f"required top-1 agreement with PyTorch: in every input set for float graphs (default: {_tolerances(2)}), "
-    f"on the whole test split for {QUANTIZED} graphs (default: {_gates('min_top1_agreement')})"
+    f"required top-1 agreement with PyTorch: in every input set for float graphs, counting only flips beyond tolerance "
+    f"(default: {_tolerances(2)}), on the whole test split for {QUANTIZED} graphs (default: {_gates('min_top1_agreement')}); {LOOSER}"
 )
 MAX_DROP_HELP = (
     f"{QUANTIZED} graphs: test accuracy on the whole test split may fall at most this many percentage points "
-    f"below float32 PyTorch's (default: {_gates('max_accuracy_drop_points')})"
+    f"below float32 PyTorch's (default: {_gates('max_accuracy_drop_points')}); {LOOSER}"
 )
 
 
@@ -154,8 +155,8 @@ def verify(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="the checkpoint it was exported from (run, checkpoint or version folder)"),
     backend: Literal[BACKENDS] = typer.Option(DEFAULT_BACKEND, "--backend", help="what runs the model under test (tensorrt: needs the tensorrt package and a GPU)"),
     device: Literal[DEVICES] = typer.Option("auto", "--device", help="ONNX Runtime's execution provider; auto: CUDA when available, else CPU"),
-    atol: Optional[float] = typer.Option(None, "--atol", help=f"absolute tolerance (default: {_tolerances(0)}; {QUANTIZED} graphs: not judged element-wise)"),
-    rtol: Optional[float] = typer.Option(None, "--rtol", help=f"relative tolerance (default: {_tolerances(1)}); an element fails only when both are exceeded"),
+    atol: Optional[float] = typer.Option(None, "--atol", help=f"absolute tolerance (default: {_tolerances(0)}; {QUANTIZED} graphs: not judged element-wise); {LOOSER}"),
+    rtol: Optional[float] = typer.Option(None, "--rtol", help=f"relative tolerance (default: {_tolerances(1)}); an element fails only when both are exceeded; {LOOSER}"),
     min_top1: Optional[float] = typer.Option(None, "--min-top1", min=0.0, max=1.0, help=MIN_TOP1_HELP),
     max_accuracy_drop: Optional[float] = typer.Option(None, "--max-accuracy-drop", min=0.0, max=100.0, help=MAX_DROP_HELP),
     images: int = typer.Option(DEFAULT_IMAGES, "--images", min=ODD_BATCH, help=f"real test images to compare on ({QUANTIZED} graphs: always the whole test split)"),

@@ -101,7 +101,7 @@ class ParityReport:
             f"the {self.data['model'].get('dtype')} model failed its accuracy gate, so nothing was written: {_gate_figures(gate)}",
             hint="calibrate on more images (--calibration-images, e.g. 2048), try another --calibration-method "
             "(minmax, entropy, percentile), or keep this model in fp32 (--dtype fp32); "
-            "--max-accuracy-drop and --min-top1 set the gate",
+            "the gate (--max-accuracy-drop, --min-top1) may only be tightened",
         )
 
 

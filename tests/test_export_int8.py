@@ -127,9 +127,11 @@ def test_a_model_calibrated_on_blank_images_is_refused_with_the_figures(trained_
 
 
 def test_the_gate_is_settable_and_refuses_what_does_not_apply(trained_checkpoint, tmp_path):
-    tolerance, gate = criteria("int8", min_top1=0.95, max_accuracy_drop=2)
-    assert gate == AccuracyGate(max_accuracy_drop_points=2, min_top1_agreement=0.95)
-    assert criteria("fp32", min_top1=0.5) == (tolerance.for_dtype("fp32", min_top1=0.5), None)
+    tolerance, gate = criteria("int8", min_top1=0.995, max_accuracy_drop=0.2)  # tighter than the defaults
+    assert gate == AccuracyGate(max_accuracy_drop_points=0.2, min_top1_agreement=0.995) and not tolerance.loosened
+    with pytest.raises(ElunetError, match=r"--min-top1 0.95 \(default 0.99\) is looser"):
+        criteria("int8", min_top1=0.95)
+    assert criteria("int8", max_accuracy_drop=2, loosen=True)[0].loosened
     with pytest.raises(ElunetError, match="judged by accuracy"):
         criteria("int8", atol=1e-3)
     with pytest.raises(ElunetError, match="judges int8 graphs"):
