@@ -110,15 +110,17 @@ def test_a_training_image_and_the_same_file_served_give_the_same_tensor(tmp_path
     assert 120 < dataset.images[order.index("b/sixteen.png")].float().mean() < 135
 
 
-def test_a_jpeg_is_reduced_while_decoded_and_a_png_right_after():
-    """Both reduced to no less than REDUCING_GAP times the target, then resized: the result stays within a
-    few 8-bit steps of a resize of every decoded pixel."""
+def test_a_reduced_decode_of_a_photo_sized_jpeg_and_png_stays_within_a_few_steps_of_a_full_decode():
+    """Both reduced to no less than REDUCING_GAP times the target (the orientation taken into account), then
+    resized: the result stays within a few 8-bit steps of a resize of every decoded pixel."""
     # A smooth picture (a camera's, not noise), so that a reduction's averages stand for its pixels.
     y, x = np.mgrid[0:1080, 0:1920]
     picture = np.stack([(x / 1920 * 255), (y / 1080 * 255), ((x + y) % 256)], -1).astype(np.uint8)
-    for fmt in ("JPEG", "PNG"):
-        data = _encoded(Image.fromarray(picture), fmt)
+    turned = Image.Exif()
+    turned[0x0112] = 6  # stored on its side: the target's width lies along the file's height
+    for fmt, save in (("JPEG", {}), ("PNG", {}), ("JPEG", {"exif": turned})):
+        data = _encoded(Image.fromarray(picture), fmt, **save)
         reduced = decode_image(data, "RGB", 32, 24, 3)
         full = full_decode(data, "RGB", (32, 24))
         assert reduced.shape == full.shape == (3, 24, 32)
-        assert np.abs(reduced - full).mean() < 2 / 255, fmt
+        assert np.abs(reduced - full).mean() < 2 / 255, (fmt, save)
