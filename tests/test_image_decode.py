@@ -16,7 +16,7 @@ from elunet.images import REDUCING_GAP, decode_image
 PHOTO = (1920, 1080)
 PHOTOS = 36
 # The largest difference in any class probability between the served (DCT-scaled) decode and a full decode,
-# over the PHOTOS images; measured 0.0 (see the report of issue 29), held with room for other libjpeg builds.
+# over the PHOTOS images: the test prints what it measures; the bound leaves room for other libjpeg builds.
 MAX_PROBABILITY_DIFFERENCE = 0.02
 
 
