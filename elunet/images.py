@@ -117,13 +117,15 @@ def _open(data: bytes, name: str, max_pixels: int | None, size: tuple[int, int])
         raise _unsupported(name, image.mode, f"it has {frames} frames (animated or multi-page), and one picture is classified",
                            fix="send each frame as an image of its own")
     try:
+        # Nothing is reduced by less than half, so a small file skips reading its EXIF data twice.
+        reducible = max(image.size) >= 2 * REDUCING_GAP * min(size)
         # The target as the file lies, before the orientation turns it.
-        stored = size[::-1] if image.getexif().get(_EXIF_ORIENTATION) in _SWAPPING_ORIENTATIONS else size
-        if image.format == "JPEG":
+        stored = size[::-1] if reducible and image.getexif().get(_EXIF_ORIENTATION) in _SWAPPING_ORIENTATIONS else size
+        if reducible and image.format == "JPEG":
             image.draft(image.mode, (int(stored[0] * REDUCING_GAP), int(stored[1] * REDUCING_GAP)))
         image.load()
         transparent = _has_transparency(image)  # before any reduction, which could average it away
-        image = ImageOps.exif_transpose(_reduced(image, stored))
+        image = ImageOps.exif_transpose(_reduced(image, stored) if reducible else image)
     except ImageError:
         raise
     except Exception as exc:  # noqa: BLE001
