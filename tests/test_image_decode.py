@@ -124,3 +124,17 @@ def test_a_reduced_decode_of_a_photo_sized_jpeg_and_png_stays_within_a_few_steps
         full = full_decode(data, "RGB", (32, 24))
         assert reduced.shape == full.shape == (3, 24, 32)
         assert np.abs(reduced - full).mean() < 2 / 255, (fmt, save)
+
+
+def test_the_guides_example_runs_as_shown(tmp_path, monkeypatch):
+    """docs/guides/image-decode.md's Python block, run on a photo named as it names one."""
+    from pathlib import Path
+
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "guides" / "image-decode.md").read_text()
+    (example,) = [block.split("```", 1)[0] for block in guide.split("```python\n")[1:]]
+    rng = np.random.default_rng(2)
+    (tmp_path / "shirt.jpg").write_bytes(_jpeg(Image.fromarray(rng.integers(0, 256, (1080, 1920, 3), np.uint8))))
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(example, scope)  # noqa: S102 - the guide's own code, kept honest
+    assert scope["pixels"].shape == (3, 32, 32) and scope["pixels"].dtype == np.float32
