@@ -31,6 +31,7 @@ from elunet.serve.protocol import (
     InferenceRequest,
     RequestInput,
 )
+from elunet.serve.settings import ALLOW_NON_FINITE
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 # Triton's timeout parameter is a uint64 of microseconds; beyond this (about 292,000 years) it means nothing.
@@ -39,7 +40,7 @@ MAX_TIMEOUT_US = 2**63 - 1
 
 def decode_infer(
     body: bytes, header_length: str | None, content_encoding: str | None, max_bytes: int, image_shape: tuple[int, int, int],
-    allow_non_finite: bool = False,
+    allow_non_finite: bool = ALLOW_NON_FINITE,
 ) -> tuple[InferenceRequest, np.ndarray]:
     """The whole decoding of an infer body: the validated request and its input as float32 pixels."""
     request, binary, booleans_possible = read_request(body, header_length, content_encoding, max_bytes, image_shape)
@@ -256,9 +257,9 @@ def raw_values(raw, dtype: np.dtype, shape: list[int], datatype: str) -> np.ndar
     return np.frombuffer(raw, dtype=dtype)
 
 
-def as_pixels(values: np.ndarray, shape: list[int], datatype: str, allow_non_finite: bool = False) -> np.ndarray:
-    """float32 pixels [n, C, H, W] in [0, 1] from the elements of an input tensor; 400 for NaN or ±Inf
-    (a JSON null, or a number too large for float32, arrives as one) unless ``allow_non_finite``."""
+def as_pixels(values: np.ndarray, shape: list[int], datatype: str, allow_non_finite: bool = ALLOW_NON_FINITE) -> np.ndarray:
+    """float32 pixels [n, C, H, W] in [0, 1] from the elements of an input tensor; with ``allow_non_finite``
+    false, 400 for NaN or ±Inf (a JSON null, or a number too large for float32, arrives as one)."""
     pixels = values.reshape(shape).astype(np.float32)
     if datatype == "UINT8":
         pixels *= np.float32(UINT8_SCALE)
@@ -266,12 +267,12 @@ def as_pixels(values: np.ndarray, shape: list[int], datatype: str, allow_non_fin
         bad = np.flatnonzero(~np.isfinite(pixels))
         raise bad_request(
             f"input {INPUT_NAME!r} has {bad.size} non-finite values (NaN, ±Inf, null, or beyond float32's range), the first at "
-            f"flat index {bad[0]}: {float(values.ravel()[bad[0]])}; send finite numbers (the server's --allow-non-finite lets them through)"
+            f"flat index {bad[0]}: {float(values.ravel()[bad[0]])}; send finite numbers (this server runs with --allow-non-finite false)"
         )
     return pixels
 
 
-def input_pixels(request: InferenceRequest, binary: memoryview, image_shape: tuple[int, int, int], allow_non_finite: bool = False,
+def input_pixels(request: InferenceRequest, binary: memoryview, image_shape: tuple[int, int, int], allow_non_finite: bool = ALLOW_NON_FINITE,
                  booleans_possible: bool = True) -> np.ndarray:
     """The request's one input as float32 pixels [n, C, H, W] in [0, 1]; 400 saying what is wrong.
 
@@ -336,7 +337,7 @@ def json_values(data: list, dtype: np.dtype, booleans_possible: bool = True) -> 
 
 
 # What orjson and pydantic make of JSON values that are not numbers, by name in errors. (null is NaN, as the
-# server writes NaN: it is then a non-finite value, refused unless --allow-non-finite.)
+# server writes NaN: it is then a non-finite value, refused with --allow-non-finite false.)
 _JSON_NAMES = {str: "string", bool: "boolean", dict: "object"}
 
 
