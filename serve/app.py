@@ -57,6 +57,8 @@ from elunet.serve.protocol import (
     RepositoryIndexRequest,
     RepositoryModelRequest,
     ServerMetadata,
+    SharedMemoryRegionStatus,
+    SystemSharedMemoryRegisterRequest,
 )
 from elunet.serve.settings import ServeSettings
 from elunet.serve.tensors import HEADER_LENGTH
@@ -178,6 +180,8 @@ def _add_v2_routes(app: FastAPI, ops: Operations) -> None:
         await ops.unload(model, (await _repository_body(request, RepositoryModelRequest)).parameters or {})
         return Response(status_code=200)
 
+    _add_shared_memory_routes(app, ops)
+
     async def metadata(request: Request, model: str, version: str | None = None) -> ModelMetadata:
         return ops.model_metadata(model, version)
 
@@ -201,6 +205,60 @@ def _add_v2_routes(app: FastAPI, ops: Operations) -> None:
     _add_model_routes(app, "/v2/models/{model}", "/ready", ready, methods=["GET"], tags=["v2"], responses=_ERRORS)
 
 
+def _add_shared_memory_routes(app: FastAPI, ops: Operations) -> None:
+    """Triton's system and CUDA shared-memory extensions (serve/shared_memory.py)."""
+    system, cuda = "/v2/systemsharedmemory", "/v2/cudasharedmemory"
+
+    @app.post(system + "/region/{name}/register", tags=["v2"], responses=_ERRORS)
+    async def system_shared_memory_register(request: Request, name: str) -> Response:
+        """Register a region of a POSIX shared-memory object: body ``{"key": "/name", "offset": 0, "byte_size": N}``."""
+        body = await _repository_body(request, SystemSharedMemoryRegisterRequest, required=True)
+        ops.system_shared_memory_register(name, body.key, body.offset, body.byte_size)
+        return Response(status_code=200)
+
+    @app.post(system + "/region/{name}/unregister", tags=["v2"], responses=_ERRORS)
+    async def system_shared_memory_unregister(name: str) -> Response:
+        """Unregister a region; a request under way keeps it mapped until answered."""
+        ops.system_shared_memory_unregister(name)
+        return Response(status_code=200)
+
+    @app.post(system + "/unregister", tags=["v2"], responses=_ERRORS)
+    async def system_shared_memory_unregister_all() -> Response:
+        ops.system_shared_memory_unregister(None)
+        return Response(status_code=200)
+
+    @app.get(system + "/status", response_model=list[SharedMemoryRegionStatus], tags=["v2"], responses=_ERRORS)
+    async def system_shared_memory_status_all() -> list[SharedMemoryRegionStatus]:
+        return ops.system_shared_memory_status(None)
+
+    @app.get(system + "/region/{name}/status", response_model=list[SharedMemoryRegionStatus], tags=["v2"], responses=_ERRORS)
+    async def system_shared_memory_status(name: str) -> list[SharedMemoryRegionStatus]:
+        return ops.system_shared_memory_status(name)
+
+    @app.post(cuda + "/region/{name}/register", tags=["v2"], responses=_ERRORS)
+    async def cuda_shared_memory_register(name: str) -> Response:
+        """Not supported: CUDA shared memory needs a GPU build (400 saying so)."""
+        ops.cuda_shared_memory_register()
+
+    @app.post(cuda + "/region/{name}/unregister", tags=["v2"], responses=_ERRORS)
+    async def cuda_shared_memory_unregister(name: str) -> Response:
+        ops.cuda_shared_memory_unregister(name)
+        return Response(status_code=200)
+
+    @app.post(cuda + "/unregister", tags=["v2"], responses=_ERRORS)
+    async def cuda_shared_memory_unregister_all() -> Response:
+        ops.cuda_shared_memory_unregister(None)
+        return Response(status_code=200)
+
+    @app.get(cuda + "/status", tags=["v2"], responses=_ERRORS)
+    async def cuda_shared_memory_status_all() -> list:
+        return ops.cuda_shared_memory_status(None)
+
+    @app.get(cuda + "/region/{name}/status", tags=["v2"], responses=_ERRORS)
+    async def cuda_shared_memory_status(name: str) -> list:
+        return ops.cuda_shared_memory_status(name)
+
+
 async def _answered(request: Request, work):
     """The result of ``work``, an infer or classify; cancelled when the client disconnects first."""
     async def disconnected():
@@ -210,10 +268,11 @@ async def _answered(request: Request, work):
     return await unless_disconnected(work, disconnected())
 
 
-async def _repository_body(request: Request, model):
-    """The optional JSON body of a model-repository request, validated strictly (400 saying what is wrong)."""
+async def _repository_body(request: Request, model, required: bool = False):
+    """The JSON body of a model-repository or shared-memory request (optional unless ``required``), validated
+    strictly (400 saying what is wrong)."""
     body = await request.body()
-    if not body.strip():
+    if not body.strip() and not required:
         return model()
     try:
         return model.model_validate_json(body)
@@ -253,12 +312,12 @@ def _add_v1_routes(app: FastAPI, ops: Operations) -> None:
         """
         named_images, top_k = await _read_images(request)
 
-        async def decode(served: ServedModel):
+        async def decode(served: ServedModel, regions):
             # Always off the loop: a few KB of file can hold 88 Mpx to decode.
             pixels = await decoder.run(INLINE_BYTES, True, images_pixels, named_images, served.card.preprocessing, settings.max_image_pixels)
             return None, pixels, None
 
-        async def encode(served: ServedModel, read, logits):
+        async def encode(served: ServedModel, regions, read, logits):
             return ClassifyResponse(
                 model_name=served.name,
                 model_version=str(served.version),
