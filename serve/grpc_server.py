@@ -278,10 +278,13 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
         datatype, shape, values = output_tensor(logits, classes, served.labels)
         response = service_pb2.ModelInferResponse(model_name=served.name, model_version=str(served.version), id=request.id)
         response.outputs.add(name=served.engine.output.name, datatype=datatype, shape=shape)
+        data = tensor_bytes(datatype, values)
         if shared is not None:
-            regions.write(shared, f"output {served.engine.output.name!r}", tensor_bytes(datatype, values))
-        else:
-            response.raw_output_contents.append(tensor_bytes(datatype, values))
+            regions.write(shared, f"output {served.engine.output.name!r}", data)
+            # Triton keeps one raw_output_contents entry per output, empty for one in shared memory: clients
+            # (perf_analyzer) find an output's bytes by its index, and crash on a missing entry.
+            data = b""
+        response.raw_output_contents.append(data)
         return response
 
 

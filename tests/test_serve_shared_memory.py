@@ -84,7 +84,7 @@ def test_inputs_read_from_and_outputs_written_to_a_region(server, region, protoc
         if protocol == "http":
             assert out == {"name": "logits", "datatype": "FP32", "shape": [IMAGES, 10]}, "the answer names the output; its data is in the region"
         else:
-            assert list(out.shape) == [IMAGES, 10] and not result.get_response().raw_output_contents
+            assert list(out.shape) == [IMAGES, 10] and list(result.get_response().raw_output_contents) == [b""]
     finally:
         client.unregister_system_shared_memory(name)
     assert json.loads(http("GET", server.url + SYSTEM + "/status")[2]) == []
