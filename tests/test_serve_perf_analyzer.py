@@ -101,3 +101,16 @@ def test_perf_analyzer_runs_every_mode_with_its_default_input(perf_analyzer_inst
     assert last_figure(output, "Execution count") <= last_figure(output, "Inference count")
     client_count = int(re.findall(r"Request count: (\d+)", output)[-1])
     assert 0 < client_count <= succeeded, "every request perf_analyzer counted was counted by the server"
+
+
+GUIDE = Path(__file__).resolve().parents[1] / "docs" / "guides" / "perf-analyzer-and-shared-memory.md"
+
+
+def test_the_guide_shows_exactly_these_runs_and_exit_codes():
+    shown = [line for line in GUIDE.read_text().splitlines() if line.startswith("python scripts/perf_analyzer.py -- ")]
+    ports = {"http": "127.0.0.1:8000", "grpc": "127.0.0.1:8001"}
+    runs = [" ".join(["python scripts/perf_analyzer.py --", "-m", LINEAR, "-u", ports[options[1]], *options, *WINDOWS]) for options in MODES.values()]
+    assert shown == runs
+    assert f"exit codes: {perf_analyzer.UNREACHABLE} when PyPI" in GUIDE.read_text().replace("\n", " ")
+    assert f"{perf_analyzer.MISSING_LIBRARY} when a system library" in GUIDE.read_text().replace("\n", " ")
+    assert f"`{perf_analyzer.TRITONCLIENT}`" in GUIDE.read_text()

@@ -8,6 +8,7 @@ import json
 import os
 import threading
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -201,3 +202,16 @@ def test_the_server_lists_the_extension(server):
     assert "system_shared_memory" in server.get_json("/v2")[1]["extensions"]
     status, _, body = http("POST", server.url + SYSTEM + "/region/x/register", b"{}", {"Content-Type": "application/json"})
     assert status == 400 and "key" in json.loads(body)["error"], body
+
+
+def test_the_guides_example_runs(server, tmp_path):
+    """docs/guides/perf-analyzer-and-shared-memory.md's tritonclient example, run as written against this server."""
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "guides" / "perf-analyzer-and-shared-memory.md").read_text()
+    example = guide.split("```python\n", 1)[1].split("```", 1)[0].replace("127.0.0.1:8000", server.url.removeprefix("http://"))
+    x = pixels()
+    scope = {"pixels": x, "input_bytes": x.nbytes, "output_bytes": OUTPUT_BYTES}
+    exec(compile(example, "guide", "exec"), scope)  # noqa: S102 - the documented example itself
+    try:
+        np.testing.assert_allclose(scope["logits"], expected_logits(server, x), rtol=1e-6)
+    finally:
+        shm.destroy_shared_memory_region(scope["handle"])
