@@ -216,47 +216,32 @@ def _add_shared_memory_routes(app: FastAPI, ops: Operations) -> None:
         ops.system_shared_memory_register(name, body.key, body.offset, body.byte_size)
         return Response(status_code=200)
 
-    @app.post(system + "/region/{name}/unregister", tags=["v2"], responses=_ERRORS)
-    async def system_shared_memory_unregister(name: str) -> Response:
-        """Unregister a region; a request under way keeps it mapped until answered."""
-        ops.system_shared_memory_unregister(name)
-        return Response(status_code=200)
-
-    @app.post(system + "/unregister", tags=["v2"], responses=_ERRORS)
-    async def system_shared_memory_unregister_all() -> Response:
-        ops.system_shared_memory_unregister(None)
-        return Response(status_code=200)
-
-    @app.get(system + "/status", response_model=list[SharedMemoryRegionStatus], tags=["v2"], responses=_ERRORS)
-    async def system_shared_memory_status_all() -> list[SharedMemoryRegionStatus]:
-        return ops.system_shared_memory_status(None)
-
-    @app.get(system + "/region/{name}/status", response_model=list[SharedMemoryRegionStatus], tags=["v2"], responses=_ERRORS)
-    async def system_shared_memory_status(name: str) -> list[SharedMemoryRegionStatus]:
-        return ops.system_shared_memory_status(name)
-
     @app.post(cuda + "/region/{name}/register", tags=["v2"], responses=_ERRORS)
     async def cuda_shared_memory_register(name: str) -> Response:
         """Not supported: CUDA shared memory needs a GPU build (400 saying so)."""
         ops.cuda_shared_memory_register()
 
-    @app.post(cuda + "/region/{name}/unregister", tags=["v2"], responses=_ERRORS)
-    async def cuda_shared_memory_unregister(name: str) -> Response:
-        ops.cuda_shared_memory_unregister(name)
+    for prefix, unregister, status in ((system, ops.system_shared_memory_unregister, ops.system_shared_memory_status),
+                                       (cuda, ops.cuda_shared_memory_unregister, ops.cuda_shared_memory_status)):
+        _add_region_routes(app, prefix, unregister, status)
+
+
+def _add_region_routes(app: FastAPI, prefix: str, unregister, status) -> None:
+    """A shared-memory kind's unregister and status routes, for one region and for all (``name`` None)."""
+    kind = prefix.rsplit("/", 1)[-1]
+
+    async def unregister_region(name: str | None = None) -> Response:
+        """Unregister a region (all without a name); a request under way keeps it mapped until answered."""
+        unregister(name)
         return Response(status_code=200)
 
-    @app.post(cuda + "/unregister", tags=["v2"], responses=_ERRORS)
-    async def cuda_shared_memory_unregister_all() -> Response:
-        ops.cuda_shared_memory_unregister(None)
-        return Response(status_code=200)
+    async def region_status(name: str | None = None) -> list[SharedMemoryRegionStatus]:
+        return status(name)
 
-    @app.get(cuda + "/status", tags=["v2"], responses=_ERRORS)
-    async def cuda_shared_memory_status_all() -> list:
-        return ops.cuda_shared_memory_status(None)
-
-    @app.get(cuda + "/region/{name}/status", tags=["v2"], responses=_ERRORS)
-    async def cuda_shared_memory_status(name: str) -> list:
-        return ops.cuda_shared_memory_status(name)
+    for path, endpoint, method in ((prefix + "/region/{name}/unregister", unregister_region, "POST"), (prefix + "/unregister", unregister_region, "POST"),
+                                   (prefix + "/region/{name}/status", region_status, "GET"), (prefix + "/status", region_status, "GET")):
+        name = f"{kind}_{endpoint.__name__}" + ("" if "{name}" in path else "_all")
+        app.add_api_route(path, endpoint, methods=[method], tags=["v2"], responses=_ERRORS, name=name, operation_id=name)
 
 
 async def _answered(request: Request, work):

@@ -91,7 +91,7 @@ class SharedMemory:
     def register(self, name: str, key: str, offset: int, byte_size: int) -> None:
         if not name:
             raise bad_request("a shared memory region needs a name")
-        if not key.startswith("/") or "/" in key[1:] or key in ("/", "/.", "/.."):
+        if not key.startswith("/") or "/" in key[1:] or "\0" in key or key in ("/", "/.", "/.."):
             raise bad_request(f"key {shown(key)} is not a POSIX shared memory name: expected '/' and a name without '/', as shm_open takes")
         if offset < 0 or byte_size <= 0:
             raise bad_request(f"a region needs offset >= 0 and byte_size > 0, got offset {offset}, byte_size {byte_size}")

@@ -123,6 +123,7 @@ def test_hostile_regions_are_refused_clearly(server, region, protocol):
     refused("no shared memory object", client.register_system_shared_memory, name, "/elunet-no-such-object", 64)
     refused("runs past its end", client.register_system_shared_memory, name, key, INPUT_BYTES + OUTPUT_BYTES, offset=SPARE + 8)
     refused("not a POSIX shared memory name", client.register_system_shared_memory, name, "/../etc/passwd", 64)
+    refused("not a POSIX shared memory name", client.register_system_shared_memory, name, key + "\0", 64)
     refused("not registered", shm_infer, client, module, name)
     client.register_system_shared_memory(name, key, INPUT_BYTES + OUTPUT_BYTES)
     try:
