@@ -86,7 +86,7 @@ class SharedMemory:
 
     def __init__(self):
         self._regions: dict[str, Region] = {}
-        self._lock = threading.Lock()  # leases are taken on the event loop and released in decoding threads
+        self._lock = threading.Lock()  # an input is read (its region leased) in a decoding thread, the rest on the event loop
 
     def register(self, name: str, key: str, offset: int, byte_size: int) -> None:
         if not name:
