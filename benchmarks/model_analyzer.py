@@ -50,6 +50,7 @@ perf_analyzer_flags:
 override_output_model_repository: true
 output_model_repository_path: {out / 'configs'}
 export_path: {out / 'export'}
+checkpoint_directory: {out / 'checkpoints'}
 """
 
 
