@@ -133,7 +133,7 @@ class Operations:
         decoded, its pixels batched, its logits encoded, every step counted (serve/inference.py)."""
         with self.registry.resolve(name, version) as served:
             return await infer(served, lambda: decode(served), lambda request, logits: encode(served, request, logits),
-                               self.settings.request_timeout_s, self.settings.allow_non_finite)
+                               self.settings.allow_non_finite)
 
     def _ready(self, name: str, version: str | None) -> ServedModel:
         served = self.registry.resolve(name, version)
