@@ -26,6 +26,11 @@ made when the version warms up (``Scheduling.with_auto_instances``): on CPUs the
 event loop, which parses every request, competes with the instances for the
 cores, so a model that one instance computes faster than the loop takes
 requests in serves faster with one instance than with two.
+
+A config.pbtxt field elunet cannot honour is never ignored silently (``unsupported``): a model that needs
+it (a GPU instance group on a server without a GPU) does not load and says why; one whose field only
+tunes Triton (priorities, response ordering, rate limits, the response cache) loads, and the server logs
+once per load what it does not do.
 """
 
 from __future__ import annotations
@@ -126,3 +131,46 @@ def cpu_threads_per_instance(settings: ServeSettings, planned: Iterable[Scheduli
     instance ``planned`` (an automatic count at its most: the share is fixed before the count is known)."""
     return settings.cpu_threads or threads_per_instance(sum(s.planned_instances for s in planned))
 
+
+def unsupported(config, device: str) -> tuple[list[str], list[str]]:
+    """(why the model cannot load, what of its config.pbtxt is not done) for ``config`` served on ``device``.
+
+    The first list is of fields that change what a model computes or where: serving it anyway would
+    answer something else than Triton does. The second only tunes Triton's scheduler: the model serves
+    the same answers, and the server says once per load what it leaves out."""
+    if config is None:
+        return [], []
+    pb2 = type(config)
+    group_kind = pb2.DESCRIPTOR.fields_by_name["instance_group"].message_type.enum_types_by_name["Kind"]
+    refused, ignored = [], []
+    if config.HasField("sequence_batching"):
+        refused.append("sequence_batching: elunet has no sequence batcher (its models are stateless)")
+    if config.HasField("ensemble_scheduling"):
+        refused.append("ensemble_scheduling: elunet serves no ensembles")
+    if config.model_transaction_policy.decoupled:
+        refused.append("model_transaction_policy.decoupled: elunet answers each request with one response")
+    for group in config.instance_group:
+        kind = group_kind.values_by_number[group.kind].name
+        if kind == "KIND_GPU" and not device.startswith("cuda"):
+            refused.append(f"instance_group {group.name or '(unnamed)'} is {kind}, and this server computes on {device} "
+                           "(serve it on a GPU with --device cuda, or set kind: KIND_CPU)")
+        elif kind == "KIND_CPU" and device != "cpu":
+            ignored.append(f"instance_group {group.name or '(unnamed)'} is KIND_CPU: its instances compute on {device} "
+                           "(--device decides where every instance computes)")
+        if group.HasField("rate_limiter"):
+            ignored.append(f"instance_group {group.name or '(unnamed)'} rate_limiter: elunet has no rate limiter; instances "
+                           "take batches whenever they are free")
+    batching = config.dynamic_batching
+    if batching.priority_levels or batching.priority_queue_policy:
+        ignored.append("dynamic_batching priority levels: elunet has one queue, first come first served; a request's "
+                       "priority is not read")
+    if batching.preserve_ordering:
+        ignored.append("dynamic_batching.preserve_ordering: each request is answered when its batch is done, which may be "
+                       "before the answer of an earlier request on another instance")
+    timeout_action = batching.default_queue_policy.DESCRIPTOR.fields_by_name["timeout_action"].enum_type
+    if timeout_action.values_by_number[batching.default_queue_policy.timeout_action].name == "DELAY":
+        ignored.append("default_queue_policy.timeout_action DELAY: a request past its timeout is rejected (504), as with REJECT")
+    if config.response_cache.enable:
+        ignored.append("response_cache: elunet has no response cache; every request is computed (cache_hit and "
+                       "cache_miss stay 0)")
+    return refused, ignored
