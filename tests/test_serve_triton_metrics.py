@@ -15,13 +15,17 @@ import threading
 import time
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
 import tritonclient.grpc as tgrpc
+import yaml
 from fixtures_serve import INPUT_NAME, LINEAR, SYNTHETIC_SHAPE, binary_infer_body, free_ports, http
 
 pytestmark = pytest.mark.slow
+
+GUIDE = Path(__file__).resolve().parents[1] / "docs" / "guides" / "triton-metrics-and-config.md"
 
 SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>[^}]*)\})? (?P<value>\S+)$")
 COUNTS = ("success", "queue", "compute_input", "compute_infer", "compute_output")
@@ -46,6 +50,17 @@ DASHBOARD_QUERIES = (
     "sum(rate(nv_inference_compute_duration_us[1m])) by (model)",
     "histogram_quantile(0.9, sum(rate(nv_inference_load_ratio_bucket[1m])) by (le, model))",
 )
+
+
+def guide_block(language: str) -> str:
+    (block,) = re.findall(rf"```{language}\n(.*?)```", GUIDE.read_text(), flags=re.S)
+    return block
+
+
+def test_the_guide_shows_the_queries_and_the_prometheus_configuration_these_tests_run():
+    assert tuple(guide_block("promql").splitlines()) == DASHBOARD_QUERIES
+    (job,) = yaml.safe_load(guide_block("yaml"))["scrape_configs"]
+    assert job["static_configs"][0]["targets"] == ["127.0.0.1:8002"], "Triton's metrics port, elunet's default"
 
 
 def samples(text: str) -> dict[tuple[str, frozenset], float]:
@@ -195,12 +210,10 @@ def test_tritons_dashboard_queries_evaluate_against_a_live_elunet_without_rules(
     server = metrics_server
     web = free_ports(1)[0]
     config = tmp_path / "prometheus.yml"
-    config.write_text(json.dumps({  # JSON is YAML
-        "global": {"scrape_interval": "1s"},
-        "scrape_configs": [{"job_name": "triton", "metrics_path": "/metrics",
-                            "static_configs": [{"targets": [f"127.0.0.1:{server.metrics_port}"], "labels": {"pod": "elunet-0"}}]}],
-    }))
-    assert "rule_files" not in config.read_text()
+    settings = yaml.safe_load(guide_block("yaml"))  # the guide's configuration, scraping this test's server
+    settings["scrape_configs"][0]["static_configs"][0]["targets"] = [f"127.0.0.1:{server.metrics_port}"]
+    assert "rule_files" not in settings
+    config.write_text(yaml.safe_dump(settings))
     proc = subprocess.Popen([prometheus, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
                              f"--web.listen-address=127.0.0.1:{web}"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     stop = threading.Event()
