@@ -12,21 +12,14 @@ import time
 
 import numpy as np
 import pytest
-from fixtures_serve import LINEAR, SYNTHETIC_SHAPE, binary_infer_body, http
+from fixtures_serve import LINEAR, SYNTHETIC_SHAPE, binary_infer_body, http, synthetic_card
 from google.protobuf import text_format
 
-from elunet.model_config import model_config_pb2
+from elunet.model_config import build_config, config_text, model_config_pb2
 from elunet.serve.scheduling import unsupported
 
 pytestmark = pytest.mark.slow
 
-BASE = """
-name: "%s"
-platform: "onnxruntime_onnx"
-max_batch_size: 8
-input [ { name: "input" data_type: TYPE_FP32 format: FORMAT_NCHW dims: [ 1, 8, 8 ] } ]
-output [ { name: "logits" data_type: TYPE_FP32 dims: [ 10 ] label_filename: "labels.txt" } ]
-"""
 EXTRAS = """
 dynamic_batching { priority_levels: 2 default_priority_level: 1 preserve_ordering: true }
 instance_group [ { count: 1 kind: KIND_CPU rate_limiter { priority: 1 } } ]
@@ -44,24 +37,31 @@ model_warmup [
 NOTES = ("priority levels", "preserve_ordering", "rate_limiter", "response_cache")
 
 
+def base(name: str) -> str:
+    """The config.pbtxt of a synthetic model, as elunet export writes it, without dynamic batching."""
+    config = build_config(synthetic_card(name), name=name, platform="onnxruntime_onnx", max_batch_size=8)
+    config.ClearField("dynamic_batching")
+    return config_text(config)
+
+
 def parsed(text: str):
     return text_format.Parse(text, model_config_pb2().ModelConfig())
 
 
 def test_fields_elunet_cannot_honour_are_refused_or_named():
-    refused, ignored = unsupported(parsed(BASE % "m" + EXTRAS), "cpu")
+    refused, ignored = unsupported(parsed(base("m") + EXTRAS), "cpu")
     assert refused == [] and [note.split(":")[0] for note in ignored] == [
         "instance_group (unnamed) rate_limiter", "dynamic_batching priority levels", "dynamic_batching.preserve_ordering",
         "response_cache"]
-    gpu = BASE % "m" + 'instance_group [ { name: "g" count: 1 kind: KIND_GPU } ]'
+    gpu = base("m") + 'instance_group [ { name: "g" count: 1 kind: KIND_GPU } ]'
     (why,), _ = unsupported(parsed(gpu), "cpu")
     assert "KIND_GPU" in why and "computes on cpu" in why and "--device cuda" in why
     assert unsupported(parsed(gpu), "cuda:0") == ([], [])
     for field, text in (("sequence_batching", "sequence_batching {}"), ("ensemble_scheduling", "ensemble_scheduling {}"),
                         ("decoupled", "model_transaction_policy { decoupled: true }")):
-        (why,), _ = unsupported(parsed(BASE % "m" + text), "cpu")
+        (why,), _ = unsupported(parsed(base("m") + text), "cpu")
         assert field in why
-    assert unsupported(parsed(BASE % "m" + "dynamic_batching {}"), "cpu") == ([], [])
+    assert unsupported(parsed(base("m") + "dynamic_batching {}"), "cpu") == ([], [])
     assert unsupported(None, "cpu") == ([], [])
 
 
@@ -69,16 +69,16 @@ def test_fields_elunet_cannot_honour_are_refused_or_named():
 def triton_configs(tmp_path_factory, synthetic_repository, start_server):
     root = tmp_path_factory.mktemp("triton-configs")
     configs = {
-        "extras": BASE + EXTRAS,
-        "gpu-only": BASE + "instance_group [ { count: 1 kind: KIND_GPU } ]",
-        "warm": BASE + WARMUP,
-        "empty-batching": BASE + "dynamic_batching {}",
-        "bad-warmup": BASE + WARMUP.replace("dims: [ 1, 8, 8 ] zero_data", "dims: [ 3, 8, 8 ] zero_data"),
-        "missing-file": BASE + WARMUP.replace("one.bin", "absent.bin"),
+        "extras": EXTRAS,
+        "gpu-only": "instance_group [ { count: 1 kind: KIND_GPU } ]",
+        "warm": WARMUP,
+        "empty-batching": "dynamic_batching {}",
+        "bad-warmup": WARMUP.replace("dims: [ 1, 8, 8 ] zero_data", "dims: [ 3, 8, 8 ] zero_data"),
+        "missing-file": WARMUP.replace("one.bin", "absent.bin"),
     }
     for name, text in configs.items():
         shutil.copytree(synthetic_repository / LINEAR, root / name)
-        (root / name / "config.pbtxt").write_text(text % name)
+        (root / name / "config.pbtxt").write_text(base(name) + text)
         (root / name / "warmup").mkdir()
         (root / name / "warmup" / "one.bin").write_bytes(np.full(SYNTHETIC_SHAPE, 0.5, np.float32).tobytes())
     # The server's scheduling options, none of which a model with a config.pbtxt reads.
