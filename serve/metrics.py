@@ -92,8 +92,9 @@ TRITON_MODEL_FAMILIES = (
     ("nv_inference_count", "counter", "Number of inferences performed (does not include cached requests)", lambda s: s.inference_count),
     ("nv_inference_exec_count", "counter", "Number of model executions performed (does not include cached requests)",
      lambda s: s.execution_count),
+    # Of successful requests, as Triton adds it (a failure counts in nv_inference_request_failure alone).
     ("nv_inference_request_duration_us", "counter", "Cumulative inference request duration in microseconds (includes cached requests)",
-     lambda s: s.success.us + s.fail.us),
+     lambda s: s.success.us),
     ("nv_inference_queue_duration_us", "counter", "Cumulative inference queuing duration in microseconds (includes cached requests)",
      lambda s: s.queue.us),
     ("nv_inference_compute_input_duration_us", "counter",
