@@ -84,16 +84,16 @@ def make_repository(architecture: str, root: Path) -> Path:
 
 
 def batch_totals(url: str, model: str) -> tuple[float, float]:
-    """(batches, images) computed so far, from the server's batch-size histogram."""
+    """(batches, images) computed so far: Triton's nv_inference_exec_count and nv_inference_count."""
     conn = HTTPConnection(url.removeprefix("http://"), timeout=30)
     conn.request("GET", "/metrics")
     text = conn.getresponse().read().decode()
     conn.close()
     values = {}
-    for kind in ("count", "sum"):
-        m = re.search(rf'^elunet_inference_batch_size_{kind}{{model="{re.escape(model)}",version="\d+"}} (\S+)$', text, re.M)
-        values[kind] = float(m.group(1)) if m else 0.0
-    return values["count"], values["sum"]
+    for family in ("nv_inference_exec_count", "nv_inference_count"):
+        m = re.search(rf'^{family}{{model="{re.escape(model)}",version="\d+"}} (\S+)$', text, re.M)
+        values[family] = float(m.group(1)) if m else 0.0
+    return values["nv_inference_exec_count"], values["nv_inference_count"]
 
 
 def served_instances(url: str, model: str) -> int:

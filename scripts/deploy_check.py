@@ -50,7 +50,7 @@ from pathlib import Path
 
 DATASET = Path(os.environ.get("ELUNET_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
 MODEL = "fashion-cnn-elu"
-SUCCESS_METRIC = "elunet_inference_request_success_total"
+SUCCESS_METRIC = "nv_inference_request_success"
 HEALTH_INTERVAL_S = 15.0  # docker-compose.yml's healthcheck interval, once a container is healthy
 ELUNET_UID = 10001
 
@@ -260,7 +260,7 @@ def get_json(host: str, port: int, path: str) -> dict:
 
 
 def success_count(host: str, port: int = 8000) -> float:
-    """A server's elunet_inference_request_success_total, summed over its label sets."""
+    """A server's nv_inference_request_success, summed over its label sets."""
     status, body = request(host, port, "GET", "/metrics", timeout=10)
     require(status == 200, f"GET {host}:{port}/metrics: HTTP {status}")
     return sum(float(line.rsplit(" ", 1)[1]) for line in body.decode().splitlines() if line.startswith(SUCCESS_METRIC + "{"))

@@ -31,7 +31,7 @@ from elunet.serve.decoding import INLINE_BYTES, Decoder
 from elunet.serve.errors import ServeError, bad_request
 from elunet.serve.extensions import proto_json
 from elunet.serve.images import images_pixels, softmax
-from elunet.serve.metrics import ServeMetrics
+from elunet.serve.metrics import MetricsPort, ServeMetrics
 from elunet.serve.middleware import AccessLog, ApiKeyCheck, BodyLimit, TrailingSlash
 from elunet.serve.http_infer import PATHS as INFER_PATHS
 from elunet.serve.http_infer import InferRoute, disconnected
@@ -88,12 +88,20 @@ def create_app(settings: ServeSettings) -> FastAPI:
             await grpc.start()
             log.info("gRPC on %s:%d", settings.host, settings.grpc_port)
         app.state.grpc = grpc
+        metrics_port = None
+        if settings.metrics_port:
+            key = None if "metrics" in settings.open_endpoints else ops.api_key
+            metrics_port = MetricsPort(metrics, settings.host, settings.metrics_port, METRICS_PATH, key)
+            metrics_port.start()
+            log.info("metrics on http://%s:%d%s", settings.host, metrics_port.port, METRICS_PATH)
         try:
             yield
         finally:
             # Reached after the server stopped accepting and in-flight requests were answered.
             if grpc is not None:
                 await grpc.stop(settings.request_timeout_s)  # answers the RPCs in flight, refuses new ones
+            if metrics_port is not None:
+                await asyncio.to_thread(metrics_port.stop)
             if polling is not None:
                 polling.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -121,7 +129,8 @@ def create_app(settings: ServeSettings) -> FastAPI:
 
     @app.get(METRICS_PATH, tags=["operations"], response_class=Response)
     async def prometheus_metrics() -> Response:
-        """Prometheus text format: request success/failure, durations, batch sizes, queue depth."""
+        """Prometheus text format: Triton's nv_inference_* and nv_cpu_* families, process metrics, and elunet's batch sizes
+        and scheduling (serve/metrics.py)."""
         return Response(metrics.render(), media_type=metrics.content_type)
 
     _document_infer_body(app)

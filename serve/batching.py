@@ -78,9 +78,7 @@ class BatchObserver(Protocol):
 
     def queue_depth(self, requests: int) -> None: ...
 
-    def queued(self, seconds: float) -> None: ...
-
-    def computed(self, batch_size: int, requests: int, input_s: float, infer_s: float, output_s: float) -> None: ...
+    def computed(self, batch_size: int, input_s: float, infer_s: float, output_s: float) -> None: ...
 
     def instance_ran(self, instance: Instance) -> None: ...
 
@@ -90,9 +88,20 @@ class BackendFailure(Exception):
 
 
 @dataclass
+class RequestTiming:
+    """What a request spent in the batcher, filled in before its answer is: the longest wait of its chunks
+    in the queue, and the engine time of the batches that computed them (each batch's whole time, as Triton
+    counts a batch's compute time for every request in it)."""
+
+    queue_s: float = 0.0
+    infer_s: float = 0.0
+
+
+@dataclass
 class _Item:
     inputs: np.ndarray
     future: asyncio.Future
+    timing: RequestTiming
     enqueued: float = field(default_factory=time.monotonic)
     # Whether it still counts towards the queue size (the first chunk of a request counts for it).
     counted: bool = True
@@ -148,13 +157,14 @@ class DynamicBatcher:
         """Requests waiting (not yet in a batch)."""
         return self._pending_requests
 
-    async def submit(self, inputs: np.ndarray) -> np.ndarray:
-        """Queue ``inputs`` [n, ...]; return the engine's output rows for exactly these inputs."""
+    async def submit(self, inputs: np.ndarray, timing: RequestTiming | None = None) -> np.ndarray:
+        """Queue ``inputs`` [n, ...]; return the engine's output rows for exactly these inputs (``timing``: filled in)."""
         if self._closing:
             raise ServeError(503, "server is shutting down", reason="shutting_down", headers={"Retry-After": "1"})
         n = len(inputs)
         chunks = [inputs[i : i + self.max_batch_size] for i in range(0, n, self.max_batch_size)]
-        items = [_Item(chunk, self._loop.create_future(), counted=k == 0) for k, chunk in enumerate(chunks)]
+        timing = timing or RequestTiming()
+        items = [_Item(chunk, self._loop.create_future(), timing, counted=k == 0) for k, chunk in enumerate(chunks)]
         with self._lock:
             if self._max_queue and self._pending_requests >= self._max_queue:
                 raise ServeError(
@@ -305,6 +315,7 @@ class DynamicBatcher:
             self._wake_at(wake)
         elif self._free and self._pending:  # the instance left an even share to one that is free
             self._dispatch()
+        t = timing
         if isinstance(outputs, Exception):
             failure = BackendFailure(f"{type(outputs).__name__}: {outputs}")
             images = sum(len(item.inputs) for item in batch)
@@ -316,15 +327,14 @@ class DynamicBatcher:
             offset = 0
             for item in batch:
                 n = len(item.inputs)
+                item.timing.queue_s = max(item.timing.queue_s, t.started - item.enqueued)
+                item.timing.infer_s += t.computed - t.gathered
                 if not item.future.done():
                     item.future.set_result(outputs[offset : offset + n])
                 offset += n
         if self._observer:
-            t = timing
-            for item in batch:
-                self._observer.queued(t.started - item.enqueued)
             if not isinstance(outputs, Exception):
-                self._observer.computed(len(outputs), len(batch), t.gathered - t.started, t.computed - t.gathered, time.monotonic() - t.computed)
+                self._observer.computed(len(outputs), t.gathered - t.started, t.computed - t.gathered, time.monotonic() - t.computed)
             self._observer.instance_ran(instance)
 
     def _uncount(self, item: _Item) -> None:

@@ -35,6 +35,7 @@ def serve(
     host: Optional[str] = _opt("host"),
     port: Optional[int] = _opt("port"),
     grpc_port: Optional[int] = _opt("grpc_port"),
+    metrics_port: Optional[int] = _opt("metrics_port"),
     backend: Optional[str] = _opt("backend"),
     device: Optional[str] = _opt("device"),
     max_batch_size: Optional[int] = _opt("max_batch_size"),
@@ -61,11 +62,12 @@ def serve(
 
     HTTP routes: GET /v2/health/ready, GET /v2/models/NAME (also .../config, .../stats), POST /v2/models/NAME/infer
     (JSON or binary tensors, classification), POST /v2/repository/index and .../models/NAME/load|unload,
-    POST /v1/models/NAME/classify (image files), GET /metrics, docs at /docs. gRPC on --grpc-port:
-    Triton's GRPCInferenceService and grpc.health.v1 (tritonclient.http and .grpc both work).
-    Priority of settings: option > environment variable > --config file > default. A model's own
-    config.pbtxt (Triton's ModelConfig) overrides the scheduling options (max batch size, queue delay
-    and size, timeout, instances) for that model wherever it sets them.
+    POST /v1/models/NAME/classify (image files), GET /metrics (Triton's nv_inference_* metrics; also on
+    --metrics-port), docs at /docs. gRPC on --grpc-port: Triton's GRPCInferenceService and grpc.health.v1
+    (tritonclient.http and .grpc both work). Priority of settings: option > environment variable > --config
+    file > default. A model with a config.pbtxt (Triton's ModelConfig) is scheduled by it as Triton reads
+    it; the scheduling options apply to model folders without one (and max batch size and instances
+    where config.pbtxt leaves them unset).
 
     Example: elunet serve --repository runs/demo/repository --port 8000 --max-batch-size 64
     """

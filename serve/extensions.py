@@ -88,7 +88,7 @@ def effective_config(served):
         del batching.preferred_batch_size[:]
         batching.preferred_batch_size.extend(s.preferred_batch_sizes)
         batching.default_queue_policy.max_queue_size = s.max_queue_size
-        batching.default_queue_policy.default_timeout_microseconds = round(s.timeout_s * 1e6)
+        batching.default_queue_policy.default_timeout_microseconds = round((s.timeout_s or 0) * 1e6)  # 0: none, as in Triton
         batching.default_queue_policy.allow_timeout_override = s.allow_timeout_override
     del config.instance_group[:]
     kind = pb2.ModelInstanceGroup.KIND_GPU if engine.device.startswith("cuda") else pb2.ModelInstanceGroup.KIND_CPU
@@ -125,7 +125,7 @@ def statistics(entries):
     for name, version, stats in entries:
         model = response.model_stats.add(name=name, version=str(version), last_inference=stats.last_inference_ms,
                                          inference_count=stats.inference_count, execution_count=stats.execution_count)
-        for field in ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output"):
+        for field in ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output", "cache_hit", "cache_miss"):
             duration = getattr(stats, field)
             getattr(model.inference_stats, field).MergeFrom(pb2.StatisticDuration(count=duration.count, ns=duration.ns))
         for size, batch in sorted(stats.batches.items()):

@@ -15,6 +15,7 @@ from typing import Awaitable, Callable, TypeVar
 
 import numpy as np
 
+from elunet.serve.batching import RequestTiming
 from elunet.serve.errors import ServeError, bad_request
 from elunet.serve.registry import ServedModel
 
@@ -26,7 +27,6 @@ async def infer(
     served: ServedModel,
     decode: Callable[[], Awaitable[tuple[R, np.ndarray, float | None]]],
     encode: Callable[[R, np.ndarray], Awaitable[T]],
-    server_timeout_s: float,
     allow_non_finite: bool,
 ) -> T:
     """``decode()`` -> (request, pixels, requested timeout in µs or None); ``encode(request, logits)`` -> the answer.
@@ -34,14 +34,16 @@ async def infer(
     ``allow_non_finite`` decides the output as the input: a server that computes on NaN input answers the
     NaN logits it gives (as Triton does, JSON null), and one that refuses non-finite input also refuses
     non-finite logits from finite pixels far outside [0, 1] (e.g. 3e38 overflows the network), which would
-    otherwise be answered as nulls or "inf" labels, silently wrong."""
+    otherwise be answered as nulls or "inf" labels, silently wrong.
+
+    The request's counts are recorded once, when it ends, all together (serve/metrics.py)."""
     started = time.perf_counter()
+    timing = RequestTiming()
     try:
         served.check_ready()
         request, pixels, timeout_us = await decode()
         decoded = time.perf_counter()
-        served.metrics.decoded(decoded - started)
-        logits = await served.predict(pixels, served.timeout(timeout_us, server_timeout_s))
+        logits = await served.predict(pixels, served.timeout(timeout_us), timing)
         computed = time.perf_counter()
         if not allow_non_finite and not np.isfinite(logits).all():
             raise bad_request(
@@ -49,12 +51,12 @@ async def infer(
                 f"these lie in [{float(pixels.min()):g}, {float(pixels.max()):g}]); send pixels in [0, 1]"
             )
         answer = await encode(request, logits)
-        served.metrics.encoded(time.perf_counter() - computed)
+        ended = time.perf_counter()
     except ServeError as exc:
         served.metrics.failed(exc.reason, time.perf_counter() - started)
         raise
     except asyncio.CancelledError:  # the client left (or a shutdown ran out of time): its queued images are not computed
         served.metrics.failed("cancelled", time.perf_counter() - started)
         raise
-    served.metrics.succeeded(len(pixels), time.perf_counter() - started)
+    served.metrics.succeeded(len(pixels), ended - started, decoded - started, timing.queue_s, timing.infer_s, ended - computed)
     return answer

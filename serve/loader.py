@@ -1,9 +1,10 @@
 """Loading one model version: from its folder to instances that are warm and a batcher in front of them.
 
 In order: card.json, the labels (labels.txt, else the card's), the engine
-(``--backend``, ``--device``), its parity certificate (unless
-``--allow-unverified``), the agreement of the model file with card.json and
-config.pbtxt, the first instance warmed up, the automatic instance count
+(``--backend``, ``--device``), what of config.pbtxt elunet does not do (refused, or
+logged), its parity certificate (unless ``--allow-unverified``), the agreement of
+the model file with card.json and config.pbtxt, the first instance warmed up (and
+config.pbtxt's model_warmup samples run on each), the automatic instance count
 measured on it (where neither config.pbtxt nor ``--instances`` sets one), the
 other instances warmed up, and last the batcher. The registry
 (serve/registry.py) decides when a version loads and whether it serves.
@@ -28,7 +29,9 @@ from elunet.repository import CONFIG_FILE, LABELS_FILE, MODEL_FILES
 from elunet.runtime import Engine, Instance, open_engine
 from elunet.runtime.choose import Choice, choose_engine
 from elunet.serve.batching import DynamicBatcher
+from elunet.serve.scheduling import unsupported
 from elunet.serve.settings import ServeSettings
+from elunet.serve.warmup import warmup_samples
 
 if TYPE_CHECKING:
     from elunet.serve.registry import ServedModel
@@ -68,24 +71,35 @@ def _open_and_warm_up(served: ServedModel, settings: ServeSettings, cpu_threads:
     choice = choose_engine(served.source, settings.backend, settings.device)
     if choice.why and settings.backend == "auto":
         log.info("model %s v%d: auto picked %s on %s: %s", served.name, served.version, choice.kind, choice.device, choice.why)
+    refused, ignored = unsupported(served.config, choice.device)
+    if refused:
+        raise ElunetError(f"{CONFIG_FILE} of {served.name} asks for what elunet does not do: " + "; ".join(refused))
+    for note in ignored:
+        log.warning("model %s v%d: %s: %s", served.name, served.version, CONFIG_FILE, note)
     _check_certificate(served, choice, settings.allow_unverified)
     engine = served.engine = open_engine(
         choice.kind, choice.path, device=choice.device, cpu_threads=cpu_threads, max_batch_size=served.scheduling.max_batch_size
     )
     _check_agrees(served, engine)
-    served.instances = [_warmed_up(served, engine.create_instance())]
+    samples = warmup_samples(served.config, served.source.path.parent, engine.input)
+    served.instances = [_warmed_up(served, engine.create_instance(), samples)]
     if served.scheduling.automatic:
         per_image = _s_per_image(served, served.instances[0], cpu_threads)
         served.scheduling = served.scheduling.with_auto_instances(per_image)
         log.info("model %s v%d: %.0f us of %s per image at batch %d: %d instance(s)", served.name, served.version, per_image * 1e6,
                  "CPU time" if served.engine.device == "cpu" else "wall time", served.max_batch_size, served.scheduling.instances)
-    served.instances += [_warmed_up(served, engine.create_instance()) for _ in range(1, served.scheduling.instances)]
+    served.instances += [_warmed_up(served, engine.create_instance(), samples) for _ in range(1, served.scheduling.instances)]
     log.info("model %s v%d: %d instance(s) warmed up in %.2f s", served.name, served.version, len(served.instances), time.perf_counter() - started)
 
 
-def _warmed_up(served: ServedModel, instance: Instance) -> Instance:
+def _warmed_up(served: ServedModel, instance: Instance, samples: list[tuple[str, np.ndarray, int]]) -> Instance:
     """Run the largest and the smallest batch: allocators, kernel selection and lazy initialisation
-    happen here instead of in the first users' requests."""
+    happen here instead of in the first users' requests; then config.pbtxt's model_warmup samples."""
+    for name, batch, times in samples:
+        for _ in range(times):
+            instance.infer(batch)
+        log.info("model %s v%d: instance %d ran warm-up sample %s (batch %d) %d time(s)", served.name, served.version,
+                 instance.index, name or "(unnamed)", len(batch), times)
     card = served.card
     for n in sorted({served.max_batch_size, 1}, reverse=True):
         logits = instance.infer(np.zeros((n, *card.input_shape), np.float32))

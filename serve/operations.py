@@ -161,7 +161,7 @@ class Operations:
         regions it names held mapped until it is answered."""
         with self.registry.resolve(name, version) as served, self.shared_memory.lease() as regions:
             return await infer(served, lambda: decode(served, regions), lambda request, logits: encode(served, regions, request, logits),
-                               self.settings.request_timeout_s, self.settings.allow_non_finite)
+                               self.settings.allow_non_finite)
 
     def _ready(self, name: str, version: str | None) -> ServedModel:
         served = self.registry.resolve(name, version)

@@ -13,7 +13,7 @@ import socket
 from elunet.errors import ElunetError
 from elunet.serve.settings import ServeSettings, env_name, option_name
 
-PORT_FIELDS = ("port", "grpc_port")  # grpc_port 0: no gRPC
+PORT_FIELDS = ("port", "grpc_port", "metrics_port")  # grpc_port, metrics_port 0: none
 
 
 def check_ports_free(settings: ServeSettings) -> None:

@@ -32,7 +32,7 @@ from elunet.errors import ElunetError
 from elunet.repository import ModelRepository, ModelVersion, check_model_name, parse_version
 from elunet.runtime import Engine, Instance
 from elunet.runtime.cpus import available_cpus
-from elunet.serve.batching import BackendFailure, DynamicBatcher
+from elunet.serve.batching import BackendFailure, DynamicBatcher, RequestTiming
 from elunet.serve.errors import ServeError, bad_request, not_found
 from elunet.serve.loader import load
 from elunet.serve.metrics import ModelMetrics, ServeMetrics
@@ -87,32 +87,28 @@ class ServedModel:
         if self.active == 0:
             self._idle.set()
 
-    def timeout(self, requested_us: float | None, server_timeout_s: float) -> float:
-        """Seconds this request may take: the model's queue timeout, shortened by a request's own
-        ``timeout`` parameter (microseconds, Triton's) where the queue policy allows that.
-
-        A config.pbtxt without a default_timeout_microseconds (or with 0) sets no queue timeout, as in
-        Triton; then the server's ``--request-timeout-s``, ``server_timeout_s``, applies.
-        """
+    def timeout(self, requested_us: float | None) -> float | None:
+        """Seconds this request may take (None: no limit): the model's queue timeout, shortened by a request's own
+        ``timeout`` parameter (microseconds, Triton's) where the queue policy allows that."""
         s = self.scheduling
-        timeout = s.timeout_s if s.source.get("timeout") == "config.pbtxt" else server_timeout_s
-        if requested_us and s.allow_timeout_override:
-            timeout = min(timeout, requested_us / 1e6)
-        return timeout
+        if not (requested_us and s.allow_timeout_override):
+            return s.timeout_s
+        return requested_us / 1e6 if s.timeout_s is None else min(s.timeout_s, requested_us / 1e6)
 
     def check_ready(self) -> None:
         """ServeError 503 unless this version takes requests (checked before any decoding work)."""
         if self.batcher is None or self.state != READY:
             raise ServeError(503, f"model {self.name} v{self.version} is not ready: {self.reason}", reason="not_ready", headers={"Retry-After": "1"})
 
-    async def predict(self, pixels: np.ndarray, timeout_s: float) -> np.ndarray:
-        """Logits for ``pixels`` through the batcher; ServeError 503/504/500 when that fails."""
+    async def predict(self, pixels: np.ndarray, timeout_s: float | None, timing: RequestTiming | None = None) -> np.ndarray:
+        """Logits for ``pixels`` through the batcher (``timeout_s`` None: no limit; ``timing``: filled in with
+        its time in the queue and the engine); ServeError 503/504/500 when that fails."""
         self.check_ready()
         try:
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for runs submit() in a task of its own, a turn
             # of the event loop later, which hands the batcher a burst of requests only after the whole burst.
             async with asyncio.timeout(timeout_s):
-                return await self.batcher.submit(pixels)
+                return await self.batcher.submit(pixels, timing)
         except TimeoutError:
             raise ServeError(504, f"request not answered within {timeout_s:g} s (queue depth {self.batcher.depth})", reason="timeout") from None
         except BackendFailure as exc:

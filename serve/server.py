@@ -41,7 +41,7 @@ def serve(settings: ServeSettings) -> None:
     app = create_app(settings)
     ops = app.state.operations
     log.info(
-        "serving %s on http://%s:%d (backend %s, device %s; defaults for what config.pbtxt leaves unset: max batch %d, "
+        "serving %s on http://%s:%d (backend %s, device %s; model folders without config.pbtxt: max batch %d, "
         "delay %g ms, queue %d, instances %s)",
         settings.repository, settings.host, settings.port, settings.backend, settings.device or "auto",
         settings.max_batch_size, settings.max_queue_delay_ms, settings.max_queue_size, settings.instances or "chosen per model at warm-up",

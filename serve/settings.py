@@ -59,26 +59,35 @@ class ServeSettings(BaseModel):
     )
     host: str = Field("127.0.0.1", description="address to listen on (0.0.0.0 inside a container)")
     port: int = Field(8000, ge=0, le=65535, description="HTTP port (0 picks a free one)")
+    metrics_port: int = Field(
+        8002, ge=0, le=65535, description="port of Triton's metrics endpoint (/metrics alone, as on the HTTP port); 0: none"
+    )
     grpc_port: int = Field(8001, ge=0, le=65535, description="gRPC port (Triton's GRPCInferenceService and grpc.health.v1); 0: no gRPC")
     backend: Backend = Field(
         "auto", description="inference backend; auto tries TensorRT, then ONNX Runtime CUDA, then ONNX Runtime CPU"
     )
     device: str | None = Field(None, description="cpu, cuda or cuda:N; unset lets the backend choice decide")
-    # The scheduling settings below are defaults: a model's config.pbtxt overrides each one it sets
-    # (precedence in serve/scheduling.py).
+    # The scheduling settings below are for model folders without a config.pbtxt; of a config.pbtxt, which
+    # Triton's meaning of 0 and absent decides, only an unset max_batch_size or instance_group falls back to
+    # them (serve/scheduling.py).
     max_batch_size: int = Field(
-        DEFAULT_MAX_BATCH_SIZE, ge=1, description="largest batch, for models whose config.pbtxt sets no max_batch_size"
+        DEFAULT_MAX_BATCH_SIZE, ge=1, description="largest batch, for models without a config.pbtxt or whose config.pbtxt sets no max_batch_size"
     )
     max_queue_delay_ms: float = Field(
         DEFAULT_MAX_QUEUE_DELAY_US / 1000,
         ge=0,
-        description="a batch leaves once its oldest request has waited this long, for models whose config.pbtxt sets no "
-        "dynamic_batching.max_queue_delay_microseconds",
+        description="a batch leaves once its oldest request has waited this long, for models without a config.pbtxt (with one, "
+        "dynamic_batching.max_queue_delay_microseconds decides, absent or 0 meaning no delay, as in Triton)",
     )
     max_queue_size: int = Field(
-        1024, ge=0, description="requests that may wait per model before requests get 503 (0: no limit), unless config.pbtxt sets one"
+        1024, ge=0, description="requests that may wait per model before requests get 503 (0: no limit), for models without a "
+        "config.pbtxt (with one, its default_queue_policy.max_queue_size decides, absent or 0 meaning no limit, as in Triton)"
     )
-    request_timeout_s: float = Field(30.0, gt=0, description="a request not answered within this time gets 504")
+    request_timeout_s: float = Field(
+        30.0, gt=0, description="a request not answered within this time gets 504, for models without a config.pbtxt (with one, its "
+        "default_queue_policy.default_timeout_microseconds decides, absent or 0 meaning none, as in Triton); also how long a "
+        "shutdown waits for the requests under way"
+    )
     instances: int = Field(
         AUTO_INSTANCES, ge=0, description="model instances per model version (batches computed at once), unless config.pbtxt has an "
         "instance_group; 0: chosen per model at warm-up, 1 for a model that computes an image faster than the server takes a "

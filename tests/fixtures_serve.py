@@ -144,8 +144,10 @@ class ServerProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         self.grpc_port = options.pop("grpc_port", None) or spare
         self.grpc_url = f"127.0.0.1:{self.grpc_port}"
+        # Off unless a test asks for it: parallel servers would all want Triton's 8002.
+        self.metrics_port = options.pop("metrics_port", 0)
         args = [sys.executable, "-m", "elunet", "serve", "--repository", str(repository), "--host", "127.0.0.1", "--port", str(self.port),
-                "--grpc-port", str(self.grpc_port)]
+                "--grpc-port", str(self.grpc_port), "--metrics-port", str(self.metrics_port)]
         for key, value in options.items():
             args += [f"--{key.replace('_', '-')}", str(value).lower() if isinstance(value, bool) else str(value)]
         self.log_path = log_path

@@ -248,7 +248,7 @@ def test_compose_environment_names_are_server_settings(compose):
         assert volume_read_only(service, "/models"), f"{name}: servers only read the repository"
     # Every setting a user may want to change is passed through (all but those fixed by the container).
     passed = set(compose["services"]["server"]["environment"])
-    assert known - passed <= {"ELUNET_PORT", "ELUNET_GRPC_PORT"}, known - passed
+    assert known - passed <= {"ELUNET_PORT", "ELUNET_GRPC_PORT", "ELUNET_METRICS_PORT"}, known - passed
 
 
 def test_gpu_servers_reserve_a_gpu_and_the_cpu_variant_does_not(compose):

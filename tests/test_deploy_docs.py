@@ -11,7 +11,7 @@ import subprocess
 import pytest
 from fixtures_deploy import DEPLOY_DIR, REPO_ROOT, compose_profiles, elunet_command, option_names
 
-DOCS = [REPO_ROOT / "README.md", DEPLOY_DIR / "triton.md"]
+DOCS = [REPO_ROOT / "README.md", DEPLOY_DIR / "triton.md", REPO_ROOT / "docs" / "guides" / "triton-metrics-and-config.md"]
 COMPOSE_SUBCOMMANDS_WITH_SERVICES = {"up", "build", "run", "stop", "ps", "logs"}
 
 

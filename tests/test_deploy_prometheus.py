@@ -61,39 +61,3 @@ def test_compose_runs_prometheus_with_this_config(compose):
     triton = next(j for j in yaml.safe_load(PROMETHEUS_CONFIG.read_text())["scrape_configs"] if j["job_name"] == "triton")
     assert triton["dns_sd_configs"][0]["names"] == ["triton"]
     assert any(p["target"] == triton["dns_sd_configs"][0]["port"] for p in compose["services"]["triton"]["ports"])
-
-
-TRITON_RULES = DEPLOY_DIR / "prometheus-triton-rules.yml"
-TRITON_FAMILIES = {
-    "nv_inference_request_success", "nv_inference_request_failure", "nv_inference_count", "nv_inference_exec_count",
-    "nv_inference_request_duration_us", "nv_inference_queue_duration_us", "nv_inference_compute_input_duration_us",
-    "nv_inference_compute_infer_duration_us", "nv_inference_compute_output_duration_us", "nv_inference_pending_request_count",
-}
-
-
-def test_triton_families_are_recorded_with_triton_units():
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool is not installed (Debian package prometheus)")
-    rules = yaml.safe_load(TRITON_RULES.read_text())
-    assert {r["record"] for g in rules["groups"] for r in g["rules"]} == TRITON_FAMILIES
-    assert "prometheus-triton-rules.yml" in yaml.safe_load(PROMETHEUS_CONFIG.read_text())["rule_files"]
-    unit = DEPLOY_DIR.parent / "tests" / "data" / "prometheus-triton-rules.test.yml"
-    done = subprocess.run([promtool, "test", "rules", str(unit)], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stdout + done.stderr
-
-
-def test_the_rules_read_metrics_a_real_server_publishes(synthetic_server):
-    import re
-
-    import numpy as np
-    from fixtures_serve import LINEAR, SYNTHETIC_SHAPE, binary_infer_body, http
-
-    body, headers = binary_infer_body(np.zeros((1, *SYNTHETIC_SHAPE), np.float32))
-    assert http("POST", f"{synthetic_server.url}/v2/models/{LINEAR}/infer", body, headers)[0] == 200
-    wrong, headers = binary_infer_body(np.zeros((1, 2, 2, 2), np.float32))  # a failure, so that the failure counter exists
-    assert http("POST", f"{synthetic_server.url}/v2/models/{LINEAR}/infer", wrong, headers)[0] == 400
-    published = {line.split("{")[0].split(" ")[0] for line in http("GET", synthetic_server.url + "/metrics")[2].decode().splitlines()
-                 if line and not line.startswith("#")}
-    used = set(re.findall(r"elunet_inference_\w+", TRITON_RULES.read_text()))
-    assert used and used <= published, used - published

@@ -346,10 +346,10 @@ def test_a_client_that_disconnects_frees_its_queued_work(start_server, synthetic
         time.sleep(0.3)  # queued, waiting for the batch's delay
     time.sleep(2.0)  # past the delay: a batch would have been computed by now
     metrics = http("GET", server.url + "/metrics")[2].decode()
-    cancelled = [line for line in metrics.splitlines() if line.startswith("elunet_inference_request_failure_total{") and 'reason="cancelled"' in line]
-    assert cancelled and cancelled[0].endswith(" 1.0"), cancelled
-    computed = [line for line in metrics.splitlines() if line.startswith("elunet_inference_count_total{") and f'model="{LINEAR}"' in line]
-    assert all(line.endswith(" 0.0") for line in computed), computed
+    cancelled = [line for line in metrics.splitlines() if line.startswith(f'nv_inference_request_failure{{model="{LINEAR}",reason="CANCELED"')]
+    assert cancelled and cancelled[0].endswith(" 1"), cancelled
+    computed = [line for line in metrics.splitlines() if line.startswith("nv_inference_count{") and f'model="{LINEAR}"' in line]
+    assert computed and all(line.endswith(" 0") for line in computed), computed
     assert http("POST", server.url + INFER, body, {"Content-Type": "application/json"})[0] == 200  # and the server serves on
     server.stop()
 

@@ -23,7 +23,7 @@ def infer(url: str, x: np.ndarray, headers: dict | None = None):
 
 def queue_depth(url: str) -> float:
     for line in http("GET", url + "/metrics")[2].decode().splitlines():
-        if line.startswith(f'elunet_inference_queue_depth{{model="{LINEAR}"'):
+        if line.startswith(f'nv_inference_pending_request_count{{model="{LINEAR}"'):
             return float(line.split()[-1])
     return 0.0
 
@@ -49,7 +49,7 @@ def test_overload_is_503_with_retry_after_then_the_server_recovers(start_server,
     status, headers, body = infer(server.url, x[:2])
     assert status == 200 and parse_infer_response(headers, body).shape == (2, 10)
     metrics = http("GET", server.url + "/metrics")[2].decode()
-    assert 'reason="queue_full"' in metrics
+    assert f'nv_inference_request_failure{{model="{LINEAR}",reason="REJECTED",version="1"}} 1\n' in metrics, "Triton's reason for a full queue"
     server.stop()
 
 
@@ -66,7 +66,8 @@ def test_request_timeout_is_504_and_triton_timeout_parameter_shortens_it(start_s
     status, _, body = http("POST", f"{server.url}/v2/models/{LINEAR}/infer", json.dumps(header).encode(), {"Content-Type": "application/json"})
     assert status == 504 and "within 0.2 s" in json.loads(body)["error"]
     assert time.monotonic() - t0 < 0.9
-    assert 'reason="timeout"' in http("GET", server.url + "/metrics")[2].decode()
+    rejected = f'nv_inference_request_failure{{model="{LINEAR}",reason="REJECTED",version="1"}} 2\n'
+    assert rejected in http("GET", server.url + "/metrics")[2].decode(), "Triton's reason for a request past its timeout"
     server.stop()
 
 

@@ -144,19 +144,19 @@ def test_backend_failure_fails_that_batch_only_and_the_server_stays_ready(synthe
     fine[0, 0, 0, 0] = 0.1
     assert json_infer(url, FAULTY, fine)[0] == 200
     metrics = http("GET", url + "/metrics")[2].decode()
-    assert f'elunet_inference_request_failure_total{{model="{FAULTY}",reason="backend_error",version="1"}}' in metrics
+    assert f'nv_inference_request_failure{{model="{FAULTY}",reason="BACKEND",version="1"}} 1\n' in metrics
 
 
 def test_metrics_report_success_durations_batch_sizes_and_queue_depth(synthetic_server):
     json_infer(synthetic_server.url, LINEAR, pixels(2))
     text = http("GET", synthetic_server.url + "/metrics")[2].decode()
     for name in (
-        "elunet_inference_request_success_total",
-        "elunet_inference_request_duration_seconds_bucket",
-        "elunet_inference_queue_duration_seconds_bucket",
-        "elunet_inference_compute_infer_duration_seconds_bucket",
+        "nv_inference_request_success",
+        "nv_inference_request_duration_us",
+        "nv_inference_queue_duration_us",
+        "nv_inference_compute_infer_duration_us",
         "elunet_inference_batch_size_bucket",
-        "elunet_inference_queue_depth",
+        "nv_inference_pending_request_count",
     ):
         assert f'{name}{{' in text, name
 

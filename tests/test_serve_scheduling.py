@@ -129,33 +129,45 @@ def test_an_automatic_count_is_one_instance_for_a_model_faster_than_the_front_en
     assert auto.source["instances"] == "server", "the automatic choice is recorded as such only once made"
 
 
-def test_precedence_config_over_server_settings_over_defaults(tmp_path):
+def test_config_pbtxt_is_read_as_triton_reads_it_and_the_server_settings_schedule_folders_without_one(tmp_path):
     from google.protobuf import text_format
 
-    settings = load_settings({"repository": tmp_path, "max_batch_size": 8, "instances": 2, "max_queue_delay_ms": 5})
+    settings = load_settings({"repository": tmp_path, "max_batch_size": 8, "instances": 2, "max_queue_delay_ms": 5, "max_queue_size": 7,
+                              "request_timeout_s": 3})
     tuned = scheduling(text_format.Parse(TUNED, model_config_pb2().ModelConfig()), settings)
     assert (tuned.max_batch_size, tuned.instances, tuned.max_queue_delay_s, tuned.preferred_batch_sizes) == (16, 3, 0.02, (4, 8))
     assert (tuned.max_queue_size, tuned.timeout_s, tuned.dynamic) == (500, 9.0, True)
     bare = scheduling(text_format.Parse('name: "m"', model_config_pb2().ModelConfig()), settings)
     assert (bare.max_batch_size, bare.instances, bare.dynamic) == (8, 2, False), "no dynamic_batching: Triton does not batch"
-    assert scheduling(None, settings).dynamic and scheduling(None, settings).max_queue_delay_s == 0.005
+    # Triton: dynamic_batching {} waits 0, an absent or 0 max_queue_size is no limit, a 0 timeout none; the server's
+    # --max-queue-delay-ms, --max-queue-size and --request-timeout-s are not read for a model with a config.pbtxt.
+    for text in ('name: "m" dynamic_batching {}',
+                 'name: "m" dynamic_batching { max_queue_delay_microseconds: 0 default_queue_policy { max_queue_size: 0 '
+                 'default_timeout_microseconds: 0 } }'):
+        empty = scheduling(text_format.Parse(text, model_config_pb2().ModelConfig()), settings)
+        assert (empty.dynamic, empty.max_queue_delay_s, empty.max_queue_size, empty.timeout_s) == (True, 0.0, 0, None), text
+        assert "delay 0 ms" in empty.describe() and "queue unbounded" in empty.describe() and "no timeout" in empty.describe()
+    none = scheduling(None, settings)
+    assert (none.dynamic, none.max_queue_delay_s, none.max_queue_size, none.timeout_s, none.max_batch_size) == (True, 0.005, 7, 3.0, 8)
 
 
-def test_a_request_waits_the_config_pbtxt_queue_timeout_else_the_servers_request_timeout(tmp_path):
-    """Triton: default_timeout_microseconds 0 or absent is no queue timeout, and the server's own timeout applies."""
+def test_a_request_waits_the_config_pbtxt_queue_timeout_or_none_and_the_servers_timeout_without_config_pbtxt(tmp_path):
+    """Triton: default_timeout_microseconds 0 or absent is no queue timeout; a request's own may shorten it where allowed."""
     from google.protobuf import text_format
 
     from elunet.serve.registry import ServedModel
 
     def served(config_text: str | None) -> ServedModel:
         config = text_format.Parse(config_text, model_config_pb2().ModelConfig()) if config_text is not None else None
-        return ServedModel(None, None, config, scheduling(config, load_settings({"repository": tmp_path})), fingerprint="")
+        settings = load_settings({"repository": tmp_path, "request_timeout_s": 2.0})
+        return ServedModel(None, None, config, scheduling(config, settings), fingerprint="")
 
     queue = 'name: "m" dynamic_batching { default_queue_policy { %s } }'
-    for untimed in (None, 'name: "m"', queue % "default_timeout_microseconds: 0 allow_timeout_override: true"):
-        assert served(untimed).timeout(None, server_timeout_s=2.0) == 2.0, untimed
-        assert served(untimed).timeout(500_000, server_timeout_s=2.0) == 0.5, "a request may shorten it"
+    assert (served(None).timeout(None), served(None).timeout(500_000)) == (2.0, 0.5), "no config.pbtxt: --request-timeout-s"
+    for untimed in ('name: "m"', queue % "default_timeout_microseconds: 0 allow_timeout_override: true"):
+        assert served(untimed).timeout(None) is None, untimed
+        assert served(untimed).timeout(500_000) == 0.5, "a request may set one"
     timed = served(queue % "default_timeout_microseconds: 9000000 allow_timeout_override: true")
-    assert (timed.timeout(None, server_timeout_s=2.0), timed.timeout(500_000, server_timeout_s=2.0)) == (9.0, 0.5)
+    assert (timed.timeout(None), timed.timeout(500_000)) == (9.0, 0.5)
     fixed = served(queue % "default_timeout_microseconds: 9000000")  # allow_timeout_override false: Triton's default
-    assert fixed.timeout(500_000, server_timeout_s=2.0) == 9.0
+    assert fixed.timeout(500_000) == 9.0
