@@ -53,18 +53,18 @@ def _option_default(param) -> str:
     return f"`{param.default}`" if not isinstance(param.default, (list, tuple)) else f"`{','.join(map(str, param.default))}`"
 
 
-def _walk(command, path: list[str]):
+def walk(command, path: list[str]):
     yield path, command
     if hasattr(command, "commands"):
         for name in sorted(command.commands):
-            yield from _walk(command.commands[name], [*path, name])
+            yield from walk(command.commands[name], [*path, name])
 
 
 def render_cli(command, prog: str = "elunet") -> str:
     """Every command of ``command`` (a click command, e.g. ``typer.main.get_command(app)``) with every option."""
     out = ["# CLI reference\n", f"Generated from the `{prog}` command (`elunet.cli`'s Typer app) when the docs are built. "
            "Each command also answers `--help`.\n"]
-    for path, cmd in _walk(command, []):
+    for path, cmd in walk(command, []):
         if not path:
             continue
         name = " ".join([prog, *path])
