@@ -48,8 +48,10 @@ def _option_default(param) -> str:
         return "(required)"
     if param.default in (None, "", ()) or callable(param.default):
         return ""
-    if getattr(param, "is_flag", False) and param.secondary_opts:
-        return param.opts[0] if param.default else param.secondary_opts[0]
+    if getattr(param, "is_flag", False):
+        if param.secondary_opts:
+            return param.opts[0] if param.default else param.secondary_opts[0]
+        return "on" if param.default else "off"
     return f"`{param.default}`" if not isinstance(param.default, (list, tuple)) else f"`{','.join(map(str, param.default))}`"
 
 
