@@ -27,6 +27,16 @@ PARITY_FILE = "parity.json"
 MODEL_FILES = {"onnxruntime_onnx": "model.onnx", "tensorrt_plan": "model.plan"}
 
 
+def side_file(model_file: Path, name: str) -> Path:
+    """A file that belongs to one model file (``CARD_FILE``, ``PARITY_FILE``, ...), beside it.
+
+    Beside a repository's model.onnx or model.plan it has its plain name (Triton's layout); beside
+    any other X.onnx it is X.<name>, so that two models written into one folder never share one.
+    """
+    model_file = Path(model_file)
+    return model_file.with_name(name if model_file.name in MODEL_FILES.values() else f"{model_file.stem}.{name}")
+
+
 # A version is a folder name and a URL segment: ASCII digits only (str.isdigit also takes "²"), 18 at most (int64).
 _VERSION_RE = re.compile(r"[0-9]{1,18}")
 

@@ -6,7 +6,8 @@
   networks does, so an ``Exp`` in the main graph means a decomposition.
   (``Sub`` is no such sign: the normalization subtracts its mean.)
 - Every operator exists at the model's opset and accepts the element types it
-  is fed there (e.g. ``Elu`` takes bfloat16 only from opset 22 on).
+  is fed there (e.g. ``Elu`` takes bfloat16 only from opset 22 on): ONNX's own
+  type-checking shape inference, plus the functions' operators it skips.
 - An int8 (QDQ) graph is quantized as export/quantize.py says: symmetric
   int8 Q/DQ, per-channel int8 weights, float biases, the preprocessing and
   the logits float32, every ELU in float32 on a dequantized input.
@@ -29,7 +30,7 @@ from elunet.card import ModelCard
 from elunet.contracts import INPUT_NAME, OUTPUT_NAME, elu_plugin_contract
 from elunet.errors import ElunetError
 from elunet.export.elu_plugin_pass import elu_alpha
-from elunet.export.settings import DEFAULT_OPSET, IO_DTYPE
+from elunet.export.settings import DEFAULT_OPSET, IO_DTYPE, OPSET_RANGE
 from elunet.export.to_onnx import ONNX_DTYPES, opset_of
 
 DECOMPOSITION_SIGNS = ("Exp", "Expm1")
@@ -122,60 +123,38 @@ def check_qdq_graph(proto: onnx.ModelProto) -> None:
         fail(f"quantizes its output {OUTPUT_NAME!r}: the logits must stay float32")
 
 
-def _schema(op_type: str, opset: int):
-    try:
-        return onnx.defs.get_schema(op_type, opset, "")
-    except onnx.defs.SchemaError:
-        return None
-
-
-def _type_str(elem_type: int) -> str:
-    """ONNX's spelling in type constraints, e.g. FLOAT16 -> 'tensor(float16)'."""
-    return f"tensor({onnx.helper.tensor_dtype_to_string(elem_type).split('.')[-1].lower()})"
-
-
-def _first_opset_accepting(op_type: str, type_str: str, param: str, after: int) -> int | None:
-    later = [s for s in onnx.defs.get_all_schemas_with_history() if s.name == op_type and s.domain == "" and s.since_version > after]
-    for s in sorted(later, key=lambda s: s.since_version):
-        allowed = {c.type_param_str: c.allowed_type_strs for c in s.type_constraints}
-        if type_str in allowed.get(param, [param]):
-            return s.since_version
-    return None
-
-
 def check_opset_supports_types(proto: onnx.ModelProto) -> None:
-    """Raise when an operator does not exist at the model's opset, or does not accept its input types there."""
+    """Raise when an operator does not exist at the model's opset, or does not accept the types it is fed there.
+
+    ONNX's strict, type-checking shape inference judges the main graph (every type constraint,
+    including that inputs bound to one type parameter agree). It does not look inside model-local
+    functions, such as the ELU plugin op's, so their operators' existence at the opset is checked
+    here; the types they run at are those of the main-graph node that calls them.
+    """
     opset = opset_of(proto)
-    inferred = onnx.shape_inference.infer_shapes(proto)
-    g = inferred.graph
-    elem = {v.name: v.type.tensor_type.elem_type for v in (*g.input, *g.value_info, *g.output)}
-    elem.update({t.name: t.data_type for t in g.initializer})
-    # Function bodies are type-polymorphic: only their operators' existence is checked here;
-    # the types they run at are those of the main-graph node that calls them.
-    nodes = [(n, True) for n in g.node] + [(n, False) for f in proto.functions for n in f.node]
-    for node, typed in nodes:
-        if node.domain not in ("", "ai.onnx"):
-            continue
-        schema = _schema(node.op_type, opset)
-        if schema is None:
-            raise ElunetError(
-                f"operator {node.op_type} does not exist at opset {opset}",
-                hint=f"export with a newer --opset (the default is {DEFAULT_OPSET})",
-            )
-        if not typed or not schema.inputs:
-            continue
-        constraints = {c.type_param_str: c.allowed_type_strs for c in schema.type_constraints}
-        for i, name in enumerate(node.input):
-            if name not in elem:
-                continue  # optional input left empty
-            formal = schema.inputs[min(i, len(schema.inputs) - 1)]  # the last formal may be variadic
-            got = _type_str(elem[name])
-            if got not in constraints.get(formal.type_str, [formal.type_str]):
-                needed = _first_opset_accepting(node.op_type, got, formal.type_str, opset)
+    try:
+        onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
+    except onnx.shape_inference.InferenceError as exc:
+        raise ElunetError(
+            f"the graph is not valid ONNX at opset {opset}: {exc}",
+            hint=f"an operator may accept this dtype at a newer --opset (the dynamo exporter writes up to {OPSET_RANGE['dynamo'][1]}; "
+            f"the default is {DEFAULT_OPSET})",
+        ) from None
+    for function in proto.functions:
+        for node in function.node:
+            if node.domain in ("", "ai.onnx") and not _exists(node.op_type, opset):
                 raise ElunetError(
-                    f"{node.op_type} at opset {opset} does not accept {got} for its input {formal.name!r}",
-                    hint=f"this dtype needs --opset {needed} or newer" if needed else "no ONNX opset accepts this type here",
+                    f"operator {node.op_type} does not exist at opset {opset} (in the function {function.domain}:{function.name})",
+                    hint=f"export with a newer --opset (the default is {DEFAULT_OPSET})",
                 )
+
+
+def _exists(op_type: str, opset: int) -> bool:
+    try:
+        onnx.defs.get_schema(op_type, opset, "")
+    except onnx.defs.SchemaError:
+        return False
+    return True
 
 
 def _dims(value: onnx.ValueInfoProto) -> list[int | str]:

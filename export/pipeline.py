@@ -35,7 +35,7 @@ import torch
 from elunet.card import CARD_FILE, AccuracyGate, ExportInfo, ModelCard
 from elunet.contracts import WEIGHTS_FILE
 from elunet.errors import ElunetError
-from elunet.repository import MODEL_FILES, PARITY_FILE, check_model_name
+from elunet.repository import MODEL_FILES, PARITY_FILE, check_model_name, side_file
 from elunet.export.card_metadata import embed_card
 from elunet.export.elu_plugin_pass import rewrite_elu_as_plugin
 from elunet.export.graph_checks import check_elu_nodes, check_onnx_file, check_opset_supports_types, check_qdq_graph, elu_alphas
@@ -108,7 +108,7 @@ def export_checkpoint(
         with stage_version(Path(repository), target_name, version, force) as staged:
             card = build.card(target_name, staged.version)
             staged.model_files(card, platform=PLATFORM, max_batch_size=max_batch_size, io_dtype=IO_DTYPE)  # fail fast
-            result = build.run(card, staged.path)
+            result = build.run(card, staged.path / ONNX_FILE)
             if not result.passed:
                 return result
             shutil.copyfile(ckpt.path / WEIGHTS_FILE, staged.path / WEIGHTS_FILE)
@@ -118,15 +118,16 @@ def export_checkpoint(
 
     card = build.card(name or ckpt.card.name, version or ckpt.card.version)
     with _staging_beside(out) as staging:
-        result = build.run(card, staging)
+        staged = staging / out.name  # the final name: the certificate records it
+        result = build.run(card, staged)
         if not result.passed:
             return result
         for file in (PARITY_FILE, CARD_FILE):
-            if (staging / file).exists():
-                (staging / file).replace(out.with_name(file))
+            if side_file(staged, file).exists():
+                side_file(staged, file).replace(side_file(out, file))
             else:  # --skip-verify over an earlier export: its certificate is not this model's
-                out.with_name(file).unlink(missing_ok=True)
-        (staging / ONNX_FILE).replace(out)  # the model last: its presence means the export is complete
+                side_file(out, file).unlink(missing_ok=True)
+        staged.replace(out)  # the model last: its presence means the export is complete
     log(f"wrote {out}")
     return ExportResult(card, out, result.report)
 
@@ -160,8 +161,8 @@ class _Build:
         )
         return ModelCard.model_validate({**ckpt.card.model_dump(), "name": name, "version": version, "export": info.model_dump()})
 
-    def run(self, card: ModelCard, folder: Path) -> ExportResult:
-        """model.onnx, card.json and (unless skipped) parity.json into ``folder``."""
+    def run(self, card: ModelCard, model_path: Path) -> ExportResult:
+        """``model_path``, and beside it its card and (unless skipped) its parity certificate."""
         ckpt, settings, log = self.ckpt, self.settings, self.log
         alphas = elu_alphas(ckpt.model)
         if settings.elu_mode == "plugin" and not alphas:
@@ -181,17 +182,16 @@ class _Build:
             check_qdq_graph(proto)
         check_opset_supports_types(proto)
         embed_card(proto, card)
-        model_path = folder / ONNX_FILE
         onnx.save(proto, str(model_path))
         check_onnx_file(model_path, card)
-        card.save(folder / CARD_FILE)
+        card.save(side_file(model_path, CARD_FILE))
         log(f"checks passed: {len(alphas)} ELU layers as {settings.elu_mode} nodes, onnx.checker (full) and shape inference")
         if self.skip_verify:
             log("parity NOT verified (--skip-verify); the card records parity: skipped")
             return ExportResult(card, model_path, None)
         tolerance, gate = self.judged
         report = verify_model(model_path, ckpt, tolerance=tolerance, accuracy_gate=gate, images=self.images, data_dir=self.data_dir, model_card=card)
-        report.save(folder / PARITY_FILE)
+        report.save(side_file(model_path, PARITY_FILE))
         for line in report.lines():
             log(line)
         return ExportResult(card, model_path, report)
@@ -199,8 +199,8 @@ class _Build:
 
 def _check_out_free(out: Path, force: bool) -> None:
     if out.suffix != ".onnx":
-        raise ElunetError(f"--out {out} should name an .onnx file", hint="e.g. --out model.onnx (card.json and parity.json are written beside it)")
-    taken = [p for p in (out, out.with_name(CARD_FILE), out.with_name(PARITY_FILE)) if p.exists()]
+        raise ElunetError(f"--out {out} should name an .onnx file", hint=f"e.g. --out fashion.onnx ({side_file(Path('fashion.onnx'), CARD_FILE)} and {side_file(Path('fashion.onnx'), PARITY_FILE)} are written beside it)")
+    taken = [p for p in (out, side_file(out, CARD_FILE), side_file(out, PARITY_FILE)) if p.exists()]
     if taken and not force:
         raise ElunetError(f"{', '.join(map(str, taken))} already exist{'s' if len(taken) == 1 else ''}", hint="pass --force to overwrite, or choose another --out")
     if out.is_dir():

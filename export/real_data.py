@@ -22,12 +22,19 @@ def load_split(card: ModelCard, split: str, data_dir: Path | None, purpose: str)
 
     p = card.preprocessing
     try:
-        return load_dataset(card.dataset, split, data_dir, image_size=p.height, channels=p.channels)
+        data = load_dataset(card.dataset, split, data_dir, image_size=p.height, channels=p.channels)
     except ElunetError as exc:
         raise ElunetError(
             f"{purpose} needs real {split} images of {card.dataset!r}, the model's dataset: {exc.message}",
             hint=f"{exc.hint + '; ' if exc.hint else ''}or point --data-dir at it (`elunet export` also takes --skip-verify, recorded in the card)",
         ) from None
+    if data.labels != card.labels:  # the targets would index another class list
+        raise ElunetError(
+            f"{purpose} needs the {split} images of the model's own classes, but {data.source} has classes {data.labels}; "
+            f"the model was trained on {card.labels}",
+            hint="point --data-dir at the dataset the model was trained on",
+        )
+    return data
 
 
 def to_pixels(images) -> np.ndarray:

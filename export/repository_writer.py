@@ -8,8 +8,9 @@ complete one. On any error the staging folder is removed, and so are the
 model and repository folders created for it, when empty.
 
 The parity gate: a version whose card says ``parity: passed`` is published
-only with a passed ``parity.json`` whose model sha256 is that of the staged
-model file; ``parity: skipped`` (``--skip-verify``) is published as such.
+only with a passed ``parity.json`` that covers the staged model file, its
+card and its labels (elunet/certificate.py); ``parity: skipped``
+(``--skip-verify``) is published as such.
 
 Python API, shared with the plugins stage (TensorRT engines)::
 
@@ -81,10 +82,10 @@ class StagedVersion:
         model_file = self.path / MODEL_FILES.get(platform, "?")
         if platform not in MODEL_FILES or not model_file.is_file():
             raise ElunetError(f"nothing to publish: no {model_file.name} staged for platform {platform!r}", hint=f"platforms: {', '.join(MODEL_FILES)}")
+        card.save(self.path / CARD_FILE)  # first: the certificate binds what the server takes from it
         check_parity_gate(card, model_file)
         config, labels = self.model_files(card, platform=platform, max_batch_size=max_batch_size, io_dtype=io_dtype)
         model_dir = self.repository.model_dir(self.name)
-        card.save(self.path / CARD_FILE)
         write_atomic(model_dir / LABELS_FILE, labels)
         write_atomic(model_dir / CONFIG_FILE, config)
         target = self.target
@@ -108,7 +109,7 @@ def check_parity_gate(card: ModelCard, model_file: Path) -> None:
         return
     if claim != "passed":
         raise ElunetError(f"the card of {card.name} v{card.version} has no export section with a parity result", hint="publish models written by `elunet export`")
-    problem = certificate_problem(model_file)
+    problem = certificate_problem(model_file, None)  # served wherever the certificate was earned
     if problem:
         raise ElunetError(f"not publishing {card.name} v{card.version}: {problem}",
                           hint="verify the file you publish: run `elunet verify` on it (or export with --skip-verify)")

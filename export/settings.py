@@ -19,11 +19,12 @@ EluMode = Literal[ELU_MODES]
 Dtype = Literal[DTYPES]
 Exporter = Literal[EXPORTERS]
 
-# Whatever the graph computes in, its input and output tensors are float32:
-# an fp16 graph casts the pixels to half right after the input and the logits
-# back right before the output; an int8 graph quantizes after the (float32)
-# normalization and leaves the logits float32 (export/quantize.py). Clients, the server and Triton's config see
-# one interface for both dtypes, and TensorRT's strongly typed networks accept
+# Whatever the graph computes in, its input and output tensors are float32,
+# and so is the normalization: an fp16 graph casts to half right after the
+# normalization and the logits back right before the output; an int8 graph
+# quantizes after the normalization and leaves the logits float32
+# (export/quantize.py). Clients, the server and Triton's config see one
+# interface for every dtype, and TensorRT's strongly typed networks accept
 # these explicit Cast layers (everything between them is fp16).
 IO_DTYPE: Dtype = "fp32"
 

@@ -4,9 +4,8 @@ The PyTorch network of the checkpoint is the reference; the model under test
 runs on the engine that serves it (elunet.runtime: ONNX Runtime, or TensorRT),
 opened exactly as `elunet serve` opens it, so the code that earns the
 certificate is the code that serves. Both see the same inputs (parity.py). The result is a parity
-certificate, ``parity.json``, bound to the exact bytes of the model (its
-sha256) and of the checkpoint's weights, so a certificate can never vouch
-for a file that changed after it was verified.
+certificate, ``parity.json``; what it binds, and why, is elunet/certificate.py's
+docstring. A failing run never replaces a passed certificate (write_certificate).
 """
 
 from __future__ import annotations
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from elunet.card import AccuracyGate, ModelCard
+from elunet.certificate import RunsOn, serving_digests
 from elunet.files import sha256_file, write_atomic
 from elunet.contracts import OUTPUT_NAME
 from elunet.errors import ElunetError
@@ -32,7 +32,7 @@ DEFAULT_BACKEND = "onnxruntime"
 BACKENDS = (DEFAULT_BACKEND, "tensorrt")
 DEVICES = ("auto", "cpu", "cuda")
 
-PARITY_FORMAT = 1
+PARITY_FORMAT = 2
 
 
 @dataclass
@@ -67,7 +67,8 @@ class ParityReport:
         if gate is None:
             out = [
                 f"parity: {d['runner']} vs {d['reference']}  (atol {_fmt(tol['atol'])}, rtol {_fmt(tol['rtol'])}, top-1 >= {tol['min_top1']:.0%})",
-                f"  {tol['rule']}; rel err = abs err / |reference|: large where a reference logit is near 0, undefined (inf) where it is 0",
+                f"  {tol['rule']}; rel err = abs err / |reference|: large where a reference logit is near 0, undefined (inf) where it is 0; "
+                "top-1 disagreements within tolerance (near-ties) are not flips",
                 "  atol needed: the smallest atol that passes every element at this rtol (0: rtol alone passes them all)",
             ]
         else:
@@ -78,8 +79,9 @@ class ParityReport:
             mark = "ok  " if s["passed"] else "FAIL"
             needed = f"atol needed {_fmt(o['needed_atol'])}  " if gate is None else ""  # int8 sets have no atol to need
             out.append(
-                f"  {mark} {s['name']:<20} n={s['images']:<5} max abs {_fmt(o['max_abs_err'])}  max rel {_fmt(o['max_rel_err'])}  "
-                f"{needed}top-1 {o['top1_agreement']:.2%}"
+                f"  {mark} {s['name']:<20} n={s['images']:<5} abs err max {_fmt(o['abs_err']['max'])} at {o['worst_index']} "
+                f"(median {_fmt(o['abs_err']['median'])}, p99 {_fmt(o['abs_err']['p99'])})  rel err max {_fmt(o['rel_err']['max'])} "
+                f"(p99 {_fmt(o['rel_err']['p99'])})  {needed}top-1 {o['top1_agreement']:.2%} ({o['top1_flips']} beyond tolerance)"
             )
         acc = d.get("accuracy")
         if acc:
@@ -99,8 +101,26 @@ class ParityReport:
             f"the {self.data['model'].get('dtype')} model failed its accuracy gate, so nothing was written: {_gate_figures(gate)}",
             hint="calibrate on more images (--calibration-images, e.g. 2048), try another --calibration-method "
             "(minmax, entropy, percentile), or keep this model in fp32 (--dtype fp32); "
-            "--max-accuracy-drop and --min-top1 set the gate",
+            "the gate (--max-accuracy-drop, --min-top1) may only be tightened",
         )
+
+
+def write_certificate(report: ParityReport, path: Path) -> Path:
+    """Write ``report`` to ``path``; returns where it went.
+
+    A failed report never replaces a passed certificate: one failing run (another machine, a
+    tighter tolerance) must not take a published model down. It goes beside it, as <stem>.failed.json.
+    """
+    path = Path(path)
+    if not report.passed and path.is_file():
+        try:
+            holds_a_pass = ParityReport.load(path).passed
+        except (ElunetError, KeyError, TypeError):
+            holds_a_pass = False
+        if holds_a_pass:
+            path = path.with_name(f"{path.stem}.failed{path.suffix}")
+    report.save(path)
+    return path
 
 
 def _gate_figures(gate: dict) -> str:
@@ -165,7 +185,7 @@ def verify_model(
                     "runner": float(np.mean(np.argmax(act, 1) == targets)),
                 }
                 verdict = judge_accuracy(gate, targets, ref, act) if gate else None
-        runner_name = runner.name
+        runner_name, runs_on = runner.name, RunsOn.of(backend, engine.device)
     outputs = [o for r in results for o in r.outputs.values()]
     data = {
         "format": PARITY_FORMAT,
@@ -179,19 +199,22 @@ def verify_model(
         },
         "checkpoint": {"path": str(checkpoint.path), "weights_sha256": checkpoint.sha256},
         "backend": backend,
+        "runs_on": {"backend": runs_on.backend, "device": runs_on.device},
         "runner": runner_name,
         "reference": reference.name,
         "tolerance": {
             "atol": finite_or_text(tol.atol),
             "rtol": finite_or_text(tol.rtol),
             "min_top1": tol.min_top1,
+            "loosened": tol.loosened,
             "rule": "an element fails when abs err > atol and rel err > rtol",
         },
+        "serves_with": serving_digests(card),
         "summary": {
             key: finite_or_text(max(getattr(o, key) for o in outputs))
             for key in ("max_abs_err", "max_rel_err", "needed_atol", "needed_rtol")
         }
-        | {"min_top1_agreement": min(o.top1_agreement for o in outputs)},
+        | {"min_top1_agreement": min(o.top1_agreement for o in outputs), "top1_flips": sum(o.top1_flips for o in outputs)},
         "accuracy": accuracy,
         **({"accuracy_gate": verdict} if verdict else {}),
         "sets": [set_to_json(r) for r in results],

@@ -33,9 +33,9 @@ from elunet.serve.extensions import proto_json
 from elunet.serve.images import images_pixels, softmax
 from elunet.serve.metrics import ServeMetrics
 from elunet.serve.middleware import AccessLog, ApiKeyCheck, BodyLimit, TrailingSlash
-from elunet.serve.registry import ModelRegistry, ServedModel
 from elunet.serve.http_infer import PATHS as INFER_PATHS
-from elunet.serve.http_infer import InferRoute
+from elunet.serve.http_infer import InferRoute, disconnected
+from elunet.serve.registry import ModelRegistry, ServedModel
 from elunet.serve.operations import ClientGone, Operations, unless_disconnected
 from elunet.serve.protocol import (
     DOCS_ASSETS,
@@ -201,15 +201,6 @@ def _add_v2_routes(app: FastAPI, ops: Operations) -> None:
     _add_model_routes(app, "/v2/models/{model}", "/ready", ready, methods=["GET"], tags=["v2"], responses=_ERRORS)
 
 
-async def _answered(request: Request, work):
-    """The result of ``work``, an infer or classify; cancelled when the client disconnects first."""
-    async def disconnected():
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
-    return await unless_disconnected(work, disconnected())
-
-
 async def _repository_body(request: Request, model):
     """The optional JSON body of a model-repository request, validated strictly (400 saying what is wrong)."""
     body = await request.body()
@@ -265,7 +256,7 @@ def _add_v1_routes(app: FastAPI, ops: Operations) -> None:
                 predictions=[_top(served, name, p, top_k) for (name, _), p in zip(named_images, softmax(logits))],
             )
 
-        return await _answered(request, ops.infer(model, version, decode, encode))
+        return await unless_disconnected(ops.infer(model, version, decode, encode), disconnected(request.receive))
 
     body_doc = {
         "requestBody": {

@@ -1,7 +1,7 @@
 """V2 infer over HTTP: the route under load, answered by an ASGI middleware in front of FastAPI's router.
 
 Every other route is FastAPI's (serve/app.py); infer is only here, and the OpenAPI document describes it
-from here (``OPENAPI_PATHS``). It sits innermost of the app's middlewares, so an infer request meets the
+from ``PATHS``. It sits innermost of the app's middlewares, so an infer request meets the
 same trailing-slash rule, access log, CORS, API key and body limits as any other, then skips what an
 endpoint behind FastAPI's router costs per request: its exception and exit-stack middlewares, the routes
 tried one by one, dependency solving, Starlette's request and response objects. What that is worth:
@@ -38,7 +38,7 @@ class InferRoute:
                                {"Content-Type": "application/json", "Allow": "POST"})
         body = await _body(receive)
         try:
-            content, headers = await unless_disconnected(self._answer(*route, body, scope), _disconnect(receive))
+            content, headers = await unless_disconnected(self._answer(*route, body, scope), disconnected(receive))
             status = 200
         except ClientGone:
             return  # nobody to answer; the access log shows the 500 it never sent
@@ -95,7 +95,7 @@ async def _body(receive) -> bytes:
     return b"".join(chunks)
 
 
-async def _disconnect(receive) -> None:
+async def disconnected(receive) -> None:
     """Returns when the client has gone (the body is read: what comes now is the disconnect, or nothing until the answer is sent)."""
     while (await receive())["type"] != "http.disconnect":
         pass

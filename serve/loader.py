@@ -20,13 +20,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from elunet.card import CARD_FILE, ModelCard
-from elunet.certificate import certificate_problem
+from elunet.certificate import RunsOn, certificate_problem
 from elunet.contracts import WEIGHTS_FILE
 from elunet.errors import ElunetError
 from elunet.model_config import differences
 from elunet.repository import CONFIG_FILE, LABELS_FILE, MODEL_FILES
 from elunet.runtime import Engine, Instance, open_engine
-from elunet.runtime.choose import choose_engine
+from elunet.runtime.choose import Choice, choose_engine
 from elunet.serve.batching import DynamicBatcher
 from elunet.serve.settings import ServeSettings
 
@@ -68,7 +68,7 @@ def _open_and_warm_up(served: ServedModel, settings: ServeSettings, cpu_threads:
     choice = choose_engine(served.source, settings.backend, settings.device)
     if choice.why and settings.backend == "auto":
         log.info("model %s v%d: auto picked %s on %s: %s", served.name, served.version, choice.kind, choice.device, choice.why)
-    _check_certificate(served, choice.kind, settings.allow_unverified)
+    _check_certificate(served, choice, settings.allow_unverified)
     engine = served.engine = open_engine(
         choice.kind, choice.path, device=choice.device, cpu_threads=cpu_threads, max_batch_size=served.scheduling.max_batch_size
     )
@@ -118,13 +118,15 @@ def _s_per_image(served: ServedModel, instance: Instance, cpu_threads: int) -> f
     return best / served.max_batch_size
 
 
-def _check_certificate(served: ServedModel, kind: str, allow_unverified: bool) -> None:
-    """Parity-gated to the end: a version serves only with a passed certificate for what runs."""
+def _check_certificate(served: ServedModel, choice: Choice, allow_unverified: bool) -> None:
+    """Parity-gated to the end: a version serves only with a passed certificate for what runs, where it runs."""
     path = served.source.path
-    if kind == "torch":  # the checkpoint itself runs: its weights must be those the certificate names
-        problem = certificate_problem(path / MODEL_FILES["onnxruntime_onnx"], weights_file=path / WEIGHTS_FILE)
+    labels = path.parent / LABELS_FILE
+    if choice.kind == "torch":  # the checkpoint itself runs, the reference: its weights must be those the certificate names
+        problem = certificate_problem(path / MODEL_FILES["onnxruntime_onnx"], None, weights_file=path / WEIGHTS_FILE, labels_file=labels)
     else:
-        problem = certificate_problem(path / MODEL_FILES["tensorrt_plan" if kind == "tensorrt" else "onnxruntime_onnx"])
+        model_file = path / MODEL_FILES["tensorrt_plan" if choice.kind == "tensorrt" else "onnxruntime_onnx"]
+        problem = certificate_problem(model_file, RunsOn.of(choice.kind, choice.device), labels_file=labels)
     if problem is None:
         return
     if not allow_unverified:

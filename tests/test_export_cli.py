@@ -17,6 +17,7 @@ from elunet.contracts import WEIGHTS_FILE
 from elunet.errors import ElunetError
 from elunet.export.pipeline import export_checkpoint
 from elunet.export.settings import ExportSettings
+from elunet.certificate import RunsOn, certificate_problem
 from elunet.repository import PARITY_FILE
 from elunet.train.checkpoint import save_checkpoint
 from elunet.train.data import FASHION_MNIST_LABELS
@@ -76,6 +77,16 @@ def test_cli_writes_out_file_and_verify_passes(checkpoint, tmp_path):
     export_checkpoint(checkpoint, ExportSettings(dtype="fp16"), out=out, skip_verify=True, force=True)
     assert out.read_bytes() != before and not out.with_name(PARITY_FILE).exists()
     assert ModelCard.load(out.with_name(CARD_FILE)).export.parity == "skipped"
+
+
+@pytest.mark.slow
+def test_two_models_in_one_folder_keep_their_own_card_and_certificate(trained_checkpoint, tmp_path):
+    export_checkpoint(trained_checkpoint, ExportSettings(), out=tmp_path / "a.onnx", images=64)
+    export_checkpoint(trained_checkpoint, ExportSettings(dtype="fp16"), out=tmp_path / "b.onnx", skip_verify=True, force=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.card.json", "a.onnx", "a.parity.json", "b.card.json", "b.onnx"]
+    assert json.loads((tmp_path / "a.parity.json").read_text())["model"]["file"] == "a.onnx"
+    assert certificate_problem(tmp_path / "a.onnx", RunsOn("onnxruntime", "cpu")) is None
+    assert ModelCard.load(tmp_path / "a.card.json").export.dtype == "fp32" and ModelCard.load(tmp_path / "b.card.json").export.dtype == "fp16"
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed: its runner is tested in test_plugins_*")

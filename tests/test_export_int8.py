@@ -22,7 +22,7 @@ import onnxruntime as ort
 import pytest
 
 from elunet.card import CARD_FILE, AccuracyGate, ModelCard
-from elunet.certificate import certificate_problem
+from elunet.certificate import RunsOn, certificate_problem
 from elunet.contracts import INPUT_NAME, OUTPUT_NAME
 from elunet.errors import ElunetError
 from elunet.export.graph_checks import check_qdq_graph
@@ -32,7 +32,7 @@ from elunet.export.settings import ExportSettings
 from elunet.export.to_onnx import torch_to_onnx
 from elunet.model_config import model_config_pb2, read_config
 from elunet.plugins.engine_builder import int8_layers
-from elunet.repository import CONFIG_FILE, PARITY_FILE
+from elunet.repository import CONFIG_FILE, LABELS_FILE, PARITY_FILE
 from elunet.train.data import load_dataset
 
 from test_export_graph import card_for, exported
@@ -66,7 +66,7 @@ def test_int8_export_passes_its_gate_on_the_whole_test_split(int8_version, train
     assert (q.calibration_method, q.calibration_images, q.calibration_split) == ("minmax", 512, "train")
     # One set of field names: the card states the gate, the certificate the figures against it.
     assert {k: gate[k] for k in AccuracyGate.model_fields} == q.gate.model_dump() == {"max_accuracy_drop_points": 0.5, "min_top1_agreement": 0.99}
-    assert certificate_problem(int8_version / "model.onnx") is None
+    assert certificate_problem(int8_version / "model.onnx", RunsOn("onnxruntime", "cpu"), labels_file=int8_version.parent / LABELS_FILE) is None
     config = read_config(int8_version.parent / CONFIG_FILE)
     assert [model_config_pb2().DataType.Name(t.data_type) for t in (*config.input, *config.output)] == ["TYPE_FP32", "TYPE_FP32"]
 
@@ -127,9 +127,11 @@ def test_a_model_calibrated_on_blank_images_is_refused_with_the_figures(trained_
 
 
 def test_the_gate_is_settable_and_refuses_what_does_not_apply(trained_checkpoint, tmp_path):
-    tolerance, gate = criteria("int8", min_top1=0.95, max_accuracy_drop=2)
-    assert gate == AccuracyGate(max_accuracy_drop_points=2, min_top1_agreement=0.95)
-    assert criteria("fp32", min_top1=0.5) == (tolerance.for_dtype("fp32", min_top1=0.5), None)
+    tolerance, gate = criteria("int8", min_top1=0.995, max_accuracy_drop=0.2)  # tighter than the defaults
+    assert gate == AccuracyGate(max_accuracy_drop_points=0.2, min_top1_agreement=0.995) and not tolerance.loosened
+    with pytest.raises(ElunetError, match=r"--min-top1 0.95 \(default 0.99\) is looser"):
+        criteria("int8", min_top1=0.95)
+    assert criteria("int8", max_accuracy_drop=2, loosen=True)[0].loosened
     with pytest.raises(ElunetError, match="judged by accuracy"):
         criteria("int8", atol=1e-3)
     with pytest.raises(ElunetError, match="judges int8 graphs"):

@@ -13,6 +13,7 @@ from onnx import numpy_helper
 from tritonclient.grpc import model_config_pb2
 
 from elunet.card import CARD_FILE, ModelCard
+from elunet.certificate import RunsOn, certificate_problem
 from elunet.contracts import INPUT_NAME, OUTPUT_NAME, WEIGHTS_FILE
 from elunet.errors import ElunetError
 from elunet.export.pipeline import export_checkpoint
@@ -132,3 +133,15 @@ def test_tensorrt_plan_config_parses(exported_repository):
     assert config.input[0].data_type == config.output[0].data_type == model_config_pb2.TYPE_FP16
     with pytest.raises(ElunetError, match="unknown Triton platform"):
         build_config(card, name="x", platform="pytorch_libtorch")
+
+
+def test_the_certificate_binds_where_it_was_earned_the_card_and_the_labels(repository):
+    version = ModelRepository(repository).get(only_model(repository))
+    model, labels, cpu = version.model_file(), version.path.parent / LABELS_FILE, RunsOn("onnxruntime", "cpu")
+    assert certificate_problem(model, cpu, labels_file=labels) is None
+    assert "earned with onnxruntime on cpu, but this runs model.onnx with onnxruntime on cuda" in certificate_problem(model, RunsOn.of("onnxruntime", "cuda:0"))
+    labels.write_text(labels.read_text().replace("Dress", "Frock"))
+    assert f"{LABELS_FILE} is not the labels model.onnx was verified with" in certificate_problem(model, cpu, labels_file=labels)
+    card = version.card
+    ModelCard.model_validate({**card.model_dump(), "labels": [*card.labels[:-1], "Boot"]}).save(version.path / CARD_FILE)
+    assert "card.json's labels or preprocessing changed" in certificate_problem(model, cpu)

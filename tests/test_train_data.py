@@ -94,6 +94,28 @@ def test_imagefolder_loads_resized_images_with_folder_labels(tmp_path):
         load_dataset("imagefolder", "train", tmp_path)
 
 
+def _synthetic_class_folders(root, classes, colours={"cat": (255, 0, 0), "dog": (0, 255, 0), "fox": (0, 0, 255), "wolf": (9, 9, 9)}):
+    """Synthetic images: two of one flat colour per class."""
+    from PIL import Image
+
+    for name in classes:
+        (root / name).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (8, 8), colours[name]).save(root / name / f"{i}.png")
+
+
+def test_a_test_folder_missing_a_class_keeps_the_train_splits_targets(tmp_path):
+    _synthetic_class_folders(tmp_path / "train", ("cat", "dog", "fox"))
+    _synthetic_class_folders(tmp_path / "test", ("cat", "fox"))
+    test = load_dataset("imagefolder", "test", tmp_path, image_size=8)
+    assert test.labels == load_dataset("imagefolder", "train", tmp_path, image_size=8).labels == ["cat", "dog", "fox"]
+    blue = test.images[:, 2, 0, 0] == 255
+    assert test.targets[blue].tolist() == [2, 2], "the fox images must keep the target 'fox', not take 'dog'"
+    _synthetic_class_folders(tmp_path / "test", ("wolf",))
+    with pytest.raises(ElunetError, match="lacks: wolf"):
+        load_dataset("imagefolder", "test", tmp_path, image_size=8)
+
+
 def test_augmentation_shifts_and_mirrors_whole_images():
     import torch.nn.functional as F
 

@@ -268,12 +268,19 @@ def test_cli_choices_name_exactly_the_implemented_ones():
 def test_schedules():
     from elunet.train.schedules import SCHEDULES, lr_at
 
-    assert [lr_at("paper-cifar", s, 165_000, 0.01, 500) for s in (0, 34_999, 35_000, 85_000, 135_000, 164_999)] == pytest.approx(
+    assert [lr_at("paper-cifar", s, 165_000, 0.01) for s in (0, 34_999, 35_000, 85_000, 135_000, 164_999)] == pytest.approx(
         [0.01, 0.01, 0.005, 0.0005, 0.00005, 0.00005]
     )
-    one = [lr_at("onecycle", s, 1000, 0.1, 100) for s in range(1000)]
+    one = [lr_at("onecycle", s, 1000, 0.1) for s in range(1000)]
     assert one[0] == pytest.approx(0.1 / 25) and max(one) == pytest.approx(0.1) and one.index(max(one)) == 200 and one[-1] < 1e-5
-    assert [lr_at("step", s, 1000, 0.1, 100) for s in (0, 499, 500, 750)] == pytest.approx([0.1, 0.1, 0.01, 0.001])
-    assert lr_at("constant", 7, 10, 0.3, 1) == 0.3
+    assert [lr_at("step", s, 1000, 0.1) for s in (0, 499, 500, 750)] == pytest.approx([0.1, 0.1, 0.01, 0.001])
+    assert lr_at("constant", 7, 10, 0.3) == 0.3
     with pytest.raises(ElunetError, match="(?s)unknown schedule.*" + ".*".join(SCHEDULES)):
-        lr_at("warmup", 0, 10, 0.1, 1)
+        lr_at("warmup", 0, 10, 0.1)
+
+
+def test_step_schedule_of_a_one_epoch_run_starts_at_the_full_rate():
+    from elunet.train.schedules import lr_at
+
+    # one epoch of 10 steps: lr for steps 0-4, lr/10 for 5-7, lr/100 for 8-9 (it was lr/100 throughout)
+    assert [lr_at("step", s, 10, 0.1) for s in range(10)] == pytest.approx([0.1] * 5 + [0.01] * 3 + [0.001] * 2)

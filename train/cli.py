@@ -10,48 +10,46 @@ from typing import Optional
 
 import typer
 
-from elunet.train.config import ACTIVATION_NAMES, ARCHITECTURE_NAMES, DATASET_NAMES, OPTIMIZER_NAMES, RUNTIME_FIELDS, TrainConfig, wait_passively_for_openmp
-from elunet.train.schedules import SCHEDULES
-
-D = TrainConfig()  # the defaults, from the one place that defines them
+from elunet.train.config import RUNTIME_FIELDS, TrainConfig, wait_passively_for_openmp
+from elunet.train.options import RUN_PANEL, Activation, Architecture, Dataset, Device, Optimizer, Schedule, recipe_option
 
 
 def train(
     ctx: typer.Context,
-    arch: str = typer.Option(D.arch, help=f"Network: {', '.join(ARCHITECTURE_NAMES)}."),
-    activation: str = typer.Option(D.activation, help=f"Activation: {', '.join(ACTIVATION_NAMES)}."),
-    alpha: Optional[float] = typer.Option(None, help="ELU/CELU alpha (default 1.0, the paper's)."),
-    bn: bool = typer.Option(D.bn, "--bn/--no-bn", help="Batch norm after each conv (the paper: helps ReLU, not ELU)."),
-    dataset: str = typer.Option(D.dataset, help=f"Dataset: {', '.join(DATASET_NAMES)} (see `elunet datasets`)."),
-    data_dir: Optional[Path] = typer.Option(None, help="Folder holding the dataset (default: $ELUNET_DATA, then /usr/share/datasets). For imagefolder: DIR/<class>/<image>."),
-    image_size: int = typer.Option(D.image_size, help="imagefolder: images are resized to SIZE x SIZE."),
-    channels: int = typer.Option(D.channels, help="imagefolder: 1 (grayscale) or 3 (RGB)."),
-    epochs: int = typer.Option(D.epochs, min=1, help="Passes over the training set."),
-    batch_size: int = typer.Option(D.batch_size, min=1, help="Mini-batch size per process."),
-    lr: float = typer.Option(D.lr, min=0.0, help="Peak learning rate."),
-    schedule: str = typer.Option(D.schedule, help="Learning-rate schedule: " + "; ".join(f"{k}: {v}" for k, v in SCHEDULES.items()) + "."),
-    optimizer: str = typer.Option(D.optimizer, help=f"{' or '.join(OPTIMIZER_NAMES)}: SGD uses Nesterov momentum."),
-    momentum: float = typer.Option(D.momentum, help="SGD momentum (the paper's 0.9)."),
-    weight_decay: float = typer.Option(D.weight_decay, help="L2 weight decay (the paper's 5e-4); decoupled for AdamW."),
-    augment: bool = typer.Option(D.augment, "--augment/--no-augment", help="Random crops from padded images (+ flips where the dataset allows)."),
-    seed: int = typer.Option(D.seed, help="Seeds initial weights, shuffling, augmentation and dropout."),
-    limit_train: Optional[int] = typer.Option(None, min=1, help="Train on a seeded random subset of N training images (quick runs)."),
-    name: Optional[str] = typer.Option(None, help="Model name in the card (default ARCH-ACTIVATION)."),
-    out: Path = typer.Option(Path(D.out), help="Run folder: checkpoints epoch-NNNN/, 'latest', metrics.jsonl."),
+    arch: Architecture = recipe_option("arch"),
+    activation: Activation = recipe_option("activation"),
+    alpha: Optional[float] = recipe_option("alpha"),
+    bn: bool = recipe_option("bn"),
+    name: Optional[str] = recipe_option("name"),
+    dataset: Dataset = recipe_option("dataset"),
+    data_dir: Optional[Path] = recipe_option("data_dir"),
+    image_size: int = recipe_option("image_size"),
+    channels: int = recipe_option("channels"),
+    limit_train: Optional[int] = recipe_option("limit_train"),
+    augment: bool = recipe_option("augment"),
+    epochs: int = recipe_option("epochs"),
+    batch_size: int = recipe_option("batch_size"),
+    lr: float = recipe_option("lr"),
+    schedule: Schedule = recipe_option("schedule"),
+    optimizer: Optimizer = recipe_option("optimizer"),
+    momentum: float = recipe_option("momentum"),
+    weight_decay: float = recipe_option("weight_decay"),
+    seed: int = recipe_option("seed"),
+    out: Path = recipe_option("out"),
     resume: bool = typer.Option(
-        False, "--resume",
+        False, "--resume", rich_help_panel=RUN_PANEL,
         help="Continue the run in --out from its latest checkpoint, exactly, with the options it was started with "
         "(as a torchrun restart re-runs the same command, and as Lightning's resume restores the run's optimizer state). "
         "Options typed that differ from the run's are refused with the list of differences, even when the new value is the "
         "default: a changed --lr or --epochs would change the schedule midway and the result would be neither run. Only "
         f"{', '.join('--' + f.replace('_', '-') for f in sorted(RUNTIME_FIELDS - {'out'}))} may change.",
     ),
-    force: bool = typer.Option(False, "--force", help="Replace a run already in --out."),
-    device: str = typer.Option(D.device, help="auto (CUDA if available), cpu or cuda."),
-    amp: bool = typer.Option(D.amp, "--amp/--no-amp", help="Mixed precision on CUDA (bf16, or fp16 with loss scaling)."),
-    channels_last: bool = typer.Option(D.channels_last, "--channels-last/--no-channels-last", help="NHWC memory layout (faster convolutions on CPU and tensor cores)."),
-    compile: bool = typer.Option(D.compile, "--compile", help="torch.compile the model."),
-    keep: int = typer.Option(D.keep, min=1, help="Checkpoints to keep in --out."),
+    force: bool = typer.Option(False, "--force", rich_help_panel=RUN_PANEL, help="Replace a run already in --out."),
+    keep: int = recipe_option("keep"),
+    device: Device = recipe_option("device"),
+    amp: bool = recipe_option("amp"),
+    channels_last: bool = recipe_option("channels_last"),
+    compile: bool = recipe_option("compile"),
 ) -> None:
     """Train a network; defaults: fashion-cnn with ELU on Fashion-MNIST (>= 93 % test accuracy).
 

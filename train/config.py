@@ -14,6 +14,7 @@ ARCHITECTURE_NAMES = ("fashion-cnn", "elu-cifar11", "elu-cifar18", "mlp-8x128")
 ACTIVATION_NAMES = ("elu", "relu", "lrelu", "srelu", "celu", "selu")
 DATASET_NAMES = ("fashion-mnist", "mnist", "cifar10", "cifar100", "imagefolder")
 OPTIMIZER_NAMES = ("sgd", "adamw")
+DEVICE_NAMES = ("auto", "cpu", "cuda")
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,6 @@ class TrainConfig:
     alpha: float | None = None
     bn: bool = False
     dataset: str = "fashion-mnist"
-    data_dir: str | None = None
     image_size: int = 32  # imagefolder only
     channels: int = 3  # imagefolder only
     limit_train: int | None = None  # train on a seeded random subset of this many images
@@ -42,12 +42,14 @@ class TrainConfig:
     augment: bool = True
     seed: int = 0
     name: str | None = None
-    # How to run, not what is trained: may change between a run and its resumption.
-    out: str = "runs/train"
-    device: str = "auto"
+    # These change the numerics, so they define the run too: a resumed run must keep them to be bit-identical.
     amp: bool = True
     channels_last: bool = True
     compile: bool = False
+    # How to run, not what is trained: may change between a run and its resumption.
+    data_dir: str | None = None  # the dataset is named by --dataset; a resumed run finds it wherever it is now
+    out: str = "runs/train"
+    device: str = "auto"
     keep: int = 2
 
     @property
@@ -56,7 +58,7 @@ class TrainConfig:
         return self.name or f"{self.arch}-{self.activation}"
 
 
-RUNTIME_FIELDS = frozenset({"out", "device", "amp", "channels_last", "compile", "keep"})
+RUNTIME_FIELDS = frozenset({"data_dir", "out", "device", "keep"})
 
 
 def wait_passively_for_openmp() -> None:

@@ -267,20 +267,30 @@ def load_imagefolder(root: Path | str, split: str, image_size: int = 32, channel
         raise ElunetError(f"image folder {root} does not exist", hint="pass --data-dir DIR with one sub-folder of images per class")
     test_dir = next((root / s for s in ("test", "val") if (root / s).is_dir()), None)
     if (root / "train").is_dir() and test_dir is not None:
-        by_class = _image_files(root / "train" if split == "train" else test_dir)
+        # The class list is the train split's for both splits: a test folder lacking a class must not
+        # shift the targets of the classes after it.
+        classes = _image_files(root / "train")
+        by_class = classes if split == "train" else _image_files(test_dir)
+        stray = sorted(set(by_class) - set(classes))
+        if stray:
+            raise ElunetError(
+                f"{test_dir} has classes that {root / 'train'} lacks: {', '.join(stray)}",
+                hint="a model can only be tested on classes it was trained on; add their training images or remove those folders",
+            )
     else:
-        by_class = {c: [f for i, f in enumerate(fs) if (i % TEST_EVERY == TEST_EVERY - 1) == (split == "test")] for c, fs in _image_files(root).items()}
-    labels = sorted(by_class)
-    if len(labels) < 2 or not all(by_class.values()):
+        classes = _image_files(root)
+        by_class = {c: [f for i, f in enumerate(fs) if (i % TEST_EVERY == TEST_EVERY - 1) == (split == "test")] for c, fs in classes.items()}
+    labels = sorted(classes)
+    if len(labels) < 2 or not all(classes.values()):
         raise ElunetError(
-            f"image folder {root} ({split} split) needs >= 2 class sub-folders with images; found "
-            + (", ".join(f"{c}: {len(fs)}" for c, fs in by_class.items()) or "none"),
+            f"image folder {root} needs >= 2 class sub-folders with training images; found "
+            + (", ".join(f"{c}: {len(fs)}" for c, fs in classes.items()) or "none"),
             hint=f"layout: DIR/<class>/<image> (or DIR/train/<class>/..., DIR/test/<class>/...); image types: {', '.join(sorted(IMAGE_SUFFIXES))}",
         )
     mode = "L" if channels == 1 else "RGB"
     images, targets = [], []
     for t, label in enumerate(labels):
-        for f in by_class[label]:
+        for f in by_class.get(label, []):
             try:
                 with Image.open(f) as im:
                     im = im.convert(mode).resize((image_size, image_size), Image.BILINEAR)

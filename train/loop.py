@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from elunet.card import CARD_FILE, ModelCard
 from elunet.errors import ElunetError
 from elunet.train.activations import ACTIVATION_MODULES
 from elunet.train.augment import augment
@@ -44,7 +45,7 @@ from elunet.train.checkpoint import (
     resolve_checkpoint,
     save_run_checkpoint,
 )
-from elunet.train.config import RUNTIME_FIELDS, TrainConfig
+from elunet.train.config import DEVICE_NAMES, RUNTIME_FIELDS, TrainConfig
 from elunet.train.data import ImageDataset, load_dataset
 from elunet.train.models import build_model, describe_model
 from elunet.train.progress import EpochProgress
@@ -53,6 +54,7 @@ from elunet.train.schedules import lr_at
 # Images of the training split on which the per-layer mean activation (the paper's bias-shift signal) is measured.
 ACTIVATION_PROBE_IMAGES = 1000
 NAN_CHECK_EVERY = 50  # steps; checking every step would sync a GPU each step
+GRAD_SCALER_KEY = "grad_scaler"  # in a checkpoint's train state
 
 
 class TrainingDiverged(ElunetError):
@@ -75,8 +77,8 @@ class Dist:
 
 def setup_distributed(device: str) -> Dist:
     """One process, or one of `torchrun --nproc_per_node N`'s processes (it sets RANK/WORLD_SIZE)."""
-    if device not in ("auto", "cpu", "cuda"):
-        raise ElunetError(f"unknown --device {device!r}", hint="use auto, cpu or cuda")
+    if device not in DEVICE_NAMES:
+        raise ElunetError(f"unknown --device {device!r}", hint=f"use one of: {', '.join(DEVICE_NAMES)}")
     if device == "cuda" and not torch.cuda.is_available():
         raise ElunetError("--device cuda, but PyTorch sees no CUDA GPU", hint="use --device cpu, or install a CUDA build of torch on a GPU machine")
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
@@ -97,6 +99,25 @@ def _barrier(dist: Dist) -> None:
         torch.distributed.barrier()
 
 
+def _on_main(dist: Dist, work: Callable[[], Any]) -> Any:
+    """``work()`` on rank 0, its result on every rank; an ElunetError there is raised on every rank
+    with its message, instead of leaving the others waiting for rank 0 until torchrun times out."""
+    if dist.world == 1:
+        return work()
+    outcome: list[Any] = [None]
+    if dist.is_main:
+        try:
+            outcome[0] = ("result", work())
+        except ElunetError as exc:
+            outcome[0] = ("error", exc.message, exc.hint)
+    torch.distributed.broadcast_object_list(outcome, src=0)
+    if outcome[0][0] == "error":
+        _, message, hint = outcome[0]
+        torch.distributed.destroy_process_group()
+        raise ElunetError(message if dist.is_main else f"rank 0: {message}", hint=hint)
+    return outcome[0][1]
+
+
 def _any_rank(flag: bool, dist: Dist) -> bool:
     if dist.world == 1:
         return flag
@@ -105,10 +126,15 @@ def _any_rank(flag: bool, dist: Dist) -> bool:
     return bool(t.item())
 
 
-def seed_epoch(seed: int, epoch: int, rank: int) -> torch.Generator:
-    """Seed the global RNG (dropout) and return the data generator (shuffle, augmentation) of one epoch."""
+def seed_epoch(seed: int, epoch: int, rank: int) -> tuple[torch.Generator, torch.Generator]:
+    """Seed the global RNG (dropout) and return the (shuffle, augmentation) generators of one epoch.
+
+    The shuffle is the same on every rank (one permutation, sharded); the augmentation and the
+    dropout are seeded by rank, or rank r's i-th image would get exactly rank 0's crop and flip.
+    """
     torch.manual_seed(seed * 1_000_003 + epoch * 1009 + rank)
-    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)  # the same on every rank: one shuffle, sharded
+    augmentation = torch.Generator().manual_seed(int(torch.randint(2**62, ())))  # a stream of its own, not dropout's
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch), augmentation
 
 
 # ---------------------------------------------------------------- one step, one evaluation
@@ -127,6 +153,15 @@ def autocast(device: torch.device, amp: bool):
     return contextlib.nullcontext()
 
 
+def grad_scaler(device_type: str, enabled: bool, state: dict[str, Any]) -> torch.amp.GradScaler:
+    """fp16 autocast's loss scaler, continuing from a checkpoint's ``state``: its scale adapts during
+    the run, so a resumed run must start from the scale the interrupted one had reached."""
+    scaler = torch.amp.GradScaler(device_type, enabled=enabled)
+    if enabled and state:
+        scaler.load_state_dict(state)
+    return scaler
+
+
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, scaler, amp_ctx) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward, backward, update. Returns (loss, correct) as tensors so the GPU is never synced here."""
     with amp_ctx:
@@ -140,15 +175,15 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tens
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: ImageDataset, device: torch.device, channels_last: bool, amp: bool, batch_size: int = 1000) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) on a whole split."""
+def evaluate(model: nn.Module, data: ImageDataset, device: torch.device, channels_last: bool, batch_size: int = 1000) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) on a whole split, in float32 even when training uses autocast:
+    the card's accuracy is that of the weights it is saved with, as export and serving run them."""
     model.eval()
     loss_sum, correct = torch.zeros((), device=device), torch.zeros((), device=device)
     for i in range(0, len(data), batch_size):
         x = to_input(data.images[i : i + batch_size], device, channels_last)
         y = data.targets[i : i + batch_size].to(device)
-        with autocast(device, amp):
-            logits = model(x).float()
+        logits = model(x)
         loss_sum += F.cross_entropy(logits, y, reduction="sum")
         correct += (logits.argmax(1) == y).sum()
     return loss_sum.item() / len(data), correct.item() / len(data)
@@ -258,6 +293,16 @@ def _subset(data: ImageDataset, n: int, seed: int) -> ImageDataset:
     return dataclasses.replace(data, images=data.images[keep], targets=data.targets[keep])
 
 
+def _check_same_classes(card: ModelCard, saved: ModelCard, source: Path) -> None:
+    """--data-dir may move on resume; the classes the run learns may not."""
+    if (card.labels, card.input_shape) != (saved.labels, saved.input_shape):
+        raise ElunetError(
+            f"--resume: the data in {source} has classes {card.labels} of shape {card.input_shape}, "
+            f"the run was trained on {saved.labels} of shape {saved.input_shape}",
+            hint="point --data-dir at the dataset the run was started with",
+        )
+
+
 def train(
     cfg: TrainConfig, resume: bool = False, force: bool = False, log: Callable[[str], None] = print,
     prepare_model: Callable[[nn.Module], None] | None = None, given: Collection[str] | None = None,
@@ -269,10 +314,7 @@ def train(
     ``given``: on --resume, the fields of ``cfg`` the caller chose (see check_resume_config).
     """
     dist = setup_distributed(cfg.device)
-    resume_from = check_run_dir(cfg, resume, force) if dist.is_main else None
-    _barrier(dist)
-    if dist.world > 1 and not dist.is_main and resume:
-        resume_from = resolve_checkpoint(cfg.out)
+    resume_from = _on_main(dist, lambda: check_run_dir(cfg, resume, force))
     resume_weights, saved_state, optimizer_state = load_resume_state(resume_from) if resume_from else (None, {}, None)
     if resume_from:
         cfg = check_resume_config(cfg, saved_state["config"], given)
@@ -290,13 +332,14 @@ def train(
         name=cfg.model_name, architecture=cfg.arch, activation=cfg.activation, alpha=cfg.alpha,
         batch_norm=cfg.bn, dataset=cfg.dataset, labels=train_data.labels, input_shape=train_data.shape,
         normalization=train_data.normalization,
-        training={k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUNTIME_FIELDS | {"data_dir", "name"}},
+        training={k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUNTIME_FIELDS | {"name"}},
     )
     torch.manual_seed(cfg.seed)
     raw_model = build_model(card, train_data.fit_normalization())
     if prepare_model is not None and not resume_from:
         prepare_model(raw_model)
     if resume_weights is not None:
+        _check_same_classes(card, ModelCard.load(resume_from / CARD_FILE), train_data.source)
         load_weights_into(raw_model, resume_weights, resume_from, card)
     raw_model.to(dist.device)
     if cfg.channels_last:
@@ -310,14 +353,14 @@ def train(
     if cfg.compile:
         model = torch.compile(model)
     amp = cfg.amp and dist.device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=amp and not torch.cuda.is_bf16_supported()) if amp else torch.amp.GradScaler("cpu", enabled=False)
+    scaler = grad_scaler(dist.device.type, amp and not torch.cuda.is_bf16_supported(), saved_state.get(GRAD_SCALER_KEY, {}))
 
     per_rank = len(train_data) // dist.world
     steps_per_epoch = per_rank // cfg.batch_size
     if steps_per_epoch == 0:
         raise ElunetError(f"{per_rank} training images per process is less than one batch of {cfg.batch_size}", hint="lower --batch-size")
     total_steps = cfg.epochs * steps_per_epoch
-    lr_at(cfg.schedule, 0, total_steps, cfg.lr, steps_per_epoch)  # an unknown --schedule fails here, before --out is touched
+    lr_at(cfg.schedule, 0, total_steps, cfg.lr)  # an unknown --schedule fails here, before --out is touched
     start_epoch = saved_state.get("epoch", 0)
     step = saved_state.get("step", 0)
     last_good = resume_from
@@ -336,21 +379,21 @@ def train(
 
     for epoch in range(start_epoch, cfg.epochs):
         # ---- train one epoch
-        gen = seed_epoch(cfg.seed, epoch, dist.rank)
-        order = torch.randperm(len(train_data), generator=gen)[dist.rank :: dist.world][: steps_per_epoch * cfg.batch_size]
+        shuffle, augmentation = seed_epoch(cfg.seed, epoch, dist.rank)
+        order = torch.randperm(len(train_data), generator=shuffle)[dist.rank :: dist.world][: steps_per_epoch * cfg.batch_size]
         model.train()
         loss_sum = torch.zeros((), device=dist.device)
         correct = torch.zeros((), device=dist.device, dtype=torch.long)
         progress = EpochProgress(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", cfg.batch_size * dist.world, log) if dist.is_main else None
         t0 = time.perf_counter()
         for i in range(steps_per_epoch):
-            lr = lr_at(cfg.schedule, step, total_steps, cfg.lr, steps_per_epoch)
+            lr = lr_at(cfg.schedule, step, total_steps, cfg.lr)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
             images = train_data.images[idx]
             if cfg.augment:
-                images = augment(images, train_data.augmentation, gen)
+                images = augment(images, train_data.augmentation, augmentation)
             x = to_input(images, dist.device, cfg.channels_last)
             y = train_data.targets[idx].to(dist.device, non_blocking=True)
             loss, hits = train_step(model, optimizer, x, y, scaler, autocast(dist.device, amp))
@@ -377,7 +420,7 @@ def train(
 
         # ---- evaluate, log and checkpoint (rank 0)
         if dist.is_main:
-            test_loss, test_acc = evaluate(raw_model, test_data, dist.device, cfg.channels_last, amp)
+            test_loss, test_acc = evaluate(raw_model, test_data, dist.device, cfg.channels_last)
             record = {
                 "epoch": epoch + 1, "step": step, "lr": lr, "train_loss": round(train_loss, 6), "train_acc": round(train_acc, 6),
                 "test_loss": round(test_loss, 6), "test_acc": round(test_acc, 6),
@@ -386,7 +429,7 @@ def train(
             }
             append_metrics(out, record)
             card = card.model_copy(update={"metrics": {"test_acc": test_acc, "test_loss": test_loss, "train_loss": train_loss, "train_acc": train_acc, "epochs": float(epoch + 1)}})
-            state = {"epoch": epoch + 1, "step": step, "config": dataclasses.asdict(cfg)}
+            state = {"epoch": epoch + 1, "step": step, "config": dataclasses.asdict(cfg), GRAD_SCALER_KEY: scaler.state_dict()}
             last_good, card = save_run_checkpoint(out, epoch + 1, raw_model, card, optimizer, state, keep=cfg.keep)
             log(
                 f"epoch {epoch + 1:>3}/{cfg.epochs}  train loss {train_loss:.4f} acc {train_acc:.4f} | test loss {test_loss:.4f} "

@@ -2,6 +2,7 @@
 
 Both experiments take the same options (a training recipe plus what to
 compare); only their defaults differ, so one function builds both commands.
+The recipe's options are `elunet train`'s own (train/options.py).
 torch is imported inside the commands: `elunet --help` must work without it.
 """
 
@@ -15,10 +16,10 @@ from typing import Optional
 import typer
 
 from elunet.errors import ElunetError
-from elunet.train.config import ACTIVATION_NAMES, ARCHITECTURE_NAMES, DATASET_NAMES, OPTIMIZER_NAMES
+from elunet.train.config import ACTIVATION_NAMES
 from elunet.train.experiments.paper import PAPER_COMMAND
 from elunet.train.experiments.presets import ACTIVATIONS, LEARNING_BEHAVIOUR, Preset
-from elunet.train.schedules import SCHEDULES
+from elunet.train.options import Architecture, Dataset, Device, Optimizer, Schedule, recipe_option
 
 DEFAULT_OUT = Path("runs/experiments")
 
@@ -39,22 +40,22 @@ def _command(preset: Preset):
     r = preset.recipe
 
     def command(
-        dataset: str = typer.Option(r.dataset, help=f"Dataset: {', '.join(DATASET_NAMES)} (see `elunet datasets`)."),
-        arch: str = typer.Option(r.arch, help=f"Network: {', '.join(ARCHITECTURE_NAMES)}."),
+        dataset: Dataset = recipe_option("dataset", r.dataset),
+        arch: Architecture = recipe_option("arch", r.arch),
         activations: str = typer.Option(",".join(preset.activations), help=f"Comma-separated, elu included; from {', '.join(ACTIVATION_NAMES)}."),
         bn: bool = typer.Option(False, "--bn", help="Also train each activation with batch norm (variants named e.g. relu+bn)."),
         seeds: int = typer.Option(preset.seeds, min=1, help="Runs per variant (seeds 0..N-1). With 5 the smallest possible Wilcoxon p is 0.0625; the paper used 10."),
-        epochs: int = typer.Option(r.epochs, min=1, help="Epochs per run."),
-        limit_train: Optional[int] = typer.Option(r.limit_train, min=1, help="Train on a seeded random subset of N training images (to size a run); the test split stays whole."),
-        batch_size: int = typer.Option(r.batch_size, min=1, help="Mini-batch size."),
-        lr: float = typer.Option(r.lr, min=0.0, help="Peak learning rate (the same for every activation, as in the paper)."),
-        schedule: str = typer.Option(r.schedule, help="Learning-rate schedule: " + ", ".join(SCHEDULES) + " (see `elunet train --help`)."),
-        optimizer: str = typer.Option(r.optimizer, help=f"{' or '.join(OPTIMIZER_NAMES)}."),
-        momentum: float = typer.Option(r.momentum, min=0.0, help="SGD momentum (Nesterov when > 0; 0 is plain SGD)."),
-        weight_decay: float = typer.Option(r.weight_decay, min=0.0, help="L2 weight decay."),
-        augment: bool = typer.Option(r.augment, "--augment/--no-augment", help="Random crops (+ flips where the dataset allows)."),
-        data_dir: Optional[Path] = typer.Option(None, help="Folder holding the dataset (default: $ELUNET_DATA, then /usr/share/datasets)."),
-        device: str = typer.Option(r.device, help="auto (CUDA if available), cpu or cuda."),
+        epochs: int = recipe_option("epochs", r.epochs),
+        limit_train: Optional[int] = recipe_option("limit_train", r.limit_train),
+        batch_size: int = recipe_option("batch_size", r.batch_size),
+        lr: float = recipe_option("lr", r.lr),
+        schedule: Schedule = recipe_option("schedule", r.schedule),
+        optimizer: Optimizer = recipe_option("optimizer", r.optimizer),
+        momentum: float = recipe_option("momentum", r.momentum),
+        weight_decay: float = recipe_option("weight_decay", r.weight_decay),
+        augment: bool = recipe_option("augment", r.augment),
+        data_dir: Optional[Path] = recipe_option("data_dir", r.data_dir),
+        device: Device = recipe_option("device", r.device),
         loss_threshold: Optional[float] = typer.Option(None, min=0.0, help="Training loss for the learning-speed table (default: the highest final mean training loss of the variants)."),
         out: Path = typer.Option(DEFAULT_OUT / preset.kind, help="Experiment folder: runs/<variant>-seed<k>.json, results.json, report.md, *.png. Rerunning resumes: finished runs are kept."),
     ) -> None:
