@@ -12,11 +12,11 @@ TORCH_SPEC ?= torch==2.13.0
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := dataset-fashion-mnist cmake g++ binutils
 # Only some tests use these: the deployment tests validate configs with the real tools
-# (docker-compose config, promtool check config, nginx -t); wrk drives the overload test; chromium renders the
-# built docs site (tests/test_docs_site.py). On a systemd host
-# Debian starts the nginx and prometheus services on install: `make test
+# (docker-compose config, promtool check config, nginx -t); wrk drives the overload test; perf_analyzer
+# (scripts/perf_analyzer.py) links to libb64; chromium renders the built docs site (tests/test_docs_site.py).
+# On a systemd host Debian starts the nginx and prometheus services on install: `make test
 # TEST_APT_PACKAGES=` skips them, and those tests skip with a reason.
-TEST_APT_PACKAGES ?= docker-compose prometheus nginx wrk chromium
+TEST_APT_PACKAGES ?= docker-compose prometheus nginx wrk libb64-0d chromium
 # scripts/deploy_check.sh's own list (it installs them itself when run alone, e.g. by the tests).
 DEPLOY_APT_PACKAGES := podman runc netavark aardvark-dns iptables debootstrap docker-compose
 STAMP := $(VENV)/.elunet-installed

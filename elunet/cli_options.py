@@ -19,3 +19,9 @@ def max_batch_size_option(also: str = ""):
     ``also`` appends what else the command does with it."""
     return typer.Option(DEFAULT_MAX_BATCH_SIZE, MAX_BATCH_SIZE_FLAG, min=1,
                         help=f"max_batch_size in the repository's config.pbtxt{also}")
+
+
+def skip_verify_option():
+    """``--skip-verify`` of `elunet export` and `elunet build-engine`: publishing without a parity check is asked for, never
+    the silent result of leaving out --checkpoint."""
+    return typer.Option(False, "--skip-verify", help="publish without the parity check (the card records parity: skipped)")

@@ -27,7 +27,7 @@ from elunet.export.settings import (
     ExportSettings,
 )
 from elunet.export.verify import BACKENDS, DEFAULT_BACKEND, DEVICES
-from elunet.cli_options import max_batch_size_option
+from elunet.cli_options import max_batch_size_option, skip_verify_option
 from elunet.repository import PARITY_FILE
 
 PARITY_EXIT_CODE = 1  # over tolerance; elunet exits 2 for usage errors
@@ -91,7 +91,7 @@ def export(
     name: Optional[str] = typer.Option(None, "--name", help="model name (default: the checkpoint card's)"),
     version: Optional[int] = typer.Option(None, "--version", min=1, help="version (default: the next free one in the repository; the card's for --out)"),
     force: bool = typer.Option(False, "--force", help="overwrite existing files or replace an existing version"),
-    skip_verify: bool = typer.Option(False, "--skip-verify", help="write without the parity check (the card records parity: skipped)"),
+    skip_verify: bool = skip_verify_option(),
     images: int = typer.Option(DEFAULT_IMAGES, "--images", min=ODD_BATCH, help="real test images the parity check uses"),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="where the dataset is, if not in the default places (see `elunet datasets`)"),
     max_batch_size: int = max_batch_size_option(),

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from elunet.cli_options import max_batch_size_option
+from elunet.cli_options import max_batch_size_option, skip_verify_option
 
 
 def register(app: typer.Typer) -> None:
@@ -38,6 +38,7 @@ def build_engine_command(
         None, "--checkpoint", help="verify the engine against this PyTorch checkpoint before publishing (parity.json)"),
     images: Optional[int] = typer.Option(None, "--images", min=13, help="real test images for that parity check"),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="where the dataset is, if not in the default places"),
+    skip_verify: bool = skip_verify_option(),
 ) -> None:
     """Build a TensorRT engine (model.plan) from an exported ONNX model and publish it in the model repository.
 
@@ -61,7 +62,10 @@ def build_engine_command(
     from elunet.plugins.tensorrt_import import import_tensorrt
     from elunet.repository import check_model_name
 
-    import_tensorrt()  # first: without TensorRT nothing else matters
+    if checkpoint is None and not skip_verify:
+        raise ElunetError("no --checkpoint to verify the engine against: an engine is published only with its parity checked",
+                          hint="pass --checkpoint RUN_DIR (the training run), or --skip-verify to publish it unverified (parity: skipped)")
+    import_tensorrt()  # after the arguments are checked: without TensorRT nothing else matters
     options = EngineOptions(min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch_size, workspace_mib=workspace,
                             timing_cache=timing_cache, plugin_libs=tuple(plugin_lib),
                             python_plugin=python_plugin).validate()

@@ -57,6 +57,8 @@ from elunet.serve.protocol import (
     RepositoryIndexRequest,
     RepositoryModelRequest,
     ServerMetadata,
+    SharedMemoryRegionStatus,
+    SystemSharedMemoryRegisterRequest,
 )
 from elunet.serve.settings import ServeSettings
 from elunet.serve.tensors import HEADER_LENGTH
@@ -178,6 +180,8 @@ def _add_v2_routes(app: FastAPI, ops: Operations) -> None:
         await ops.unload(model, (await _repository_body(request, RepositoryModelRequest)).parameters or {})
         return Response(status_code=200)
 
+    _add_shared_memory_routes(app, ops)
+
     async def metadata(request: Request, model: str, version: str | None = None) -> ModelMetadata:
         return ops.model_metadata(model, version)
 
@@ -201,10 +205,50 @@ def _add_v2_routes(app: FastAPI, ops: Operations) -> None:
     _add_model_routes(app, "/v2/models/{model}", "/ready", ready, methods=["GET"], tags=["v2"], responses=_ERRORS)
 
 
-async def _repository_body(request: Request, model):
-    """The optional JSON body of a model-repository request, validated strictly (400 saying what is wrong)."""
+def _add_shared_memory_routes(app: FastAPI, ops: Operations) -> None:
+    """Triton's system and CUDA shared-memory extensions (serve/shared_memory.py)."""
+    system, cuda = "/v2/systemsharedmemory", "/v2/cudasharedmemory"
+
+    @app.post(system + "/region/{name}/register", tags=["v2"], responses=_ERRORS)
+    async def system_shared_memory_register(request: Request, name: str) -> Response:
+        """Register a region of a POSIX shared-memory object: body ``{"key": "/name", "offset": 0, "byte_size": N}``."""
+        body = await _repository_body(request, SystemSharedMemoryRegisterRequest, required=True)
+        ops.system_shared_memory_register(name, body.key, body.offset, body.byte_size)
+        return Response(status_code=200)
+
+    @app.post(cuda + "/region/{name}/register", tags=["v2"], responses=_ERRORS)
+    async def cuda_shared_memory_register(name: str) -> Response:
+        """Not supported: CUDA shared memory needs a GPU build (400 saying so)."""
+        ops.cuda_shared_memory_register()
+
+    for prefix, unregister, status in ((system, ops.system_shared_memory_unregister, ops.system_shared_memory_status),
+                                       (cuda, ops.cuda_shared_memory_unregister, ops.cuda_shared_memory_status)):
+        _add_region_routes(app, prefix, unregister, status)
+
+
+def _add_region_routes(app: FastAPI, prefix: str, unregister, status) -> None:
+    """A shared-memory kind's unregister and status routes, for one region and for all (``name`` None)."""
+    kind = prefix.rsplit("/", 1)[-1]
+
+    async def unregister_region(name: str | None = None) -> Response:
+        """Unregister a region (all without a name); a request under way keeps it mapped until answered."""
+        unregister(name)
+        return Response(status_code=200)
+
+    async def region_status(name: str | None = None) -> list[SharedMemoryRegionStatus]:
+        return status(name)
+
+    for path, endpoint, method in ((prefix + "/region/{name}/unregister", unregister_region, "POST"), (prefix + "/unregister", unregister_region, "POST"),
+                                   (prefix + "/region/{name}/status", region_status, "GET"), (prefix + "/status", region_status, "GET")):
+        name = f"{kind}_{endpoint.__name__}" + ("" if "{name}" in path else "_all")
+        app.add_api_route(path, endpoint, methods=[method], tags=["v2"], responses=_ERRORS, name=name, operation_id=name)
+
+
+async def _repository_body(request: Request, model, required: bool = False):
+    """The JSON body of a model-repository or shared-memory request (optional unless ``required``), validated
+    strictly (400 saying what is wrong)."""
     body = await request.body()
-    if not body.strip():
+    if not body.strip() and not required:
         return model()
     try:
         return model.model_validate_json(body)
@@ -244,12 +288,12 @@ def _add_v1_routes(app: FastAPI, ops: Operations) -> None:
         """
         named_images, top_k = await _read_images(request)
 
-        async def decode(served: ServedModel):
+        async def decode(served: ServedModel, regions):
             # Always off the loop: a few KB of file can hold 88 Mpx to decode.
             pixels = await decoder.run(INLINE_BYTES, True, images_pixels, named_images, served.card.preprocessing, settings.max_image_pixels)
             return None, pixels, None
 
-        async def encode(served: ServedModel, read, logits):
+        async def encode(served: ServedModel, regions, read, logits):
             return ClassifyResponse(
                 model_name=served.name,
                 model_version=str(served.version),

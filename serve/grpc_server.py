@@ -28,7 +28,17 @@ from elunet.serve.errors import ServeError, bad_request
 from elunet.serve.registry import ServedModel
 from elunet.serve.operations import Operations
 from elunet.serve.protocol import INPUT_DATATYPES
-from elunet.serve.tensors import as_pixels, check_input, output_tensor, raw_values, requested_outputs, requested_timeout_us, tensor_bytes
+from elunet.serve.shared_memory import UNSUPPORTED, Lease, in_shared_memory
+from elunet.serve.tensors import (
+    as_pixels,
+    check_input,
+    output_tensor,
+    raw_values,
+    requested_outputs,
+    requested_timeout_us,
+    shared_input_pixels,
+    tensor_bytes,
+)
 
 STATUS_CODES = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
@@ -51,8 +61,8 @@ def _parameters(params) -> dict:
 
 class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
     """The servicer: method names as in Triton's grpc_service.proto, each a translation to one operation
-    (serve/operations.py). The generated base answers UNIMPLEMENTED for what elunet does not do (shared
-    memory, trace and log settings)."""
+    (serve/operations.py). The generated base answers UNIMPLEMENTED for what elunet does not do (trace and
+    log settings)."""
 
     def __init__(self, ops: Operations):
         self._ops = ops
@@ -63,7 +73,8 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
             self._authorize(context, open_method)
             return await work()
         except ServeError as exc:
-            await context.abort(STATUS_CODES.get(exc.status, grpc.StatusCode.UNKNOWN), _details(exc.message))
+            code = grpc.StatusCode.UNIMPLEMENTED if exc.reason == UNSUPPORTED else STATUS_CODES.get(exc.status, grpc.StatusCode.UNKNOWN)
+            await context.abort(code, _details(exc.message))
         except ElunetError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _details(f"{exc.message}; {exc.hint}" if exc.hint else exc.message))
 
@@ -151,6 +162,49 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
 
         return await self._call(context, work)
 
+    # --- shared memory ----------------------------------------------------------------------------------
+
+    async def SystemSharedMemoryRegister(self, request, context):  # noqa: N802
+        async def work():
+            self._ops.system_shared_memory_register(request.name, request.key, request.offset, request.byte_size)
+            return service_pb2.SystemSharedMemoryRegisterResponse()
+
+        return await self._call(context, work)
+
+    async def SystemSharedMemoryUnregister(self, request, context):  # noqa: N802
+        async def work():
+            self._ops.system_shared_memory_unregister(request.name or None)
+            return service_pb2.SystemSharedMemoryUnregisterResponse()
+
+        return await self._call(context, work)
+
+    async def SystemSharedMemoryStatus(self, request, context):  # noqa: N802
+        async def work():
+            regions = self._ops.system_shared_memory_status(request.name or None)
+            return json_format.ParseDict({"regions": {r.name: r.model_dump() for r in regions}}, service_pb2.SystemSharedMemoryStatusResponse())
+
+        return await self._call(context, work)
+
+    async def CudaSharedMemoryRegister(self, request, context):  # noqa: N802
+        async def work():
+            self._ops.cuda_shared_memory_register()
+
+        return await self._call(context, work)
+
+    async def CudaSharedMemoryUnregister(self, request, context):  # noqa: N802
+        async def work():
+            self._ops.cuda_shared_memory_unregister(request.name or None)
+            return service_pb2.CudaSharedMemoryUnregisterResponse()
+
+        return await self._call(context, work)
+
+    async def CudaSharedMemoryStatus(self, request, context):  # noqa: N802
+        async def work():
+            self._ops.cuda_shared_memory_status(request.name or None)
+            return service_pb2.CudaSharedMemoryStatusResponse()
+
+        return await self._call(context, work)
+
     # --- inference ------------------------------------------------------------------------------------
 
     async def ModelInfer(self, request, context):  # noqa: N802
@@ -187,10 +241,10 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
             reader.cancel()
 
     async def _infer(self, request):
-        return await self._ops.infer(request.model_name, request.model_version or None, lambda served: self._decode(request, served),
-                                     self._encode)
+        return await self._ops.infer(request.model_name, request.model_version or None,
+                                     lambda served, regions: self._decode(request, served, regions), self._encode)
 
-    async def _decode(self, request, served: ServedModel):
+    async def _decode(self, request, served: ServedModel, regions: Lease):
         names = [t.name for t in request.inputs]
         tensor = request.inputs[0] if request.inputs else None
         datatype, shape = (tensor.datatype, list(tensor.shape)) if tensor is not None else ("", [])
@@ -199,7 +253,11 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
         if raw and tensor.HasField("contents"):
             raise bad_request(f"input {names[0]!r} has both contents and raw_input_contents; send one")
         allow_non_finite = self._ops.settings.allow_non_finite
-        if raw:
+        parameters = _parameters(tensor.parameters)
+        if in_shared_memory(parameters, bool(raw) or tensor.HasField("contents"), f"input {names[0]!r}"):
+            pixels = await self._ops.decoder.run(math.prod(shape) * dtype.itemsize, False, shared_input_pixels, regions, parameters, datatype,
+                                                 shape, allow_non_finite)
+        elif raw:
             if len(raw) != 1:
                 raise bad_request(f"raw_input_contents holds {len(raw)} tensors; this model has one input")
             values = raw_values(raw[0], dtype, shape, datatype)
@@ -214,13 +272,19 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
                                                  allow_non_finite)
         return request, pixels, requested_timeout_us(_parameters(request.parameters))
 
-    async def _encode(self, served: ServedModel, request, logits: np.ndarray):
+    async def _encode(self, served: ServedModel, regions: Lease, request, logits: np.ndarray):
         outputs = [(o.name, _parameters(o.parameters)) for o in request.outputs]
-        classes, _ = requested_outputs(outputs, served.engine.output.name, binary=True)
+        classes, _, shared = requested_outputs(outputs, served.engine.output.name, binary=True)
         datatype, shape, values = output_tensor(logits, classes, served.labels)
         response = service_pb2.ModelInferResponse(model_name=served.name, model_version=str(served.version), id=request.id)
         response.outputs.add(name=served.engine.output.name, datatype=datatype, shape=shape)
-        response.raw_output_contents.append(tensor_bytes(datatype, values))
+        data = tensor_bytes(datatype, values)
+        if shared is not None:
+            regions.write(shared, f"output {served.engine.output.name!r}", data)
+            # Triton keeps one raw_output_contents entry per output, empty for one in shared memory: clients
+            # (perf_analyzer) find an output's bytes by its index, and crash on a missing entry.
+            data = b""
+        response.raw_output_contents.append(data)
         return response
 
 

@@ -11,11 +11,13 @@ benchmarks/serve_ab.py, with this middleware against a route.
 from __future__ import annotations
 
 import logging
+import math
 
 from elunet.serve.errors import ServeError, error_body
 from elunet.serve.operations import ClientGone, Operations, unless_disconnected
 from elunet.serve.registry import ServedModel
-from elunet.serve.tensors import decode_infer, requested_timeout_us, response_body, response_encoding
+from elunet.serve.shared_memory import Lease
+from elunet.serve.tensors import decode_infer, outputs_in_shared_memory, requested_timeout_us, response_body, response_encoding, shared_input_pixels
 
 log = logging.getLogger("elunet.serve")
 
@@ -55,16 +57,22 @@ class InferRoute:
                                                                     b"accept-encoding")
         encoding = response_encoding(accept_encoding)
 
-        async def decode(served: ServedModel):
+        async def decode(served: ServedModel, regions: Lease):
             # Only raw binary tensors decode without holding the interpreter lock (serve/decoding.py).
             holds_gil = header_length is None or bool(content_encoding)
             parsed, pixels = await decoder.run(
                 len(body), holds_gil, decode_infer, body, header_length, content_encoding, settings.max_body_bytes, served.card.input_shape,
                 settings.allow_non_finite,
             )
+            if pixels is None:  # in shared memory, which only this process has mapped; a copy and a cast, off the loop
+                tensor = parsed.inputs[0]
+                pixels = await decoder.run(math.prod(tensor.shape) * 4, False, shared_input_pixels, regions, tensor.parameters, tensor.datatype,
+                                           tensor.shape, settings.allow_non_finite)
             return parsed, pixels, requested_timeout_us(parsed.parameters)
 
-        async def encode(served: ServedModel, parsed, logits):
+        async def encode(served: ServedModel, regions: Lease, parsed, logits):
+            if outputs_in_shared_memory(parsed):  # written here: only this process has the regions mapped
+                return response_body(parsed, served.name, served.version, logits, served.labels, encoding, regions)
             size = logits.size * 8 + (len(body) if encoding else 0)
             return await decoder.run(size, True, response_body, parsed, served.name, served.version, logits, served.labels, encoding)
 

@@ -27,12 +27,14 @@ async def infer(
     decode: Callable[[], Awaitable[tuple[R, np.ndarray, float | None]]],
     encode: Callable[[R, np.ndarray], Awaitable[T]],
     server_timeout_s: float,
-    allow_non_finite: bool = False,
+    allow_non_finite: bool,
 ) -> T:
     """``decode()`` -> (request, pixels, requested timeout in µs or None); ``encode(request, logits)`` -> the answer.
 
-    Logits that are not finite (finite pixels far outside [0, 1], e.g. 3e38, overflow the network) are a 400
-    unless ``allow_non_finite``: answered, they would be JSON nulls or "inf" labels, silently wrong."""
+    ``allow_non_finite`` decides the output as the input: a server that computes on NaN input answers the
+    NaN logits it gives (as Triton does, JSON null), and one that refuses non-finite input also refuses
+    non-finite logits from finite pixels far outside [0, 1] (e.g. 3e38 overflows the network), which would
+    otherwise be answered as nulls or "inf" labels, silently wrong."""
     started = time.perf_counter()
     try:
         served.check_ready()

@@ -23,17 +23,19 @@ import elunet
 from elunet.errors import ElunetError
 from elunet.repository import check_model_name
 from elunet.serve.decoding import Decoder
-from elunet.serve.errors import ServeError, bad_request
+from elunet.serve.errors import ServeError, bad_request, not_found
 from elunet.serve.extensions import config_from_json, effective_config, statistics_of
 from elunet.serve.inference import infer
 from elunet.serve.metrics import ServeMetrics
-from elunet.serve.protocol import EXTENSIONS, SERVER_NAME, ModelMetadata, ModelState, ServerMetadata, TensorMetadata
+from elunet.serve.protocol import EXTENSIONS, SERVER_NAME, ModelMetadata, ModelState, ServerMetadata, SharedMemoryRegionStatus, TensorMetadata
 from elunet.serve.registry import READY, ModelRegistry, ServedModel
 from elunet.serve.settings import ServeSettings
+from elunet.serve.shared_memory import Lease, SharedMemory, cuda_unsupported
 
-# decode(served) -> (request, pixels, requested timeout in µs or None); encode(served, request, logits) -> the answer
-Decode = Callable[[ServedModel], Awaitable[tuple]]
-Encode = Callable[[ServedModel, object, np.ndarray], Awaitable]
+# decode(served, regions) -> (request, pixels, requested timeout in µs or None); encode(served, regions, request, logits) -> the
+# answer; regions: the request's Lease of shared memory regions (serve/shared_memory.py)
+Decode = Callable[[ServedModel, Lease], Awaitable[tuple]]
+Encode = Callable[[ServedModel, Lease, object, np.ndarray], Awaitable]
 
 
 class ApiKey:
@@ -58,6 +60,7 @@ class Operations:
     def __init__(self, registry: ModelRegistry, settings: ServeSettings, decoder: Decoder, metrics: ServeMetrics):
         self.registry, self.settings, self.decoder, self.metrics = registry, settings, decoder, metrics
         self.draining = False
+        self.shared_memory = SharedMemory()
         self.cancelled_requests = 0  # cut off by a shutdown past its grace period
         self.api_key = ApiKey(settings.api_key.get_secret_value()) if settings.api_key is not None else None
 
@@ -126,13 +129,38 @@ class Operations:
             raise bad_request(f"unload takes one parameter, unload_dependents (a boolean); got {parameters}")
         await self.registry.unload(model_name(name))
 
+    # --- shared memory (serve/shared_memory.py) ----------------------------------------------------
+
+    def system_shared_memory_register(self, name: str, key: str, offset: int, byte_size: int) -> None:
+        self.shared_memory.register(name, key, offset, byte_size)
+
+    def system_shared_memory_unregister(self, name: str | None) -> None:
+        """Unregister one region, or every one for None; a request under way keeps its region mapped until answered."""
+        self.shared_memory.unregister(name)
+
+    def system_shared_memory_status(self, name: str | None) -> list[SharedMemoryRegionStatus]:
+        return [SharedMemoryRegionStatus(name=r.name, key=r.key, offset=r.offset, byte_size=r.byte_size) for r in self.shared_memory.status(name)]
+
+    def cuda_shared_memory_register(self) -> None:
+        raise cuda_unsupported()
+
+    def cuda_shared_memory_unregister(self, name: str | None) -> None:
+        """Succeeds, as Triton's unregister of a region it does not hold: perf_analyzer's clean-up unregisters every kind."""
+
+    def cuda_shared_memory_status(self, name: str | None) -> list:
+        """No CUDA region can be registered here: every status is empty, and one region asked for is unknown."""
+        if name:
+            raise not_found(f"no CUDA shared memory region {name!r} is registered (this server does not support CUDA shared memory)")
+        return []
+
     # --- inference -----------------------------------------------------------------------------
 
     async def infer(self, name: str, version: str | None, decode: Decode, encode: Encode):
         """Answer one infer (or classify) request: the version resolved and held until answered, its body
-        decoded, its pixels batched, its logits encoded, every step counted (serve/inference.py)."""
-        with self.registry.resolve(name, version) as served:
-            return await infer(served, lambda: decode(served), lambda request, logits: encode(served, request, logits),
+        decoded, its pixels batched, its logits encoded, every step counted (serve/inference.py); the shared memory
+        regions it names held mapped until it is answered."""
+        with self.registry.resolve(name, version) as served, self.shared_memory.lease() as regions:
+            return await infer(served, lambda: decode(served, regions), lambda request, logits: encode(served, regions, request, logits),
                                self.settings.request_timeout_s, self.settings.allow_non_finite)
 
     def _ready(self, name: str, version: str | None) -> ServedModel:

@@ -16,7 +16,8 @@ from elunet.dtypes import BY_NAME, DTYPES
 
 SERVER_NAME = "elunet"
 # Exactly the Triton protocol extensions implemented here, by Triton's names.
-EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration", "model_repository", "model_repository(unload_dependents)", "statistics"]
+EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration", "model_repository", "model_repository(unload_dependents)", "statistics",
+              "system_shared_memory"]
 
 # The paths of each endpoint group that --open-endpoints can leave open when an API key is set
 # (probes and scrapers often carry no key).
@@ -134,6 +135,21 @@ class RepositoryModelRequest(_StrictWire):
     """The load and unload bodies: load takes ``config`` (a ModelConfig as JSON), unload ``unload_dependents``."""
 
     parameters: Parameters | None = None
+
+
+class SystemSharedMemoryRegisterRequest(_StrictWire):
+    """Register a region of a POSIX shared-memory object: ``key`` as shm_open takes it ("/name")."""
+
+    key: str
+    offset: int = 0
+    byte_size: int
+
+
+class SharedMemoryRegionStatus(_Wire):
+    name: str
+    key: str
+    offset: int
+    byte_size: int
 
 
 # --- /v1/models/{model}/classify -------------------------------------------------------

@@ -30,6 +30,9 @@ Backend = Literal["auto", "onnxruntime", "tensorrt", "torch"]
 # --instances when config.pbtxt names no instance_group: 0, each model version's count chosen at
 # warm-up (serve/scheduling.py's Scheduling.with_auto_instances; benchmarks/serve_defaults.py).
 AUTO_INSTANCES = 0
+# Triton computes on NaN and ±Inf input (perf_analyzer's default input, random bytes, holds some), so elunet
+# does too; refusing them (and the non-finite logits they give) with 400 is the option.
+ALLOW_NON_FINITE = True
 
 
 class ServeSettings(BaseModel):
@@ -93,7 +96,8 @@ class ServeSettings(BaseModel):
         None, description="browser origins allowed to call the API (CORS; comma-separated, * for any); default: no CORS headers"
     )
     allow_non_finite: bool = Field(
-        False, description="take NaN and ±Inf input values (refused with 400 by default: no model answers them meaningfully)"
+        ALLOW_NON_FINITE, description="compute on NaN and ±Inf input values and answer non-finite logits, as Triton does (JSON "
+        "null); false refuses both with 400 saying where the first one is"
     )
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="request bodies larger than this get 413")
     max_image_pixels: int = Field(

@@ -31,6 +31,8 @@ from elunet.serve.protocol import (
     InferenceRequest,
     RequestInput,
 )
+from elunet.serve.settings import ALLOW_NON_FINITE
+from elunet.serve.shared_memory import Lease, in_shared_memory
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 # Triton's timeout parameter is a uint64 of microseconds; beyond this (about 292,000 years) it means nothing.
@@ -39,9 +41,10 @@ MAX_TIMEOUT_US = 2**63 - 1
 
 def decode_infer(
     body: bytes, header_length: str | None, content_encoding: str | None, max_bytes: int, image_shape: tuple[int, int, int],
-    allow_non_finite: bool = False,
+    allow_non_finite: bool = ALLOW_NON_FINITE,
 ) -> tuple[InferenceRequest, np.ndarray]:
-    """The whole decoding of an infer body: the validated request and its input as float32 pixels."""
+    """The whole decoding of an infer body: the validated request and its input as float32 pixels, or None
+    when the input is in a shared memory region (``shared_input_pixels`` then reads it, in the server's process)."""
     request, binary, booleans_possible = read_request(body, header_length, content_encoding, max_bytes, image_shape)
     pixels = input_pixels(request, binary, image_shape, allow_non_finite, booleans_possible)
     request.inputs[0].data = None  # now in ``pixels``; the request travels on without it (maybe between processes)
@@ -245,7 +248,18 @@ def check_input(names: list[str], datatype: str, shape: list[int], image_shape: 
         raise bad_request(f"input {INPUT_NAME!r} has datatype {datatype}; expected one of {', '.join(INPUT_DATATYPES)}")
     if len(shape) != 4 or list(shape[1:]) != list(image_shape) or shape[0] < 1:
         raise bad_request(f"input {INPUT_NAME!r} has shape {shown(list(shape))}; expected {[-1, *image_shape]} (batch of at least 1)")
+    return input_dtype(datatype)
+
+
+def input_dtype(datatype: str) -> np.dtype:
+    """The numpy dtype of an (accepted) input datatype's elements, as they travel: little-endian."""
     return np.dtype(INPUT_DATATYPES[datatype]).newbyteorder("<")
+
+
+def shared_input_pixels(regions: Lease, parameters: dict, datatype: str, shape: list[int], allow_non_finite: bool) -> np.ndarray:
+    """The pixels of an input (checked by check_input) that is in the shared memory region its parameters name."""
+    values = regions.input_values(parameters, f"input {INPUT_NAME!r}", input_dtype(datatype), shape)
+    return as_pixels(values, shape, datatype, allow_non_finite)
 
 
 def raw_values(raw, dtype: np.dtype, shape: list[int], datatype: str) -> np.ndarray:
@@ -256,9 +270,9 @@ def raw_values(raw, dtype: np.dtype, shape: list[int], datatype: str) -> np.ndar
     return np.frombuffer(raw, dtype=dtype)
 
 
-def as_pixels(values: np.ndarray, shape: list[int], datatype: str, allow_non_finite: bool = False) -> np.ndarray:
-    """float32 pixels [n, C, H, W] in [0, 1] from the elements of an input tensor; 400 for NaN or ±Inf
-    (a JSON null, or a number too large for float32, arrives as one) unless ``allow_non_finite``."""
+def as_pixels(values: np.ndarray, shape: list[int], datatype: str, allow_non_finite: bool = ALLOW_NON_FINITE) -> np.ndarray:
+    """float32 pixels [n, C, H, W] in [0, 1] from the elements of an input tensor; with ``allow_non_finite``
+    false, 400 for NaN or ±Inf (a JSON null, or a number too large for float32, arrives as one)."""
     pixels = values.reshape(shape).astype(np.float32)
     if datatype == "UINT8":
         pixels *= np.float32(UINT8_SCALE)
@@ -266,14 +280,15 @@ def as_pixels(values: np.ndarray, shape: list[int], datatype: str, allow_non_fin
         bad = np.flatnonzero(~np.isfinite(pixels))
         raise bad_request(
             f"input {INPUT_NAME!r} has {bad.size} non-finite values (NaN, ±Inf, null, or beyond float32's range), the first at "
-            f"flat index {bad[0]}: {float(values.ravel()[bad[0]])}; send finite numbers (the server's --allow-non-finite lets them through)"
+            f"flat index {bad[0]}: {float(values.ravel()[bad[0]])}; send finite numbers (this server runs with --allow-non-finite false)"
         )
     return pixels
 
 
-def input_pixels(request: InferenceRequest, binary: memoryview, image_shape: tuple[int, int, int], allow_non_finite: bool = False,
-                 booleans_possible: bool = True) -> np.ndarray:
-    """The request's one input as float32 pixels [n, C, H, W] in [0, 1]; 400 saying what is wrong.
+def input_pixels(request: InferenceRequest, binary: memoryview, image_shape: tuple[int, int, int], allow_non_finite: bool = ALLOW_NON_FINITE,
+                 booleans_possible: bool = True) -> np.ndarray | None:
+    """The request's one input as float32 pixels [n, C, H, W] in [0, 1], None when it is in shared memory; 400
+    saying what is wrong.
 
     ``booleans_possible``: whether the JSON data may hold true or false (False only when the body has neither word)."""
     tensor = request.inputs[0]
@@ -281,6 +296,8 @@ def input_pixels(request: InferenceRequest, binary: memoryview, image_shape: tup
     shape = tensor.shape
     count = math.prod(shape)
     size = (tensor.parameters or {}).get("binary_data_size")
+    if in_shared_memory(tensor.parameters or {}, tensor.data is not None or size is not None, f"input {INPUT_NAME!r}"):
+        return None
     if size is not None:
         if tensor.data is not None:
             raise bad_request(f"input {INPUT_NAME!r} has both 'data' and binary_data_size; send one")
@@ -336,7 +353,7 @@ def json_values(data: list, dtype: np.dtype, booleans_possible: bool = True) -> 
 
 
 # What orjson and pydantic make of JSON values that are not numbers, by name in errors. (null is NaN, as the
-# server writes NaN: it is then a non-finite value, refused unless --allow-non-finite.)
+# server writes NaN: it is then a non-finite value, refused with --allow-non-finite false.)
 _JSON_NAMES = {str: "string", bool: "boolean", dict: "object"}
 
 
@@ -361,18 +378,21 @@ def classification_count(value) -> int:
     return value
 
 
-def requested_outputs(outputs: list[tuple[str, dict]], output_name: str, binary: bool) -> tuple[int | None, bool]:
-    """(classes per image or None, binary) that a request's outputs ask for: ``outputs`` as (name, parameters);
-    ``binary`` is the request's default (HTTP: its binary_data_output; gRPC answers raw always)."""
+def requested_outputs(outputs: list[tuple[str, dict]], output_name: str, binary: bool) -> tuple[int | None, bool, dict | None]:
+    """(classes per image or None, binary, the output's parameters when they put it in shared memory, else None)
+    that a request's outputs ask for: ``outputs`` as (name, parameters); ``binary`` is the request's default (HTTP:
+    its binary_data_output; gRPC answers raw always)."""
     names = [name for name, _ in outputs]
     if names and names != [output_name]:
         raise bad_request(f"requested outputs {names}; this model has one output, {output_name!r}")
-    classes = None
+    classes, shared = None, None
     for _, params in outputs:
         if "classification" in params:
             classes = classification_count(params["classification"])
         binary = bool_parameter(params, "binary_data", binary)
-    return classes, binary
+        if in_shared_memory(params, False, f"output {output_name!r}"):
+            shared = params
+    return classes, binary, shared
 
 
 def output_tensor(logits: np.ndarray, classes: int | None, labels: list[str]) -> tuple[str, list[int], np.ndarray]:
@@ -387,19 +407,29 @@ def tensor_bytes(datatype: str, values: np.ndarray) -> bytes:
     return serialize_bytes(values) if datatype == CLASSIFICATION_DATATYPE else values.tobytes()
 
 
+def outputs_in_shared_memory(request: InferenceRequest) -> bool:
+    """Whether a request's outputs are to be written into shared memory (response_body then needs the regions)."""
+    return any(in_shared_memory(o.parameters or {}, False, f"output {o.name!r}") for o in request.outputs or [])
+
+
 def response_body(
-    request: InferenceRequest, model_name: str, model_version: int, logits: np.ndarray, labels: list[str], encoding: str | None = None
+    request: InferenceRequest, model_name: str, model_version: int, logits: np.ndarray, labels: list[str], encoding: str | None = None,
+    regions: Lease | None = None,
 ) -> tuple[bytes, dict[str, str]]:
     """The V2 response for ``logits``: JSON, or JSON header + binary when the request asked for it,
-    compressed with ``encoding`` (gzip or deflate) when given."""
+    compressed with ``encoding`` (gzip or deflate) when given. An output in shared memory is written into
+    ``regions`` (given when outputs_in_shared_memory) and answered without its data."""
     outputs = [(o.name, o.parameters or {}) for o in request.outputs or []]
-    classes, binary = requested_outputs(outputs, OUTPUT_NAME, bool_parameter(request.parameters, "binary_data_output", False))
+    classes, binary, shared = requested_outputs(outputs, OUTPUT_NAME, bool_parameter(request.parameters, "binary_data_output", False))
     datatype, shape, values = output_tensor(logits, classes, labels)
-    data = tensor_bytes(datatype, values) if binary else None
+    binary = binary and shared is None
+    data = tensor_bytes(datatype, values) if binary or shared is not None else None
     # The fields of InferenceResponse, without None ones; the values are ours and of the wire types already,
     # so orjson writes them directly (a pydantic model costs more than the rest of the answer).
     output = {"name": OUTPUT_NAME, "datatype": datatype, "shape": shape}
-    if binary:
+    if shared is not None:
+        regions.write(shared, f"output {OUTPUT_NAME!r}", data)
+    elif binary:
         output["parameters"] = {"binary_data_size": len(data)}
     else:
         output["data"] = values.ravel().tolist()

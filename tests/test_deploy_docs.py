@@ -1,4 +1,4 @@
-"""Every shell command in the README and the docs site is real: each line of every ```bash block is checked
+"""Every shell command in the README and the docs site is real: each line of every shell block is checked
 against what it names — `elunet` subcommands and options against the real CLI, `torchrun` flags against its
 --help, `docker-compose` services and profiles against the compose file, `curl` paths against the server's
 OpenAPI document, `make` targets against the Makefile, scripts, tests, manifests and Dockerfile stages against
@@ -21,10 +21,13 @@ COMPOSE_SUBCOMMANDS_WITH_SERVICES = {"up", "build", "run", "stop", "ps", "logs"}
 UNCHECKED = {"rm", "."}
 
 
+SHELL_FENCES = ("bash", "sh", "shell")
+
+
 def shell_lines() -> list[str]:
-    """Commands in the docs' ```bash blocks (comments dropped, one command per && part, a trailing & dropped)."""
+    """Commands in the docs' shell blocks (comments dropped, one command per && part, a trailing & dropped)."""
     lines = []
-    for _, block in code_blocks("bash"):
+    for _, block in [found for fence in SHELL_FENCES for found in code_blocks(fence)]:
         joined = block.replace("\\\n", " ")
         for line in joined.splitlines():
             line = line.split(" #", 1)[0].strip()
@@ -144,7 +147,8 @@ def test_python_commands_in_the_docs_run_real_scripts_with_real_options():
             script = REPO_ROOT / words[1]
             assert script.is_file(), f"{shlex.join(words)}: no script {words[1]}"
             source = script.read_text()
-            for option in (w.split("=")[0] for w in words[2:] if w.startswith("--")):
+            own = words[2 : words.index("--")] if "--" in words else words[2:]  # after `--`: the wrapped tool's options
+            for option in (w.split("=")[0] for w in own if w.startswith("--")):
                 assert f'"{option}"' in source, f"{shlex.join(words)}: {words[1]} has no option {option}"
 
 

@@ -53,7 +53,7 @@ def test_batch_profile_must_be_ordered(batches):
 def test_build_engine_without_tensorrt_names_what_is_missing(tmp_path):
     model = tmp_path / "model.onnx"
     model.write_bytes(b"not used")
-    done = subprocess.run([sys.executable, "-m", "elunet", "build-engine", str(model)],
+    done = subprocess.run([sys.executable, "-m", "elunet", "build-engine", str(model), "--skip-verify"],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr
     assert "TensorRT is not available" in done.stderr and "TensorRT container" in done.stderr
@@ -226,3 +226,10 @@ def test_export_and_build_engine_name_the_max_batch_size_alike():
     flags = {name: [p.opts for p in commands[name].params if p.name == "max_batch_size"] for name in ("export", "build-engine")}
     assert flags == {"export": [["--max-batch-size"]], "build-engine": [["--max-batch-size"]]}
     assert not [p for p in commands["build-engine"].params if "--max-batch" in p.opts]
+
+
+def test_build_engine_without_a_checkpoint_demands_skip_verify(tmp_path):
+    """Leaving out --checkpoint must not publish an unverified engine silently (checked before TensorRT is needed)."""
+    done = subprocess.run([sys.executable, "-m", "elunet", "build-engine", str(tmp_path / "model.onnx")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "--skip-verify" in done.stderr and "--checkpoint" in done.stderr, done.stderr

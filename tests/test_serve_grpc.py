@@ -195,7 +195,7 @@ def test_protocol_edges_raw_binary_gzip_trailing_slash(real):
     assert http("GET", f"{server.url}/v2/models/stats", headers=auth())[0] == 200, "stats is a route, not a model name"
     meta = json.loads(http("GET", f"{server.url}/v2", headers=auth())[2])
     assert set(meta["extensions"]) == {"binary_tensor_data", "classification", "model_configuration", "model_repository",
-                                       "model_repository(unload_dependents)", "statistics"}
+                                       "model_repository(unload_dependents)", "statistics", "system_shared_memory"}
 
 
 def code_of(call) -> grpc.StatusCode:

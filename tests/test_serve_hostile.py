@@ -14,7 +14,7 @@ import zlib
 import numpy as np
 import pytest
 import tritonclient.grpc as tgrpc
-from fixtures_serve import LINEAR, SYNTHETIC_SHAPE, binary_infer_body, http
+from fixtures_serve import LINEAR, SYNTHETIC_SHAPE, binary_infer_body, http, parse_infer_response
 from PIL import Image
 
 pytestmark = pytest.mark.slow
@@ -52,33 +52,52 @@ def strict_json(body: bytes):
 # --- non-finite values ------------------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def refusing_server(start_server, synthetic_repository):
+    """A server with elunet's refusal of non-finite values turned on (the default computes, as Triton does)."""
+    return start_server(synthetic_repository, allow_unverified=True, allow_non_finite=False)
+
+
 @pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity", "1e400", "null"])
-def test_non_finite_json_values_are_refused(server, value):
+def test_non_finite_json_values_are_computed_by_default_as_triton_does(server, value):
     status, body = post_json_text(server, infer_text(value))
-    assert status == 400 and "non-finite" in strict_json(body)["error"], body
+    assert status == 200, body
+    output = strict_json(body)["outputs"][0]
+    assert len(output["data"]) == 10 and None in output["data"], "a non-finite logit is answered as null (valid JSON)"
 
 
-def test_nan_in_binary_and_grpc_tensors_is_refused(server):
+def test_nan_in_binary_and_grpc_tensors_is_computed_by_default(server):
     x = np.full((1, *SYNTHETIC_SHAPE), 0.5, np.float32)
     x[0, 0, 3, 3] = np.nan
     body, headers = binary_infer_body(x)
-    status, _, answer = http("POST", server.url + INFER, body, headers)
-    assert status == 400 and "non-finite" in json.loads(answer)["error"] and "index 27" in json.loads(answer)["error"]
+    status, answer_headers, answer = http("POST", server.url + INFER, body, headers)
+    assert status == 200, answer
+    assert np.isnan(parse_infer_response(answer_headers, answer)).all(), "NaN reaches every logit of a linear model"
     client = tgrpc.InferenceServerClient(server.grpc_url)
+    tensor = tgrpc.InferInput("input", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x)
+    assert np.isnan(client.infer(LINEAR, [tensor]).as_numpy("logits")).all()
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity", "1e400", "null"])
+def test_non_finite_json_values_are_refused_with_the_option(refusing_server, value):
+    status, body = post_json_text(refusing_server, infer_text(value))
+    assert status == 400 and "non-finite" in strict_json(body)["error"], body
+    assert "--allow-non-finite false" in strict_json(body)["error"], "the refusal names the option that made it"
+
+
+def test_nan_in_binary_and_grpc_tensors_is_refused_with_the_option(refusing_server):
+    x = np.full((1, *SYNTHETIC_SHAPE), 0.5, np.float32)
+    x[0, 0, 3, 3] = np.nan
+    body, headers = binary_infer_body(x)
+    status, _, answer = http("POST", refusing_server.url + INFER, body, headers)
+    assert status == 400 and "non-finite" in json.loads(answer)["error"] and "index 27" in json.loads(answer)["error"]
+    client = tgrpc.InferenceServerClient(refusing_server.grpc_url)
     tensor = tgrpc.InferInput("input", list(x.shape), "FP32")
     tensor.set_data_from_numpy(x)
     with pytest.raises(tgrpc.InferenceServerException, match="non-finite") as err:
         client.infer(LINEAR, [tensor])
     assert err.value.status() == "StatusCode.INVALID_ARGUMENT"
-
-
-def test_allowed_non_finite_inputs_still_get_valid_json(start_server, synthetic_repository):
-    server = start_server(synthetic_repository, allow_unverified=True, allow_non_finite=True)
-    status, body = post_json_text(server, infer_text("NaN"))
-    assert status == 200
-    output = strict_json(body)["outputs"][0]
-    assert None in output["data"], "a NaN logit is answered as null"
-    server.stop()
 
 
 @pytest.mark.parametrize("value, kind", [("true", "boolean"), ("false", "boolean"), ('"0.5"', "string"), ("{}", "object")])
@@ -414,9 +433,11 @@ def test_health_on_new_connections_is_answered_under_overload():
 # --- found by a hostile review ------------------------------------------------------------
 
 
-def test_a_finite_input_that_overflows_the_model_is_400_not_null_logits(server):
-    status, body = post_json_text(server, infer_text("3e38"))
+def test_a_finite_input_that_overflows_the_model_is_400_with_the_option_null_logits_by_default(server, refusing_server):
+    status, body = post_json_text(refusing_server, infer_text("3e38"))
     assert status == 400 and "not finite" in json.loads(body)["error"], body
+    status, body = post_json_text(server, infer_text("3e38"))
+    assert status == 200 and None in strict_json(body)["outputs"][0]["data"], body
 
 
 @pytest.mark.parametrize("timeout", ["9" * 400, "1e400", "NaN"])
