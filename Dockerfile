@@ -13,7 +13,7 @@
 #              version that built it).
 #   triton     NVIDIA Triton Inference Server of the same NGC release, with the
 #              self-registering plugin preloaded: it serves the same model
-#              repository unchanged (deploy/triton.md).
+#              repository unchanged (docs/guides/triton.md).
 #
 #   docker build --target serve -t elunet:serve .
 #

@@ -1,6 +1,7 @@
 # Two commands for a fresh Debian/Ubuntu machine (see README.md):
 #   make demo   install, train the default model briefly, export, serve, classify
 #   make test   install, run the test suite
+#   make docs           the documentation site, built strictly into site/ (make docs-check: and a screenshot of it)
 #   make deploy-check   build the serve image and run the Compose deployment for real (podman)
 #   make gpu-wheels     the wheels scripts/gpu_check.sh installs on a GPU machine without network, in .whl/
 SHELL := /bin/bash
@@ -12,15 +13,15 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := dataset-fashion-mnist cmake g++ binutils
 # Only some tests use these: the deployment tests validate configs with the real tools
 # (docker-compose config, promtool check config, nginx -t); wrk drives the overload test; perf_analyzer
-# (scripts/perf_analyzer.py) links to libb64. On a systemd host
-# Debian starts the nginx and prometheus services on install: `make test
+# (scripts/perf_analyzer.py) links to libb64; chromium renders the built docs site (tests/test_docs_site.py).
+# On a systemd host Debian starts the nginx and prometheus services on install: `make test
 # TEST_APT_PACKAGES=` skips them, and those tests skip with a reason.
-TEST_APT_PACKAGES ?= docker-compose prometheus nginx wrk libb64-0d
+TEST_APT_PACKAGES ?= docker-compose prometheus nginx wrk libb64-0d chromium
 # scripts/deploy_check.sh's own list (it installs them itself when run alone, e.g. by the tests).
 DEPLOY_APT_PACKAGES := podman runc netavark aardvark-dns iptables debootstrap docker-compose
 STAMP := $(VENV)/.elunet-installed
 
-.PHONY: setup system-deps demo test deploy-check gpu-wheels clean
+.PHONY: setup system-deps demo test docs docs-check deploy-check gpu-wheels clean
 
 setup: $(STAMP)
 
@@ -48,6 +49,16 @@ test: setup
 	@$(MAKE) --no-print-directory system-deps EXTRA_APT_PACKAGES="$(TEST_APT_PACKAGES)"
 	$(PY) -m pytest -ra $(PYTEST_ARGS)
 
+# NO_MKDOCS_2_WARNING: Material for MkDocs prints a banner about its end of life (May 2027) on every build; the
+# docs page on development notes it (open points), so that the build's own warnings stand out.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --clean --site-dir site
+
+# The built home page rendered by headless Chromium (Debian's chromium), so a broken theme or layout is seen.
+docs-check: docs
+	@$(MAKE) --no-print-directory system-deps EXTRA_APT_PACKAGES=chromium
+	$(PY) scripts/docs_screenshot.py site site/home.png
+
 deploy-check: setup
 	@$(MAKE) --no-print-directory system-deps EXTRA_APT_PACKAGES="$(DEPLOY_APT_PACKAGES)"
 	$(SUDO) env PATH="$(abspath $(VENV))/bin:$$PATH" bash scripts/deploy_check.sh
@@ -60,4 +71,4 @@ gpu-wheels:
 	$(PY) scripts/gpu_wheels.py --dest .whl --python-version $(GPU_PYTHON_VERSION)
 
 clean:
-	rm -rf $(VENV) runs build dist *.egg-info
+	rm -rf $(VENV) runs build dist site *.egg-info

@@ -3,3 +3,4 @@ from fixtures_serve import *  # noqa: F401,F403
 from fixtures_deploy import *  # noqa: F401,F403
 from fixtures_export import *  # noqa: F401,F403
 from fixtures_train import *  # noqa: F401,F403
+from fixtures_docs import *  # noqa: F401,F403

@@ -2,7 +2,7 @@
 
 It exports a fresh fashion-cnn as fp32 and int8, serves both from one `elunet serve`, checks each answers
 its ONNX file's logits, loads each with wrk, and measures ONNX Runtime alone. Only that it runs and
-reports is tested: its figures are timings (the README has measured ones).
+reports is tested: its figures are timings (docs/benchmarks/history.md has measured ones).
 """
 
 from __future__ import annotations

@@ -414,7 +414,7 @@ def test_cors_is_off_by_default_and_answers_the_allowed_origins(server, start_se
 def test_health_on_new_connections_is_answered_under_overload():
     """900 busy wrk connections, and a probe on a new connection every 100 ms (benchmarks/serve_overload.py).
     With uvloop, which accepts one connection per loop turn, probes waited over 5 s; the bound here leaves
-    room for a loaded CI host (quiet: see the README's figures)."""
+    room for a loaded CI host (quiet: see docs/benchmarks/history.md's figures)."""
     import shutil
     import subprocess
     import sys

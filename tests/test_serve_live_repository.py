@@ -158,7 +158,7 @@ def test_explicit_mode_loads_and_unloads_through_the_api_and_tritonclient(export
     (name,) = ModelRepository(root).models()
     add_synthetic_version(root, OTHER, 1)
     # One instance, as the 25 MB bound was measured. With the default of 2, one CI run grew 3.6, 17.6, 30.5 MB
-    # over three cycles (local runs 10-18 MB): not yet explained, see the README's open points.
+    # over three cycles (local runs 10-18 MB): glibc's malloc arenas, see docs/development.md's open points.
     server = start_server(root, model_control_mode="explicit", load_model=OTHER, allow_unverified=True, instances=1)
     client = triton.InferenceServerClient(server.url.removeprefix("http://"))
     states = {(m["name"], m.get("version", "")): m.get("state") for m in client.get_model_repository_index()}

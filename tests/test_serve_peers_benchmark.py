@@ -2,7 +2,7 @@
 
 It serves one model with MLServer, LitServe and elunet (JSON, binary, gRPC), checks each answers ONNX
 Runtime's logits, loads each with wrk, and measures ONNX Runtime alone. Only that it runs and reports is
-tested here: its figures are timings (see the README for measured ones). MLServer and LitServe are
+tested here: its figures are timings (see the docs' Benchmarks pages for measured ones). MLServer and LitServe are
 installed into a virtual environment of their own the first time; without PyPI that cannot happen and
 the test skips, saying so.
 """

@@ -2,34 +2,14 @@
 
 from __future__ import annotations
 
-import re
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from elunet.errors import ElunetError
-from elunet.serve.settings import ServeSettings, env_names, load_settings
-
-README = Path(__file__).resolve().parents[1] / "README.md"
-
-
-def readme_settings() -> dict[str, str]:
-    """option -> environment variable, from the README's settings table (`| `--opt` | `ELUNET_OPT` | ...`)."""
-    section = README.read_text().split("### Settings", 1)[1].split("\n### ", 1)[0]
-    return dict(re.findall(r"^\| `(--[a-z-]+)` \| `(ELUNET_[A-Z_]+)` \|", section, flags=re.M))
-
-
-def test_the_readme_documents_every_setting_and_nothing_else():
-    documented = readme_settings()
-    settings = env_names()
-    assert set(documented.values()) == set(settings.values()), (
-        f"undocumented: {sorted(set(settings.values()) - set(documented.values()))}, "
-        f"documented but no setting: {sorted(set(documented.values()) - set(settings.values()))}"
-    )
-    assert documented == {f"--{field.replace('_', '-')}": env for field, env in settings.items()}, "an option and its variable disagree"
+from elunet.serve.settings import ServeSettings, load_settings
 
 
 def test_priority_is_option_then_environment_then_file_then_default(tmp_path):
