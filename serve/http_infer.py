@@ -42,8 +42,8 @@ class InferRoute:
         try:
             content, headers = await unless_disconnected(self._answer(*route, body, scope), disconnected(receive))
             status = 200
-        except ClientGone:
-            return  # nobody to answer; the access log shows the 500 it never sent
+        except ClientGone:  # nobody reads it: 499, nginx's "client closed request", is for the access log
+            status, content, headers = 499, b"", {}
         except ServeError as exc:
             status, content, headers = exc.status, error_body(exc.message), {"Content-Type": "application/json", **exc.headers}
         except Exception as exc:  # noqa: BLE001 - any other failure is a 500 that says its kind, as FastAPI's handler answers

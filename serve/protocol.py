@@ -18,6 +18,14 @@ SERVER_NAME = "elunet"
 # Exactly the Triton protocol extensions implemented here, by Triton's names.
 EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration", "model_repository", "model_repository(unload_dependents)", "statistics",
               "system_shared_memory"]
+# Where elunet deliberately differs from Triton on the same repository, said at start-up (docs/triton-compatibility.md
+# has the whole table).
+TRITON_DIFFERENCES = (
+    "a model version serves only with a passed parity certificate for the backend and device it runs on (--allow-unverified to serve others)",
+    "without an instance_group, the instance count is chosen per model at warm-up (1 or 2 on CPU), where Triton creates one",
+    "models are image classifiers with one input and one output; BYTES inputs, ensembles, sequence batching and decoupled models are refused",
+    "the CUDA shared-memory, trace and logging extensions are not implemented",
+)
 
 # The paths of each endpoint group that --open-endpoints can leave open when an API key is set
 # (probes and scrapers often carry no key).

@@ -25,6 +25,7 @@ from elunet.serve.app import create_app
 from elunet.serve.delivery import await_delivery
 from elunet.serve.logs import configure_logging
 from elunet.serve.ports import check_ports_free
+from elunet.serve.protocol import TRITON_DIFFERENCES
 from elunet.serve.settings import ServeSettings
 
 log = logging.getLogger("elunet.serve")
@@ -46,6 +47,8 @@ def serve(settings: ServeSettings) -> None:
         settings.repository, settings.host, settings.port, settings.backend, settings.device or "auto",
         settings.max_batch_size, settings.max_queue_delay_ms, settings.max_queue_size, settings.instances or "chosen per model at warm-up",
     )
+    for difference in TRITON_DIFFERENCES:
+        log.info("differs from Triton: %s", difference)
     config = uvicorn.Config(
         app,
         host=settings.host,
