@@ -113,8 +113,8 @@ class ServeSettings(BaseModel):
         25_000_000, ge=1, description="images with more pixels get 413 (decoding one costs CPU time in proportion to its pixels)"
     )
     body_timeout_s: float = Field(
-        30.0, gt=0, description="a request body not received whole within this time gets 408; a client that takes none of its "
-        "response for this long is disconnected. Below the shutdown grace period (--request-timeout-s + 5 s)"
+        30.0, gt=0, description="a request body not received whole within this time gets 408; below the shutdown grace period "
+        "(--request-timeout-s + 5 s). A client that reads none of its response is bounded at the edge (nginx send_timeout)"
     )
     header_timeout_s: float = Field(
         10.0, gt=0, description="gRPC: a connection whose HTTP/2 handshake is not complete within this time is closed. For HTTP/1.1 "
