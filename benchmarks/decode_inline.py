@@ -11,15 +11,21 @@ cheaper and the loop is blocked for well under a millisecond.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
 from elunet.serve.decoding import INLINE_BYTES, Decoder
 from elunet.serve.tensors import decode_infer
+
+sys.path.insert(0, str(Path(__file__).parent))
+from figures import add_json_option, write_figures  # noqa: E402
 
 SHAPE = (1, 28, 28)  # fashion-cnn's input
 REPEATS = 40
@@ -30,11 +36,12 @@ def body_of(images: int) -> bytes:
     return json.dumps({"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]}).encode()
 
 
-async def main() -> None:
+async def measure() -> list[dict]:
     decoder = Decoder(inline_bytes=0)  # everything through the pools, to time the hand-over
     await decoder.start()
     print(f"threshold now: {INLINE_BYTES // 1024} KiB; {REPEATS} repeats each, medians")
     print(f"{'body':>10}{'inline (loop blocked)':>24}{'process pool round trip':>26}")
+    rows = []
     for images in (1, 2, 4, 8, 16, 32):
         body = body_of(images)
         inline, pooled = [], []
@@ -45,9 +52,20 @@ async def main() -> None:
             t0 = time.perf_counter()
             await decoder.run(len(body), True, decode_infer, body, None, None, 1 << 30, SHAPE)
             pooled.append(time.perf_counter() - t0)
-        print(f"{len(body) / 1024:>8.0f} KiB{statistics.median(inline) * 1000:>20.2f} ms{statistics.median(pooled) * 1000:>22.2f} ms")
+        rows.append({"images": images, "body_kib": len(body) / 1024, "inline_ms": statistics.median(inline) * 1000,
+                     "pool_round_trip_ms": statistics.median(pooled) * 1000})
+        print(f"{rows[-1]['body_kib']:>8.0f} KiB{rows[-1]['inline_ms']:>20.2f} ms{rows[-1]['pool_round_trip_ms']:>22.2f} ms")
     decoder.close()
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_json_option(parser, __file__)
+    args = parser.parse_args()
+    rows = asyncio.run(measure())
+    write_figures(args.json, {"inline_threshold_kib": INLINE_BYTES // 1024, "repeats": REPEATS, "bodies": rows})
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    main()

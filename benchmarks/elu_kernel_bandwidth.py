@@ -11,6 +11,11 @@ not TensorRT.
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from figures import add_json_option, write_figures  # noqa: E402
 
 
 def time_ms(fn, repeats: int) -> float:
@@ -32,6 +37,7 @@ def main() -> int:
     parser.add_argument("--log2-elements", type=int, default=28)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--target", type=float, default=0.85, help="ratio the fp32 result must reach (exit 1 if not)")
+    add_json_option(parser, __file__)
     args = parser.parse_args()
 
     import torch
@@ -43,7 +49,7 @@ def main() -> int:
         return 0
     n = 1 << args.log2_elements
     print(f"GPU: {torch.cuda.get_device_name()}  elements: 2^{args.log2_elements}  repeats: {args.repeats}")
-    worst_fp32 = None
+    worst_fp32, rows = None, []
     for loader in LOADERS:
         try:
             elu = load_kernel(loader)
@@ -57,6 +63,8 @@ def main() -> int:
             elu_ms = time_ms(lambda: elu(x, y, 1.0), args.repeats)
             moved = 2 * n * x.element_size()
             ratio = copy_ms / elu_ms
+            rows.append({"loader": loader, "dtype": str(dtype), "elu_ms": elu_ms, "elu_gb_per_s": moved / elu_ms / 1e6, "copy_ms": copy_ms,
+                         "copy_gb_per_s": moved / copy_ms / 1e6, "copy_over_elu": ratio})
             print(f"{loader:5s} {str(dtype):15s} elu {elu_ms:8.3f} ms {moved / elu_ms / 1e6:8.1f} GB/s | "
                   f"copy {copy_ms:8.3f} ms {moved / copy_ms / 1e6:8.1f} GB/s | ratio {ratio:.3f}")
             if dtype == torch.float32:
@@ -68,6 +76,8 @@ def main() -> int:
         return 1
     verdict = "meets" if worst_fp32 >= args.target else "MISSES"
     print(f"fp32 ratio {worst_fp32:.3f} {verdict} the target {args.target}")
+    write_figures(args.json, {"gpu": torch.cuda.get_device_name(), "elements": n, "repeats": args.repeats, "target": args.target,
+                              "worst_fp32_ratio": worst_fp32, "kernels": rows})
     return 0 if worst_fp32 >= args.target else 1
 
 

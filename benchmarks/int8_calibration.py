@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,6 +30,9 @@ from elunet.export.settings import CALIBRATION_METHODS, ExportSettings
 from elunet.export.to_onnx import torch_to_onnx
 from elunet.runtime import open_engine
 from elunet.train.checkpoint import load_checkpoint
+
+sys.path.insert(0, str(Path(__file__).parent))
+from figures import add_json_option, write_figures  # noqa: E402
 
 INT8, GATE = next(iter(DEFAULT_ACCURACY_GATES.items()))
 BATCH = 500
@@ -46,6 +50,7 @@ def main() -> None:
     parser.add_argument("--methods", default=",".join(CALIBRATION_METHODS))
     parser.add_argument("--images", default="64,128,256,512,1024,2048", help="numbers of calibration images")
     parser.add_argument("--data-dir", type=Path)
+    add_json_option(parser, __file__)
     args = parser.parse_args()
     ckpt = load_checkpoint(args.checkpoint)
     pixels, targets = real_test_pixels(ckpt.card, None, args.data_dir)
@@ -55,6 +60,7 @@ def main() -> None:
           f"gate: at most {GATE.max_accuracy_drop_points:g} points lost, top-1 agreement >= {GATE.min_top1_agreement:.0%}; "
           f"load average {os.getloadavg()[0]:.1f}")
     print(f"{'method':<11}{'images':>7}{'accuracy':>10}{'lost':>7}{'agreement':>11}{'seconds':>9}  gate")
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for method in args.methods.split(","):
             for count in (int(n) for n in args.images.split(",")):
@@ -67,6 +73,10 @@ def main() -> None:
                 v = judge_accuracy(GATE, targets, reference, logits("onnxruntime", path, pixels))
                 print(f"{method:<11}{count:>7}{v['runner_accuracy']:>10.2%}{v['accuracy_drop_points']:>7.2f}{v['top1_agreement']:>11.2%}"
                       f"{seconds:>9.1f}  {'passed' if v['passed'] else 'FAILED'}", flush=True)
+                rows.append({"method": method, "images": count, "accuracy": v["runner_accuracy"], "points_lost": v["accuracy_drop_points"],
+                             "top1_agreement": v["top1_agreement"], "seconds": seconds, "gate": "passed" if v["passed"] else "failed"})
+    write_figures(args.json, {"model": ckpt.card.name, "float32_accuracy": float(np.mean(reference.argmax(1) == targets)),
+                              "test_images": len(targets), "gate": GATE.model_dump(), "calibrations": rows})
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 from fixtures_serve import binary_infer_body, free_port, http  # noqa: E402
 from serve_load import batch_totals, make_repository, served_instances  # noqa: E402
 from serve_peers import Service, check_json_answer, onnx_logits, raw_in_own_session  # noqa: E402
+from figures import add_json_option, write_figures  # noqa: E402
 from wrk_load import wrk  # noqa: E402
 
 from elunet.export.parity import DEFAULT_ACCURACY_GATES  # noqa: E402
@@ -137,7 +138,12 @@ def measure(architecture: str, repository: Path, tmp: Path, args) -> dict[str, f
     target = TARGETS.get(architecture)
     print(f"  served {INT8}/fp32 (JSON) = {ratio:.2f}; raw {INT8}/fp32 = {raw[INT8] / raw['fp32']:.2f}"
           + (f" (target >= {target}): {'met' if ratio >= target else 'NOT met'}" if target else ""))
-    return {"served": ratio, "raw": raw[INT8] / raw["fp32"]}
+    return {"connections": args.connections, "rounds": args.rounds, "duration_s": args.duration, "instances": instances,
+            "runs": [{"dtype": d, "protocol": p, **m, "int8_over_fp32": m["requests_per_s"] / median["fp32", p]["requests_per_s"]}
+                     for p in bodies for d in DTYPES for m in [median[d, p]]],
+            "raw_images_per_s": {d: {"batch": batch[d], "images_per_s": raw[d], "served_json_over_raw": median[d, "JSON"]["requests_per_s"] / raw[d]}
+                                 for d in DTYPES},
+            "served_int8_over_fp32": ratio, "raw_int8_over_fp32": raw[INT8] / raw["fp32"], "target": target}
 
 
 def main() -> int:
@@ -147,19 +153,23 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of load per run")
     parser.add_argument("--rounds", type=int, default=3, help="alternating fp32/int8 rounds; medians are printed")
     parser.add_argument("--connections", type=int, default=64, help="wrk connections")
-    parser.add_argument("--short", action="store_true", help="fashion-cnn only, one round of 2 s: checks that everything runs")
+    parser.add_argument("--short", action="store_true", help="fashion-cnn only, one round of 2 s, no figures recorded: checks that everything runs")
+    add_json_option(parser, __file__)
     args = parser.parse_args()
     if args.short:
-        args.models, args.duration, args.rounds = "fashion-cnn", 2.0, 1
+        args.models, args.duration, args.rounds, args.json = "fashion-cnn", 2.0, 1, None
     checkpoints = dict(c.split("=", 1) for c in args.checkpoint)
     print(f"{cpu_name()}, {available_cpus()} CPU(s), load average {os.getloadavg()[0]:.1f}", flush=True)
+    load_before, results = os.getloadavg(), {}
     with tempfile.TemporaryDirectory(prefix="int8-served-") as tmp:
         for architecture in args.models.split(","):
             print(f"{architecture}:", flush=True)
             root = Path(tmp) / architecture
             repository = (trained_repository(architecture, Path(checkpoints[architecture]), root) if architecture in checkpoints
                           else untrained_repository(architecture, root))
-            measure(architecture, repository, Path(tmp), args)
+            results[architecture] = {"weights": "trained" if architecture in checkpoints else "untrained",
+                                     **measure(architecture, repository, Path(tmp), args)}
+    write_figures(args.json, {"load_average": {"start": load_before, "end": os.getloadavg()}, "models": results})
     return 0
 
 

@@ -13,7 +13,7 @@ the medians over the rounds are printed, and the load average beside them.
   quantized on synthetic uniform pixels: its speed is real, its accuracy
   means nothing (elu-cifar11 has no CIFAR data on the build machine).
 
-    python benchmarks/int8_speed.py --checkpoint fashion-cnn=runs/train     # README figures
+    python benchmarks/int8_speed.py --checkpoint fashion-cnn=runs/train     # a trained model: the figures on its docs page
     python benchmarks/int8_speed.py --models elu-cifar11 --seconds 1 --rounds 1   # a quick look
 """
 
@@ -40,7 +40,9 @@ from elunet.runtime import open_engine
 from elunet.runtime.cpus import available_cpus, cpu_name
 from elunet.train.models import build_model
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from figures import add_json_option, write_figures  # noqa: E402
 from test_export_graph import card_for  # noqa: E402  (the tests' cards of untrained networks: one copy)
 
 INT8 = next(iter(DEFAULT_ACCURACY_GATES))
@@ -90,11 +92,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0, help="per measurement")
     parser.add_argument("--rounds", type=int, default=3, help="alternating float32/int8 rounds; medians are printed")
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: the CPUs this process may use)")
+    add_json_option(parser, __file__)
     args = parser.parse_args()
     checkpoints = dict(c.split("=", 1) for c in args.checkpoint)
     threads = args.threads or available_cpus()
     batches = [int(b) for b in args.batches.split(",")]
     print(f"ONNX Runtime CPU on {cpu_name()}, {threads} intra-op thread(s), {args.rounds} rounds of {args.seconds:g} s; load average {os.getloadavg()[0]:.1f}")
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for architecture in args.models.split(","):
             print(f"\n{architecture}:")
@@ -109,9 +113,12 @@ def main() -> None:
                 rounds = [{d: images_per_s(instances[d], x, args.seconds) for d in paths} for _ in range(args.rounds)]
                 speed = {d: statistics.median(r[d] for r in rounds) for d in paths}
                 ratio = statistics.median(r[INT8] / r["fp32"] for r in rounds)
+                rows.append({"model": architecture, "weights": "trained" if architecture in checkpoints else "untrained", "batch": batch,
+                             "fp32_images_per_s": speed["fp32"], f"{INT8}_images_per_s": speed[INT8], f"{INT8}_over_fp32": ratio})
                 print(f"  batch {batch:>3}: fp32 {speed['fp32']:8.0f} img/s, {INT8} {speed[INT8]:8.0f} img/s, x{ratio:.2f}  (load average {os.getloadavg()[0]:.1f})")
             for engine in engines.values():
                 engine.close()
+    write_figures(args.json, {"threads": threads, "rounds": args.rounds, "seconds": args.seconds, "measurements": rows})
 
 
 if __name__ == "__main__":

@@ -1,11 +1,11 @@
 """Triton's Model Analyzer, remote mode, against a real `elunet serve` in explicit model control: a short sweep.
 
-    python benchmarks/model_analyzer.py [--repository DIR --model NAME] [--json out.json]
+    python benchmarks/model_analyzer.py [--repository DIR --model NAME]
 
 Model Analyzer 1.58 (PyPI, with protobuf<6) is installed into its own venv under ~/.cache/elunet-test/; it
 drives perf_analyzer (scripts/perf_analyzer.py's binary, with its default random input) and loads each
 configuration it tries through elunet's load API. Without --repository, the tests' synthetic model is used.
-It prints the sweep's table, the measurements perf_analyzer aborted, and writes them as JSON (--json).
+It prints the sweep's table, the measurements perf_analyzer aborted, and records them for its docs page (--json).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT / "tests"))
 import perf_analyzer  # noqa: E402
-from figures import write_figures  # noqa: E402
+from figures import add_json_option, write_figures  # noqa: E402
 from fixtures_serve import LINEAR, ServerProcess, make_synthetic_repository  # noqa: E402
 
 MODEL_ANALYZER = ["triton-model-analyzer==1.58.0", "protobuf<6"]
@@ -58,7 +58,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repository", type=Path, help="a model repository (default: the tests' synthetic one)")
     parser.add_argument("--model", default=LINEAR)
-    parser.add_argument("--json", type=Path, help="write the figures here")
+    add_json_option(parser, __file__)
     args = parser.parse_args()
     if not (VENV / "bin" / "model-analyzer").exists():
         subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
@@ -87,8 +87,7 @@ def main() -> int:
             print(row)
         print(f"model-analyzer exit {run.returncode}; {len(rows)} configurations in its report; {aborted} perf_analyzer measurements aborted on "
               f"{ABORT!r}")
-        if args.json:
-            write_figures(args.json, {"model_analyzer": MODEL_ANALYZER, "exit": run.returncode, "report_rows": rows, "aborted_measurements": aborted})
+        write_figures(args.json, {"model_analyzer": MODEL_ANALYZER, "exit": run.returncode, "report_rows": rows, "aborted_measurements": aborted})
     return 0 if run.returncode == 0 and rows and not aborted else 1
 
 

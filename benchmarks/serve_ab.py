@@ -22,7 +22,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
-from figures import write_figures  # noqa: E402
+from figures import add_json_option, write_figures  # noqa: E402
 from fixtures_serve import free_port  # noqa: E402
 from serve_load import make_repository  # noqa: E402
 from serve_peers import Service  # noqa: E402
@@ -53,7 +53,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of load per run")
     parser.add_argument("--connections", type=int, default=64)
-    parser.add_argument("--json", type=Path, default=None, help="write the figures here (with command, date, CPU and commit)")
+    add_json_option(parser, __file__)
     args = parser.parse_args()
     figures = {}
     with tempfile.TemporaryDirectory(prefix="serve-ab-") as tmp:
@@ -71,8 +71,7 @@ def main() -> int:
             ratio = statistics.median(b / a for a, b in rounds)
             print(f"  {name}: B / A = {ratio:.3f} (rounds: {', '.join(f'{a:.0f} -> {b:.0f}' for a, b in rounds)})", flush=True)
             figures[name] = {"rounds_requests_per_s": rounds, "b_over_a_median": ratio}
-    if args.json is not None:
-        write_figures(args.json, {"a": str(args.a), "b": str(args.b), "models": figures})
+    write_figures(args.json, {"a": str(args.a), "b": str(args.b), "models": figures})
     return 0
 
 

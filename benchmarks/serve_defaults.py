@@ -24,6 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from figures import add_json_option, write_figures  # noqa: E402
 from fixtures_serve import ServerProcess  # noqa: E402  (the tests' launcher: one copy)
 from int8_served import DTYPES, untrained_repository  # noqa: E402
 from serve_load import served_instances, set_scheduling  # noqa: E402
@@ -45,16 +46,19 @@ def main() -> None:
     parser.add_argument("--dtypes", default=",".join(DTYPES), help="fp32, int8 or both")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of load per variant")
     parser.add_argument("--connections", type=int, default=64)
+    add_json_option(parser, __file__)
     args = parser.parse_args()
     print(f"{cpu_name()}, {available_cpus()} CPU(s); wrk -c{args.connections} for {args.duration:g} s per variant; V2 JSON, 1 image per request")
+    models = {}
     with tempfile.TemporaryDirectory() as tmp:
         for architecture in args.models.split(","):
             repository = untrained_repository(architecture, Path(tmp) / architecture)
             for dtype in args.dtypes.split(","):
-                measure(repository, f"{architecture}-{dtype}", Path(tmp), args)
+                models[f"{architecture}-{dtype}"] = measure(repository, f"{architecture}-{dtype}", Path(tmp), args)
+    write_figures(args.json, {"connections": args.connections, "duration_s": args.duration, "models": models})
 
 
-def measure(repository: Path, name: str, tmp: Path, args) -> None:
+def measure(repository: Path, name: str, tmp: Path, args) -> list[dict]:
     version = ModelRepository(repository).get(name)
     x = np.random.default_rng(0).random((1, *version.card.input_shape), dtype=np.float32)
     body = json.dumps({"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]}).encode()
@@ -79,6 +83,9 @@ def measure(repository: Path, name: str, tmp: Path, args) -> None:
         print(f"  {label:<44}{r.cells()}  x{r.requests_per_s / base:.2f}{mark}", flush=True)
     best = max(results, key=lambda v: results[v].requests_per_s)
     print(f"  fastest: {best} at x{results[best].requests_per_s / base:.2f} of the default")
+    return [{"instances": "auto" if i == AUTO_INSTANCES else i, "served_instances": counts[i, t, d], "cpu_threads": t or "auto", "delay_ms": d / 1000,
+             "requests_per_s": r.requests_per_s, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "over_default": r.requests_per_s / base,
+             "default": (i, t, d) == DEFAULT} for (i, t, d), r in results.items()]
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ written out). One client sends binary V2 requests of one image, one at a time, t
 figures are the median latencies and their ratio, and the server-side queue time per request from
 Triton's statistics.
 
-    python benchmarks/serve_empty_batching.py --requests 300 --json docs/results/serve-empty-batching.json
+    python benchmarks/serve_empty_batching.py --requests 300
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
-from figures import write_figures  # noqa: E402
+from figures import add_json_option, write_figures  # noqa: E402
 from fixtures_serve import LINEAR, SYNTHETIC_SHAPE, ServerProcess, binary_infer_body, http, make_synthetic_repository, synthetic_card  # noqa: E402
 
 from elunet.model_config import build_config, config_text  # noqa: E402
@@ -37,7 +37,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=300, help="requests per model and round")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--json", type=Path, default=None, help="write the figures here (with command, date, CPU and commit)")
+    add_json_option(parser, __file__)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "repository"
@@ -68,9 +68,8 @@ def main() -> None:
     for name in CONFIGS:
         print(f"{name:>10}: median {medians_ms[name]:.2f} ms per request, {queue_us[name]:.0f} us of it queued (server statistics)")
     print(f"dynamic_batching {{}} answers one client {ratio:.2f}x faster than the 2 ms delay it was read as before")
-    if args.json:
-        write_figures(args.json, {"requests": args.requests * args.rounds, "median_ms": medians_ms, "queue_us_per_request": queue_us,
-                                  "speedup": ratio})
+    write_figures(args.json, {"requests": args.requests * args.rounds, "median_ms": medians_ms, "queue_us_per_request": queue_us,
+                              "speedup": ratio})
 
 
 if __name__ == "__main__":

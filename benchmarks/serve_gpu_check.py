@@ -26,7 +26,9 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
+from figures import add_json_option, read_figures, write_figures  # noqa: E402
 from fixtures_serve import ServerProcess, binary_infer_body, http, parse_infer_response  # noqa: E402
 
 MODEL = "fashion-cnn"
@@ -36,6 +38,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--device", default="cuda", help="cuda (the check) or cpu (a dry run of the script)")
+    add_json_option(parser, __file__)
     args = parser.parse_args()
 
     import torch
@@ -79,9 +82,13 @@ def main() -> int:
               f"max rel err {result.max_rel_err:.2e}, top-1 agreement {result.top1_agreement:.4f} -> {'PASSED' if result.passed else 'FAILED'}")
         load = subprocess.run(
             [sys.executable, str(HERE / "serve_load.py"), "--repository", str(repository), "--model", MODEL, "--backend", "torch", "--allow-unverified",
-             "--device", args.device, "--clients", "64", "--duration", str(args.duration)],
+             "--device", args.device, "--clients", "64", "--duration", str(args.duration), "--json", str(Path(tmp) / "load.json")],
             check=False,
         )
+        load_figures = read_figures(Path(tmp) / "load.json") if load.returncode == 0 else None
+    write_figures(args.json, {"device": args.device, "served_on": meta["platform"], "parity": {
+        "images": len(pixels), "max_abs_err": result.max_abs_err, "max_rel_err": result.max_rel_err, "top1_agreement": result.top1_agreement,
+        "passed": result.passed}, "load": load_figures})
     return 0 if result.passed and load.returncode == 0 else 1
 
 

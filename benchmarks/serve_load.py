@@ -38,7 +38,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from figures import add_json_option, write_figures  # noqa: E402
 from fixtures_serve import ServerProcess, binary_infer_body  # noqa: E402  (the tests' launcher: one copy)
 
 from elunet.model_config import DEFAULT_MAX_QUEUE_DELAY_US  # noqa: E402
@@ -59,9 +61,17 @@ class Load:
     mean_batch: float
     errors: int
 
+    def percentiles_ms(self) -> tuple[float, float, float]:
+        return tuple(np.percentile(self.latencies_ms, [50, 95, 99])) if len(self.latencies_ms) else (np.nan,) * 3
+
     def row(self, name: str) -> str:
-        p50, p95, p99 = np.percentile(self.latencies_ms, [50, 95, 99]) if len(self.latencies_ms) else (np.nan,) * 3
+        p50, p95, p99 = self.percentiles_ms()
         return f"{name:<26}{self.images_per_s:>10.1f}{p50:>9.2f}{p95:>9.2f}{p99:>9.2f}{self.mean_batch:>11.2f}{self.errors:>8}"
+
+    def record(self, name: str) -> dict:
+        p50, p95, p99 = (float(p) for p in self.percentiles_ms())
+        return {"phase": name, "images_per_s": self.images_per_s, "p50_ms": p50, "p95_ms": p95, "p99_ms": p99, "mean_batch": self.mean_batch,
+                "errors": self.errors}
 
 
 def make_repository(architecture: str, root: Path) -> Path:
@@ -222,6 +232,7 @@ def main() -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of load before measuring")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds measured per phase")
+    add_json_option(parser, __file__)
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="serve-load-") as tmp:
@@ -256,15 +267,18 @@ def main() -> int:
     print(f"\nmodel {args.model} ({card.architecture}, input {card.input_shape}), backend {args.backend} on {args.device}, "
           f"{args.clients} clients, 1 image per request, max queue delay {args.max_queue_delay_ms:g} ms, {instances} instance(s)")
     print(f"{'phase':<26}{'images/s':>10}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'mean batch':>11}{'errors':>8}")
-    print(results["raw"].row(f"(a) raw engine, batch {formed}") + f"   (runs: {', '.join(f'{r.images_per_s:.1f}' for r in raw_runs)})")
-    print(results["raw1"].row("(a) raw engine, batch 1"))
-    print(results["batched"].row(f"(b) server, max batch {args.max_batch_size}"))
-    print(results["unbatched"].row("(c) server, max batch 1"))
+    phases = {"raw": f"(a) raw engine, batch {formed}", "raw1": "(a) raw engine, batch 1", "batched": f"(b) server, max batch {args.max_batch_size}",
+              "unbatched": "(c) server, max batch 1"}
+    for key, name in phases.items():
+        print(results[key].row(name) + (f"   (runs: {', '.join(f'{r.images_per_s:.1f}' for r in raw_runs)})" if key == "raw" else ""))
     served_raw = results["batched"].images_per_s / results["raw"].images_per_s
     batched_unbatched = results["batched"].images_per_s / results["unbatched"].images_per_s
     ceiling = results["raw"].images_per_s / results["raw1"].images_per_s
     print(f"served/raw = {served_raw:.2f}   batched/unbatched = {batched_unbatched:.2f}   "
           f"(compute-only batching gain raw(batch {formed})/raw(batch 1) = {ceiling:.2f})")
+    write_figures(args.json, {"model": args.model, "backend": args.backend, "device": args.device, "clients": args.clients,
+                              "instances": instances, "duration_s": args.duration, "phases": [results[k].record(n) for k, n in phases.items()],
+                              "served_over_raw": served_raw, "batched_over_unbatched": batched_unbatched, "raw_batching_gain": ceiling})
     return 0
 
 

@@ -27,6 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from figures import add_json_option, write_figures  # noqa: E402
 from fixtures_serve import LINEAR, SYNTHETIC_SHAPE, ServerProcess, make_synthetic_repository  # noqa: E402
 from wrk_load import wrk  # noqa: E402
 
@@ -69,13 +70,16 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=8.0, help="seconds of wrk per load")
     parser.add_argument("--overload", type=int, default=900, help="connections of the overload (under the default --max-connections)")
     parser.add_argument("--health-bound-s", type=float, default=1.0, help="slowest health answer allowed under overload")
-    parser.add_argument("--short", action="store_true", help="3 s per load, the overload only")
+    parser.add_argument("--short", action="store_true", help="3 s per load, the overload only, no figures recorded")
+    add_json_option(parser, __file__)
     args = parser.parse_args()
+    if args.short:
+        args.json = None
     duration = 3.0 if args.short else args.duration
 
     x = np.random.default_rng(0).random((1, *SYNTHETIC_SHAPE)).round(4)
     body = json.dumps({"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]}).encode()
-    worst = {}
+    worst, rows = {}, []
     with tempfile.TemporaryDirectory() as tmp:
         repository = make_synthetic_repository(Path(tmp) / "repository")
         for loop in args.loops.split(","):
@@ -88,11 +92,15 @@ def main() -> int:
                         server.port, lambda c=connections: wrk(url, body, {"Content-Type": "application/json"}, connections=c, duration_s=duration, threads=2)
                     )
                     worst[loop] = max(seconds)
+                    rows.append({"event_loop": loop, "connections": connections, "requests_per_s": result.requests_per_s, "p50_ms": result.p50_ms,
+                                 "p99_ms": result.p99_ms, "health_probes": len(seconds), "slowest_health_s": max(seconds),
+                                 "failed_probes": len(failures)})
                     print(f"{loop:8s} {connections:4d} connections: {result.cells()}   health on new connections: {len(seconds)} probes, "
                           f"slowest {max(seconds):.3f} s, {len(failures)} failed {failures[:3]}", flush=True)
             finally:
                 server.stop()
     late = {loop: s for loop, s in worst.items() if s > args.health_bound_s}
+    write_figures(args.json, {"duration_s": duration, "health_bound_s": args.health_bound_s, "loads": rows})
     if late:
         print(f"health slower than {args.health_bound_s:g} s under overload with: {late}")
     return 1 if late else 0

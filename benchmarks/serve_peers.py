@@ -49,7 +49,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 from fixtures_serve import binary_infer_body, free_port, http, parse_infer_response  # noqa: E402
 from grpc_load import grpc_load, infer_request  # noqa: E402
 from serve_load import batch_totals, instance_count, make_repository, raw_engine  # noqa: E402
-from figures import write_figures  # noqa: E402
+from figures import add_json_option, write_figures  # noqa: E402
 from wrk_load import wrk  # noqa: E402
 
 from elunet.repository import ModelRepository  # noqa: E402
@@ -349,16 +349,12 @@ def main() -> int:
     parser.add_argument("--models", default="fashion-cnn,elu-cifar11", help="architectures, comma-separated")
     parser.add_argument("--duration", type=float, default=15.0, help="seconds of load per server")
     parser.add_argument("--connections", type=int, default=64, help="wrk connections (and gRPC calls in flight)")
-    parser.add_argument("--short", action="store_true", help="fashion-cnn only, 3 s per server: checks that everything runs")
+    parser.add_argument("--short", action="store_true", help="fashion-cnn only, 3 s per server, no figures recorded: checks that everything runs")
     parser.add_argument("--peers-venv", type=Path, default=DEFAULT_VENV, help="virtual environment for MLServer and LitServe")
-    parser.add_argument("--json", type=Path, default=None,
-                        help="where the figures go (with the command, date, CPU and commit); default docs/benchmarks/serve_peers.json, "
-                        "for the docs' benchmark page, except with --short")
+    add_json_option(parser, __file__)
     args = parser.parse_args()
     if args.short:
-        args.models, args.duration = "fashion-cnn", 3.0
-    elif args.json is None:
-        args.json = HERE.parent / "docs" / "benchmarks" / "serve_peers.json"
+        args.models, args.duration, args.json = "fashion-cnn", 3.0, None
     try:
         python = peers_python(args.peers_venv)
     except PeersUnavailable as exc:
@@ -374,9 +370,8 @@ def main() -> int:
             print(f"{architecture}:", flush=True)
             results[architecture] = measure(architecture, Path(tmp), python, versions, args)
     print(f"load average at the end {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    if args.json is not None:
-        write_figures(args.json, {"peers": versions, "connections": args.connections, "duration_s": args.duration,
-                                  "load_average": {"start": load_before, "end": os.getloadavg()}, "models": results})
+    write_figures(args.json, {"peers": versions, "connections": args.connections, "duration_s": args.duration,
+                              "load_average": {"start": load_before, "end": os.getloadavg()}, "models": results})
     return 0
 
 

@@ -24,6 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from figures import add_json_option, write_figures  # noqa: E402
 from fixtures_serve import ServerProcess  # noqa: E402  (the tests' launcher: one copy)
 from serve_load import make_repository  # noqa: E402
 
@@ -81,6 +82,7 @@ def main() -> None:
     parser.add_argument("--model", default="fashion-cnn")
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per protocol")
+    add_json_option(parser, __file__)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         repository = make_repository(args.model, Path(tmp))
@@ -95,6 +97,8 @@ def main() -> None:
     print(f"{args.model}, {args.clients} closed-loop clients (threads of this process), 1 image per request, {args.duration:g} s each:")
     for protocol, (rps, p50, p99) in results.items():
         print(f"  {protocol:<12}{rps:>8.0f} requests/s   p50 {p50:>6.1f} ms   p99 {p99:>6.1f} ms   x{rps / base:.2f} of HTTP JSON")
+    write_figures(args.json, {"model": args.model, "clients": args.clients, "duration_s": args.duration, "protocols": [
+        {"protocol": p, "requests_per_s": rps, "p50_ms": p50, "p99_ms": p99, "over_http_json": rps / base} for p, (rps, p50, p99) in results.items()]})
 
 
 if __name__ == "__main__":

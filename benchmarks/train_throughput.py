@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,6 +31,9 @@ from elunet.train.checkpoint import METRICS_FILE  # noqa: E402
 from elunet.train.data import load_dataset  # noqa: E402
 from elunet.train.loop import train  # noqa: E402
 from elunet.train.models import build_model, describe_model  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from figures import add_json_option, write_figures  # noqa: E402
 
 
 def elunet_images_per_s(cfg: TrainConfig) -> float:
@@ -76,6 +80,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--no-channels-last", action="store_true")
+    add_json_option(p, __file__)
     a = p.parse_args()
     cfg = TrainConfig(arch=a.arch, limit_train=a.images, epochs=2, batch_size=a.batch_size, augment=False, channels_last=not a.no_channels_last)
     elunet, plain, augmented = [], [], []
@@ -89,6 +94,10 @@ def main() -> None:
     print(f"elunet train step        {max(elunet):8.0f} images/s")
     print(f"ratio elunet / plain     {max(elunet) / max(plain):8.3f}   (target >= 0.95)")
     print(f"elunet + augmentation    {max(augmented):8.0f} images/s   ({max(augmented) / max(elunet):.3f} of elunet without)")
+    write_figures(a.json, {"arch": a.arch, "batch_size": a.batch_size, "images_per_epoch": a.images, "threads": torch.get_num_threads(),
+                           "channels_last": cfg.channels_last, "repeats": a.repeats, "plain_images_per_s": max(plain),
+                           "elunet_images_per_s": max(elunet), "elunet_over_plain": max(elunet) / max(plain), "target": 0.95,
+                           "elunet_augmented_images_per_s": max(augmented)})
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import ast
 import http
 import json
 import re
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -21,7 +22,9 @@ from mkdocs.structure.files import File
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
-FIGURES = ROOT / "docs" / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+from figures import FIGURES, RECORD_KEYS  # noqa: E402  (where write_figures records, and what it adds to every record)
+
 GUIDES_DIR = "guides"
 
 
@@ -238,7 +241,6 @@ def render_figures(figures: dict, level: int = 2) -> str:
     return "\n".join(scalars) + ("\n\n" if scalars else "") + "\n".join(sections)
 
 
-RECORD_KEYS = ("command", "date", "cpu", "cpus", "commit")  # what write_figures adds to every record
 
 
 def render_benchmark(script: Path, record: dict | None) -> str:

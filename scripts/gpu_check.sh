@@ -122,7 +122,7 @@ section "ELU kernel bandwidth vs device-to-device copy (2^28 elements)"
 if [ -n "$REASON" ]; then
   skip "$REASON"
 else
-  timeout 120 "$PY" "$ROOT/benchmarks/elu_kernel_bandwidth.py" --log2-elements 28 --repeats 20 \
+  timeout 120 "$PY" "$ROOT/benchmarks/elu_kernel_bandwidth.py" --log2-elements 28 --repeats 20 --json "${OUT:-$ROOT/docs/benchmarks}/elu_kernel_bandwidth.json" \
     || fail "bandwidth below target or not measured"
 fi
 
@@ -130,7 +130,7 @@ section "serving: torch backend on CUDA (parity vs the CPU reference, served thr
 if [ -n "$REASON" ]; then
   skip "$REASON"
 else
-  timeout 240 "$PY" "$ROOT/benchmarks/serve_gpu_check.py" --duration 8 || fail "serving: torch-CUDA parity or throughput"
+  timeout 240 "$PY" "$ROOT/benchmarks/serve_gpu_check.py" --duration 8 --json "${OUT:-$ROOT/docs/benchmarks}/serve_gpu_check.json" || fail "serving: torch-CUDA parity or throughput"
 fi
 
 section "result"

@@ -4,6 +4,7 @@ pages are rendered from the JSON the benchmarks write, and the built home page r
 
 from __future__ import annotations
 
+import argparse
 import html
 import importlib.util
 import json
@@ -193,6 +194,24 @@ def test_every_benchmark_that_records_json_gets_a_page(docs_hooks, site):
     assert {s.stem for s in scripts} >= {"serve_peers"}
     for script in scripts:
         assert (site / "benchmarks" / script.stem / "index.html").is_file()
+
+
+def test_every_benchmark_records_its_figures_for_its_page_unless_told_not_to(docs_hooks):
+    helpers = {"figures", "wrk_load", "grpc_load"}  # what the benchmarks import or start: they measure nothing of their own
+    benchmarks = {p.stem for p in (REPO_ROOT / "benchmarks").glob("*.py")} - helpers
+    assert {s.stem for s in docs_hooks.benchmarks_with_figures()} == benchmarks
+    for name in sorted(benchmarks):
+        done = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / f"{name}.py"), "--help"], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0 and f"docs/benchmarks/{name}.json" in " ".join(done.stdout.split()), (name, done.stdout[-500:], done.stderr[-500:])
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    try:
+        from figures import add_json_option
+    finally:
+        sys.path.remove(str(REPO_ROOT / "benchmarks"))
+    parser = argparse.ArgumentParser()
+    add_json_option(parser, "serve_load.py")
+    assert parser.parse_args([]).json == REPO_ROOT / "docs" / "benchmarks" / "serve_load.json"
+    assert parser.parse_args(["--json", ""]).json is None
 
 
 def test_a_guide_added_under_docs_guides_joins_the_navigation(docs_hooks, tmp_path):
