@@ -15,7 +15,6 @@ import json
 import re
 import sys
 import tempfile
-import warnings
 from pathlib import Path
 
 from mkdocs.structure.files import File
@@ -150,9 +149,7 @@ def openapi_document() -> dict:
     from elunet.serve.app import create_app
     from elunet.serve.settings import ServeSettings
 
-    with tempfile.TemporaryDirectory() as repository, warnings.catch_warnings():
-        # FastAPI warns that GET and HEAD of a health route share an operation id; the page lists both.
-        warnings.filterwarnings("ignore", message="Duplicate Operation ID")
+    with tempfile.TemporaryDirectory() as repository:
         return create_app(ServeSettings(repository=Path(repository), model_control_mode="explicit")).openapi()
 
 

@@ -162,15 +162,18 @@ def _add_v2_routes(app: FastAPI, ops: Operations) -> None:
     async def server_metadata() -> ServerMetadata:
         return ops.server_metadata()
 
-    # HEAD too: load balancers and uptime checks probe with it.
-    @app.api_route(LIVE_PATH, methods=["GET", "HEAD"], tags=["v2"], responses=_ERRORS)
     async def server_live() -> dict:
         return {"live": True}
 
-    @app.api_route(READY_PATH, methods=["GET", "HEAD"], tags=["v2"], responses=_ERRORS)
     async def server_ready() -> dict:
         ops.server_ready()
         return {"ready": True}
+
+    # HEAD too: load balancers and uptime checks probe with it. A route of its own, so that each method has an
+    # operation id of its own in the OpenAPI document.
+    for path, probe in ((LIVE_PATH, server_live), (READY_PATH, server_ready)):
+        app.add_api_route(path, probe, methods=["GET"], tags=["v2"], responses=_ERRORS)
+        app.add_api_route(path, probe, methods=["HEAD"], tags=["v2"], responses=_ERRORS, operation_id=f"{probe.__name__}_head")
 
     @app.post("/v2/repository/index", response_model=list[ModelState], tags=["v2"], responses=_ERRORS)
     async def repository_index(request: Request) -> list[ModelState]:
