@@ -22,12 +22,15 @@ from pathlib import Path
 import numpy as np
 
 from elunet.serve.decoding import INLINE_BYTES, Decoder
+from elunet.contracts import INPUT_NAME
+from elunet.model_config import TensorSignature
 from elunet.serve.tensors import decode_infer
 
 sys.path.insert(0, str(Path(__file__).parent))
 from figures import add_json_option, write_figures  # noqa: E402
 
 SHAPE = (1, 28, 28)  # fashion-cnn's input
+MODEL_INPUT = TensorSignature(INPUT_NAME, "FP32", SHAPE)
 REPEATS = 40
 
 
@@ -47,10 +50,10 @@ async def measure() -> list[dict]:
         inline, pooled = [], []
         for _ in range(REPEATS):
             t0 = time.perf_counter()
-            decode_infer(body, None, None, 1 << 30, SHAPE)
+            decode_infer(body, None, None, 1 << 30, MODEL_INPUT)
             inline.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
-            await decoder.run(len(body), True, decode_infer, body, None, None, 1 << 30, SHAPE)
+            await decoder.run(len(body), True, decode_infer, body, None, None, 1 << 30, MODEL_INPUT)
             pooled.append(time.perf_counter() - t0)
         rows.append({"images": images, "body_kib": len(body) / 1024, "inline_ms": statistics.median(inline) * 1000,
                      "pool_round_trip_ms": statistics.median(pooled) * 1000})

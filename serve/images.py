@@ -1,4 +1,4 @@
-"""Image files -> model input pixels, as the model card prescribes (for /v1/.../classify).
+"""Image files -> model input pixels, as the model's image input prescribes (for /v1/.../classify).
 
 The decode is the one training uses (elunet/images.py); here its refusals
 become answers: 413 for an image past --max-image-pixels, 415 for the rest.
@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from elunet.card import Preprocessing
 from elunet.images import ImageError, decode_image
 from elunet.serve.errors import ServeError
+from elunet.serve.interface import ImageInput
 
 
-def image_pixels(data: bytes, pre: Preprocessing, name: str, max_pixels: int) -> np.ndarray:
+def image_pixels(data: bytes, pre: ImageInput, name: str, max_pixels: int) -> np.ndarray:
     """Decode one image to float32 [C, H, W] in [0, 1]."""
     try:
         return decode_image(data, pre.color_mode, pre.width, pre.height, pre.channels, name=name, max_pixels=max_pixels)
@@ -23,9 +23,9 @@ def image_pixels(data: bytes, pre: Preprocessing, name: str, max_pixels: int) ->
         raise ServeError(415, exc.message, reason=exc.problem) from None
 
 
-def images_pixels(named_images: list[tuple[str, bytes]], pre: Preprocessing, max_pixels: int) -> np.ndarray:
-    """Several (name, file bytes) decoded into one float32 batch [n, C, H, W]."""
-    return np.stack([image_pixels(data, pre, name, max_pixels) for name, data in named_images])
+def images_pixels(named_images: list[tuple[str, bytes]], pre: ImageInput, max_pixels: int) -> np.ndarray:
+    """Several (name, file bytes) decoded into one float32 batch in the input's layout ([n, C, H, W] or [n, H, W, C])."""
+    return pre.arranged(np.stack([image_pixels(data, pre, name, max_pixels) for name, data in named_images]))
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

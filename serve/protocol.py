@@ -21,7 +21,9 @@ EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration", "mo
 # Where elunet deliberately differs from Triton on the same repository, said at start-up (docs/triton-compatibility.md
 # has the whole table).
 TRITON_DIFFERENCES = (
-    "a model version serves only with a passed parity certificate for the backend and device it runs on (--allow-unverified to serve others)",
+    "a model version serves only with a passed parity certificate for the backend and device it runs on; others, and plain Triton models "
+    "(no card.json), only where --allow-unverified allows them (true, or their names)",
+    "a plain Triton model's config.pbtxt must declare its input and output (no auto-complete from the model file) and max_batch_size >= 1",
     "without an instance_group, the instance count is chosen per model at warm-up (1 or 2 on CPU), where Triton creates one",
     "models are image classifiers with one input and one output; BYTES inputs, ensembles, sequence batching and decoupled models are refused",
     "the CUDA shared-memory, trace and logging extensions are not implemented",
@@ -82,7 +84,7 @@ class ModelMetadata(_Wire):
     platform: str
     inputs: list[TensorMetadata]
     outputs: list[TensorMetadata]
-    # elunet's: {"parity": "passed" | "unverified"}
+    # elunet's: {"parity": "passed" | "unverified", "image_input": "NCHW RGB 32x32, pixels in [0, 1]" (an image input only)}
     parameters: Parameters | None = None
 
 

@@ -1,6 +1,6 @@
 """The served models: a live model repository, managed as Triton's model control modes manage one.
 
-Every model version that serves is a ``ServedModel``: its card, its scheduling
+Every model version that serves is a ``ServedModel``: its interface, its scheduling
 (config.pbtxt, serve/scheduling.py), its engine and instances, its batcher.
 What the registry loads depends on ``--model-control-mode``:
 
@@ -27,13 +27,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from elunet.card import ModelCard
 from elunet.errors import ElunetError
 from elunet.repository import ModelRepository, ModelVersion, check_model_name, parse_version
 from elunet.runtime import Engine, Instance
 from elunet.runtime.cpus import available_cpus
 from elunet.serve.batching import BackendFailure, DynamicBatcher, RequestTiming
 from elunet.serve.errors import ServeError, bad_request, not_found
+from elunet.serve.interface import ModelInterface
 from elunet.serve.loader import load
 from elunet.serve.metrics import ModelMetrics, ServeMetrics
 from elunet.serve.repository_watch import Desired, RepositoryWatch, return_memory
@@ -54,11 +54,10 @@ class ServedModel:
     config: object | None  # the parsed config.pbtxt (ModelConfig), None without one
     scheduling: Scheduling
     fingerprint: str
-    card: ModelCard | None = None
-    labels: list[str] = field(default_factory=list)  # labels.txt (Triton's label_filename), else the card's
+    interface: ModelInterface | None = None  # what it takes and answers, once loaded (serve/interface.py)
     state: str = LOADING
     reason: str = "loading"
-    parity: str = "passed"  # or "unverified" (served under --allow-unverified)
+    parity: str = "passed"  # or "unverified" (served under --allow-unverified: no passed certificate, or a plain Triton model)
     engine: Engine | None = None
     instances: list[Instance] = field(default_factory=list)
     batcher: DynamicBatcher | None = None
@@ -160,8 +159,8 @@ class ModelRegistry:
         if self.mode == "none" and not self.requested:
             raise ElunetError(
                 f"model repository {root} holds no model versions",
-                hint="expected ROOT/<name>/<version>/card.json; create them with `elunet export CKPT --repository DIR`, "
-                "or start with --model-control-mode poll to wait for them",
+                hint="expected ROOT/<name>/<version>/ with model.onnx and card.json (or, for a plain Triton model, ROOT/<name>/config.pbtxt); "
+                "create them with `elunet export CKPT --repository DIR`, or start with --model-control-mode poll to wait for them",
             )
         self.models: dict[str, dict[int, ServedModel]] = {}
         self.problems: dict[str, str] = {}  # model-level reasons (config.pbtxt unreadable, no versions, ...)
