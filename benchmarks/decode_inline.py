@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from elunet.serve.decoding import INLINE_BYTES, Decoder
 from elunet.contracts import INPUT_NAME
 from elunet.model_config import TensorSignature
+from elunet.serve.decoding import INLINE_BYTES, Decoder
 from elunet.serve.tensors import decode_infer
 
 sys.path.insert(0, str(Path(__file__).parent))
