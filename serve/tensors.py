@@ -6,10 +6,17 @@ order of the inputs whose ``parameters.binary_data_size`` says how many bytes
 they take (little-endian, row-major). Outputs come back the same way when the
 request asks for ``binary_data`` (per output) or ``binary_data_output`` (for
 all).
+
+BYTES inputs (an image model's encoded image files): in the binary section each
+element is a 4-byte little-endian length, then its bytes (Triton's form); in
+JSON, whose strings cannot hold arbitrary bytes, each element is the file in
+base64 (``decode_image_infer``).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
 import struct
 import zlib
@@ -19,9 +26,12 @@ import orjson
 import simdjson
 from pydantic import ValidationError
 
+from elunet.card import Preprocessing
 from elunet.contracts import INPUT_NAME, OUTPUT_NAME
+from elunet.model_config import BYTES
 from elunet.serve.errors import ServeError, bad_request, body_too_large, shown
 from elunet.serve.extensions import classify, serialize_bytes
+from elunet.serve.images import images_pixels
 from elunet.serve.protocol import (
     CLASSIFICATION_DATATYPE,
     INPUT_DATATYPES,
@@ -51,6 +61,102 @@ def decode_infer(
     return request, pixels
 
 
+def decode_image_infer(
+    body: bytes, header_length: str | None, content_encoding: str | None, max_bytes: int, input_name: str, pre: Preprocessing, max_pixels: int,
+) -> tuple[InferenceRequest, np.ndarray]:
+    """decode_infer for an image model: the validated request and its encoded image files decoded to float32 pixels
+    by ``pre`` (serve/images.py, as /v1 classify decodes them); 400 saying what is wrong, and for which element."""
+    request, binary, _ = read_request(body, header_length, content_encoding, max_bytes, None)
+    tensor = request.inputs[0]
+    count = check_image_input([i.name for i in request.inputs], tensor.datatype, tensor.shape, input_name)
+    parameters = tensor.parameters or {}
+    size = parameters.get("binary_data_size")
+    what = f"input {input_name!r}"
+    if in_shared_memory(parameters, False, what):
+        raise bad_request(f"{what} is in a shared memory region; an image model takes its encoded images in the request only")
+    if size is not None:
+        if tensor.data is not None:
+            raise bad_request(f"{what} has both 'data' and binary_data_size; send one")
+        if not isinstance(size, int) or isinstance(size, bool) or size != len(binary):
+            raise bad_request(f"{what} binary_data_size is {size!r}; the binary section after the JSON header has {len(binary)} bytes")
+        elements = bytes_elements(binary, what)
+    else:
+        if binary:
+            raise bad_request(f"body has {len(binary)} binary bytes, but no input declares binary_data_size")
+        if tensor.data is None:
+            raise bad_request(f"{what} has no 'data' and no binary_data_size parameter")
+        elements = base64_elements(tensor.data, what)
+    check_element_count(elements, count, tensor.shape, what)
+    request.inputs[0].data = None  # decoded; the request travels on without it
+    return request, encoded_images_pixels(elements, input_name, pre, max_pixels)
+
+
+def check_image_input(names: list[str], datatype: str, shape: list[int], input_name: str) -> int:
+    """400 unless the request's inputs are an image model's one input (``input_name``, BYTES, shape [n, 1]); n."""
+    if names != [input_name]:
+        raise bad_request(f"expected exactly one input named {input_name!r} (encoded image files), received inputs {names}")
+    if datatype != BYTES:
+        raise bad_request(f"input {input_name!r} has datatype {datatype}; this image model takes {BYTES}, one encoded image file "
+                          f"(PNG, JPEG, ...) per batch element; send pixels to the tensor model it serves")
+    if len(shape) != 2 or shape[1] != 1 or shape[0] < 1:
+        raise bad_request(f"input {input_name!r} has shape {shown(list(shape))}; expected [-1, 1]: a batch of at least 1, one image file each")
+    return shape[0]
+
+
+def check_element_count(elements: list[bytes], count: int, shape: list[int], what: str) -> None:
+    if len(elements) != count:
+        raise bad_request(f"{what} holds {len(elements)} {BYTES} elements; shape {list(shape)} needs {count}, one image file each")
+
+
+def bytes_elements(raw, what: str) -> list[bytes]:
+    """The elements of a BYTES tensor in Triton's binary form (serialize_bytes' inverse); 400 saying where it breaks."""
+    raw = memoryview(raw)
+    elements, at = [], 0
+    while at < len(raw):
+        if len(raw) - at < 4:
+            raise bad_request(f"{what}: {BYTES} element {len(elements)} starts at byte {at} with {len(raw) - at} bytes left, fewer than "
+                              "its 4-byte length; each element is a 4-byte little-endian length, then its bytes")
+        length = int.from_bytes(raw[at:at + 4], "little")
+        at += 4
+        if length > len(raw) - at:
+            raise bad_request(f"{what}: {BYTES} element {len(elements)} declares {length} bytes, but only {len(raw) - at} follow its length")
+        elements.append(bytes(raw[at:at + length]))
+        at += length
+    return elements
+
+
+def base64_elements(data: list, what: str) -> list[bytes]:
+    """The elements of a BYTES tensor in JSON: a (nested) list of strings, each a file in base64; 400 naming the element that is not."""
+    flat, open_lists = [], [iter(data)]
+    while open_lists:  # in order, without recursion: the nesting is the client's
+        item = next(open_lists[-1], _END)
+        if item is _END:
+            open_lists.pop()
+        elif isinstance(item, list):
+            open_lists.append(iter(item))
+        else:
+            flat.append(item)
+    elements = []
+    for index, text in enumerate(flat):
+        if not isinstance(text, str):
+            raise bad_request(f"{what}: {BYTES} element {index} is a JSON {_JSON_NAMES.get(type(text), type(text).__name__)}; in JSON each "
+                              "element is a string holding an image file in base64 (JSON strings cannot carry the file's bytes)")
+        try:
+            elements.append(base64.b64decode(text, validate=True))
+        except (binascii.Error, ValueError):
+            raise bad_request(f"{what}: {BYTES} element {index} is not base64 ({shown(text)}); in JSON each element is an image file in "
+                              "base64, or send the files in the binary section (binary_data_size)") from None
+    return elements
+
+
+_END = object()
+
+
+def encoded_images_pixels(elements: list[bytes], input_name: str, pre: Preprocessing, max_pixels: int) -> np.ndarray:
+    """The encoded image files of an image model's input as float32 pixels [n, C, H, W]; each refusal names its element."""
+    return images_pixels([(f"{input_name}[{i}]", data) for i, data in enumerate(elements)], pre, max_pixels, refused_status=400)
+
+
 def requested_timeout_us(parameters) -> float | None:
     """Triton's per-request ``timeout`` parameter (microseconds); None when absent or 0 (the server's timeout)."""
     wanted = (parameters or {}).get("timeout")
@@ -74,14 +180,15 @@ def _is_number(value) -> bool:
 
 
 def read_request(
-    body: bytes, header_length: str | None, content_encoding: str | None, max_bytes: int, image_shape: tuple[int, int, int]
+    body: bytes, header_length: str | None, content_encoding: str | None, max_bytes: int, image_shape: tuple[int, int, int] | None
 ) -> tuple[InferenceRequest, memoryview, bool]:
     """Split and validate the body: the JSON header, the binary section after it, and whether the JSON
     may hold a true or false (JSON booleans are numbers to Python; only a text with those words can
     carry them, a fast test on the decompressed text).
 
     ``Inference-Header-Content-Length: 0`` is Triton's raw binary request: no header at all, the
-    body is the model's one input, float32 images of ``image_shape`` (as many as the bytes hold).
+    body is the model's one input, float32 images of ``image_shape`` (as many as the bytes hold); ``image_shape``
+    None (an image model, whose elements need a shape) refuses it.
     """
     body = _decompress(body, content_encoding, max_bytes)
     if header_length is None:
@@ -94,6 +201,9 @@ def read_request(
         if not 0 <= n <= len(body):
             raise bad_request(f"{HEADER_LENGTH} is {n}, but the body has only {len(body)} bytes")
         if n == 0:
+            if image_shape is None:
+                raise bad_request(f"a raw binary request ({HEADER_LENGTH}: 0) carries pixels; this image model takes {BYTES} image files: "
+                                  "send a JSON header declaring its input and their binary_data_size")
             return _raw_request(body, image_shape), memoryview(body), False
         json_part, binary = body[:n], memoryview(body)[n:]
     return parse_request(json_part), binary, _holds(json_part, b"true", b"u") or _holds(json_part, b"false", b"l")
