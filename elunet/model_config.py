@@ -111,6 +111,15 @@ TRITON_STRING, BYTES = "TYPE_STRING", "BYTES"
 IMAGE_INPUT = TensorSignature(IMAGE_INPUT_NAME, BYTES, (1,))
 
 
+def declared_image_input(config) -> TensorSignature | None:
+    """IMAGE_INPUT when ``config`` (a ModelConfig, or None) declares a TYPE_STRING input: an image model's, which
+    ``differences`` then holds to IMAGE_INPUT; else None (a tensor model)."""
+    if config is None:
+        return None
+    pb2 = model_config_pb2()
+    return IMAGE_INPUT if any(pb2.DataType.Name(t.data_type) == TRITON_STRING for t in config.input) else None
+
+
 def differences(config, *, name: str, platforms: list[str], inputs: list[TensorSignature], outputs: list[TensorSignature]) -> list[str]:
     """Where ``config`` contradicts the model it configures (empty: it agrees).
 

@@ -159,7 +159,7 @@ def _check_agrees(served: ServedModel, engine: Engine) -> None:
             found.append(f"the model file's {kind} dims are {list(actual.dims)}, card.json says {list(dims)}")
     if served.config is not None:
         held = [p for p, file in MODEL_FILES.items() if (served.source.path / file).is_file()]
-        found += differences(served.config, name=served.name, platforms=held, inputs=[engine.input], outputs=[engine.output])
+        found += differences(served.config, name=served.name, platforms=held, inputs=[served.input], outputs=[engine.output])
     if engine.max_batch_size and s.max_batch_size > engine.max_batch_size:
         if s.source.get("max_batch_size") == "config.pbtxt":
             found.append(f"max_batch_size is {s.max_batch_size}, the model file accepts at most {engine.max_batch_size}")

@@ -94,7 +94,7 @@ class Operations:
             name=served.name,
             versions=[str(v) for v in sorted(self.registry.models[served.name])],
             platform=engine.platform,
-            inputs=[TensorMetadata(name=engine.input.name, datatype=engine.input.datatype, shape=[-1, *engine.input.dims])],
+            inputs=[TensorMetadata(name=served.input.name, datatype=served.input.datatype, shape=[-1, *served.input.dims])],
             outputs=[TensorMetadata(name=engine.output.name, datatype=engine.output.datatype, shape=[-1, *engine.output.dims])],
             parameters={"parity": served.parity},
         )

@@ -29,6 +29,7 @@ import numpy as np
 
 from elunet.card import ModelCard
 from elunet.errors import ElunetError
+from elunet.model_config import TensorSignature, declared_image_input
 from elunet.repository import ModelRepository, ModelVersion, check_model_name, parse_version
 from elunet.runtime import Engine, Instance
 from elunet.runtime.cpus import available_cpus
@@ -72,6 +73,16 @@ class ServedModel:
     @property
     def version(self) -> int:
         return self.source.version
+
+    @property
+    def image_input(self) -> TensorSignature | None:
+        """The encoded-image input of an image model (its config.pbtxt declares one), None for a tensor model."""
+        return declared_image_input(self.config)
+
+    @property
+    def input(self) -> TensorSignature:
+        """The input requests carry: the image model's encoded images, or the model file's tensor."""
+        return self.image_input or self.engine.input
 
     @property
     def max_batch_size(self) -> int:

@@ -72,8 +72,7 @@ def decode_image_infer(
     parameters = tensor.parameters or {}
     size = parameters.get("binary_data_size")
     what = f"input {input_name!r}"
-    if in_shared_memory(parameters, False, what):
-        raise bad_request(f"{what} is in a shared memory region; an image model takes its encoded images in the request only")
+    check_images_carried(parameters, what)
     if size is not None:
         if tensor.data is not None:
             raise bad_request(f"{what} has both 'data' and binary_data_size; send one")
@@ -101,6 +100,12 @@ def check_image_input(names: list[str], datatype: str, shape: list[int], input_n
     if len(shape) != 2 or shape[1] != 1 or shape[0] < 1:
         raise bad_request(f"input {input_name!r} has shape {shown(list(shape))}; expected [-1, 1]: a batch of at least 1, one image file each")
     return shape[0]
+
+
+def check_images_carried(parameters: dict, what: str) -> None:
+    """400 for an image input placed in shared memory: elunet reads encoded images from the request only."""
+    if in_shared_memory(parameters, False, what):
+        raise bad_request(f"{what} is in a shared memory region; an image model takes its encoded images in the request only")
 
 
 def check_element_count(elements: list[bytes], count: int, shape: list[int], what: str) -> None:
