@@ -19,9 +19,12 @@ import time
 import numpy as np
 
 from elunet.serve.decoding import INLINE_BYTES, Decoder
+from elunet.contracts import INPUT_NAME
+from elunet.model_config import TensorSignature
 from elunet.serve.tensors import decode_infer
 
 SHAPE = (1, 28, 28)  # fashion-cnn's input
+MODEL_INPUT = TensorSignature(INPUT_NAME, "FP32", SHAPE)
 REPEATS = 40
 
 
@@ -40,10 +43,10 @@ async def main() -> None:
         inline, pooled = [], []
         for _ in range(REPEATS):
             t0 = time.perf_counter()
-            decode_infer(body, None, None, 1 << 30, SHAPE)
+            decode_infer(body, None, None, 1 << 30, MODEL_INPUT)
             inline.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
-            await decoder.run(len(body), True, decode_infer, body, None, None, 1 << 30, SHAPE)
+            await decoder.run(len(body), True, decode_infer, body, None, None, 1 << 30, MODEL_INPUT)
             pooled.append(time.perf_counter() - t0)
         print(f"{len(body) / 1024:>8.0f} KiB{statistics.median(inline) * 1000:>20.2f} ms{statistics.median(pooled) * 1000:>22.2f} ms")
     decoder.close()

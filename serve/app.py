@@ -299,14 +299,14 @@ def _add_v1_routes(app: FastAPI, ops: Operations) -> None:
 
         async def decode(served: ServedModel, regions):
             # Always off the loop: a few KB of file can hold 88 Mpx to decode.
-            pixels = await decoder.run(INLINE_BYTES, True, images_pixels, named_images, served.card.preprocessing, settings.max_image_pixels)
+            pixels = await decoder.run(INLINE_BYTES, True, images_pixels, named_images, served.interface.image, settings.max_image_pixels)
             return None, pixels, None
 
         async def encode(served: ServedModel, regions, read, logits):
             return ClassifyResponse(
                 model_name=served.name,
                 model_version=str(served.version),
-                predictions=[_top(served, name, p, top_k) for (name, _), p in zip(named_images, softmax(logits))],
+                predictions=[_top(served, name, p, top_k) for (name, _), p in zip(named_images, softmax(logits.reshape(len(logits), -1)))],
             )
 
         return await unless_disconnected(ops.infer(model, version, decode, encode), disconnected(request.receive))
@@ -364,7 +364,7 @@ async def _read_images(request: Request) -> tuple[list[tuple[str, bytes]], int]:
 
 def _top(served: ServedModel, name: str, probabilities: np.ndarray, k: int) -> ImagePrediction:
     best = np.argsort(-probabilities, kind="stable")[:k]
-    labels = served.card.labels
+    labels = served.interface.labels
     return ImagePrediction(image=name, top=[LabelScore(label=labels[i], index=int(i), probability=float(probabilities[i])) for i in best])
 
 

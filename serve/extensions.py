@@ -75,13 +75,14 @@ def effective_config(served):
     if not config.platform and not config.backend:
         config.platform = engine.platform
     config.max_batch_size = s.max_batch_size
+    model_input, model_output = served.interface.input, served.interface.output
     if not config.input:
-        config.input.add(name=engine.input.name, data_type=pb2.DataType.Value(BY_V2[engine.input.datatype].triton),
-                         format=pb2.ModelInput.FORMAT_NCHW, dims=list(engine.input.dims))
+        config.input.add(name=model_input.name, data_type=pb2.DataType.Value(BY_V2[model_input.datatype].triton),
+                         format=pb2.ModelInput.FORMAT_NCHW, dims=list(model_input.dims))
     if not config.output:
         has_labels = (served.source.path.parent / LABELS_FILE).is_file()
-        config.output.add(name=engine.output.name, data_type=pb2.DataType.Value(BY_V2[engine.output.datatype].triton),
-                          dims=list(engine.output.dims), label_filename=LABELS_FILE if has_labels else "")
+        config.output.add(name=model_output.name, data_type=pb2.DataType.Value(BY_V2[model_output.datatype].triton),
+                          dims=list(model_output.dims), label_filename=LABELS_FILE if has_labels else "")
     if s.dynamic:
         batching = config.dynamic_batching
         batching.max_queue_delay_microseconds = round(s.max_queue_delay_s * 1e6)
@@ -139,7 +140,7 @@ def statistics(entries):
 # --- classification ------------------------------------------------------------------------------
 
 
-def classify(logits: np.ndarray, k: int, labels: list[str]) -> np.ndarray:
+def classify(logits: np.ndarray, k: int, labels: tuple[str, ...]) -> np.ndarray:
     """Triton's classification extension: the top ``k`` classes of each row as "value:index:label" (object array [n, k])."""
     k = min(k, logits.shape[1])
     order = np.argsort(-logits, axis=1, kind="stable")[:, :k]

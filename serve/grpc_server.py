@@ -22,7 +22,6 @@ from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from elunet.contracts import INPUT_NAME
 from elunet.errors import ElunetError
 from elunet.serve.decoding import INLINE_BYTES
 from elunet.serve.errors import ServeError, bad_request
@@ -254,10 +253,11 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
         names = [t.name for t in request.inputs]
         tensor = request.inputs[0] if request.inputs else None
         datatype, shape = (tensor.datatype, list(tensor.shape)) if tensor is not None else ("", [])
-        if served.image_input is not None:
-            count = check_image_input(names, datatype, shape, served.image_input.name)
+        image_files = served.interface.image_files
+        if image_files is not None:
+            count = check_image_input(names, datatype, shape, image_files)
         else:
-            dtype = check_input(names, datatype, shape, served.card.input_shape)
+            dtype = check_input(names, datatype, shape, served.interface.input)
         raw = request.raw_input_contents
         if raw and tensor.HasField("contents"):
             raise bad_request(f"input {names[0]!r} has both contents and raw_input_contents; send one")
@@ -265,38 +265,39 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
             raise bad_request(f"raw_input_contents holds {len(raw)} tensors; this model has one input")
         allow_non_finite = self._ops.settings.allow_non_finite
         parameters = _parameters(tensor.parameters)
-        if served.image_input is not None:
+        if image_files is not None:
             what = f"input {names[0]!r}"
             check_images_carried(parameters, what)
             elements = bytes_elements(raw[0], what) if raw else list(tensor.contents.bytes_contents)
             check_element_count(elements, count, shape, what)
-            pixels = await self._ops.decoder.run(INLINE_BYTES, True, encoded_images_pixels, elements, names[0], served.card.preprocessing,
+            pixels = await self._ops.decoder.run(INLINE_BYTES, True, encoded_images_pixels, elements, image_files, served.interface.image,
                                                  self._ops.settings.max_image_pixels)
         elif in_shared_memory(parameters, bool(raw) or tensor.HasField("contents"), f"input {names[0]!r}"):
-            pixels = await self._ops.decoder.run(math.prod(shape) * dtype.itemsize, False, shared_input_pixels, regions, parameters, datatype,
-                                                 shape, allow_non_finite)
+            pixels = await self._ops.decoder.run(math.prod(shape) * dtype.itemsize, False, shared_input_pixels, regions, names[0], parameters,
+                                                 datatype, shape, allow_non_finite)
         elif raw:
-            values = raw_values(raw[0], dtype, shape, datatype)
-            pixels = await self._ops.decoder.run(len(raw[0]), False, as_pixels, values, shape, datatype, allow_non_finite)
+            values = raw_values(raw[0], names[0], dtype, shape, datatype)
+            pixels = await self._ops.decoder.run(len(raw[0]), False, as_pixels, values, names[0], shape, datatype, allow_non_finite)
         else:
             field = CONTENTS.get(datatype)
             if field is None:
                 raise bad_request(f"input {names[0]!r} of datatype {datatype} has no typed contents field; send it in raw_input_contents")
             # Off the event loop like any tensor: a repeated field of millions of numbers takes a while to convert.
             contents = getattr(tensor.contents, field)
-            pixels = await self._ops.decoder.run(len(contents) * 4, False, typed_pixels, contents, INPUT_DATATYPES[datatype], shape, datatype,
-                                                 allow_non_finite)
+            pixels = await self._ops.decoder.run(len(contents) * 4, False, typed_pixels, contents, names[0], INPUT_DATATYPES[datatype], shape,
+                                                 datatype, allow_non_finite)
         return request, pixels, requested_timeout_us(_parameters(request.parameters))
 
     async def _encode(self, served: ServedModel, regions: Lease, request, logits: np.ndarray):
         outputs = [(o.name, _parameters(o.parameters)) for o in request.outputs]
-        classes, _, shared = requested_outputs(outputs, served.engine.output.name, binary=True)
-        datatype, shape, values = output_tensor(logits, classes, served.labels)
+        output_name = served.interface.output.name
+        classes, _, shared = requested_outputs(outputs, output_name, binary=True)
+        datatype, shape, values = output_tensor(logits, classes, served.interface.labels)
         response = service_pb2.ModelInferResponse(model_name=served.name, model_version=str(served.version), id=request.id)
-        response.outputs.add(name=served.engine.output.name, datatype=datatype, shape=shape)
+        response.outputs.add(name=output_name, datatype=datatype, shape=shape)
         data = tensor_bytes(datatype, values)
         if shared is not None:
-            regions.write(shared, f"output {served.engine.output.name!r}", data)
+            regions.write(shared, f"output {output_name!r}", data)
             # Triton keeps one raw_output_contents entry per output, empty for one in shared memory: clients
             # (perf_analyzer) find an output's bytes by its index, and crash on a missing entry.
             data = b""
@@ -312,12 +313,12 @@ def _succeeds(check) -> bool:
     return True
 
 
-def typed_pixels(contents, numpy_dtype: str, shape: list[int], datatype: str, allow_non_finite: bool) -> np.ndarray:
-    """Pixels from a typed contents field (fp32_contents, uint_contents); 400 when their number is wrong."""
+def typed_pixels(contents, name: str, numpy_dtype: str, shape: list[int], datatype: str, allow_non_finite: bool) -> np.ndarray:
+    """Pixels of input ``name`` from a typed contents field (fp32_contents, uint_contents); 400 when their number is wrong."""
     values = np.asarray(contents, dtype=np.dtype(numpy_dtype))
     if values.size != math.prod(shape):  # math.prod: numpy's int64 product wraps around for huge shapes
-        raise bad_request(f"input {INPUT_NAME!r} has {values.size} values in contents; shape {shape} needs {math.prod(shape)}")
-    return as_pixels(values, shape, datatype, allow_non_finite)
+        raise bad_request(f"input {name!r} has {values.size} values in contents; shape {shape} needs {math.prod(shape)}")
+    return as_pixels(values, name, shape, datatype, allow_non_finite)
 
 
 class HealthService(health_pb2_grpc.HealthServicer):

@@ -67,27 +67,28 @@ class InferRoute:
         encoding = response_encoding(accept_encoding)
 
         async def decode(served: ServedModel, regions: Lease):
-            if served.image_input is not None:  # always off the loop, as /v1 classify: a few KB of file can hold 88 Mpx to decode
+            interface = served.interface
+            if interface.image_files is not None:  # always off the loop, as /v1 classify: a few KB of file can hold 88 Mpx to decode
                 parsed, pixels = await decoder.run(INLINE_BYTES, True, decode_image_infer, body, header_length, content_encoding, settings.max_body_bytes,
-                                                   served.image_input.name, served.card.preprocessing, settings.max_image_pixels)
+                                                   interface.image_files, interface.image, settings.max_image_pixels)
                 return parsed, pixels, requested_timeout_us(parsed.parameters)
             # Only raw binary tensors decode without holding the interpreter lock (serve/decoding.py).
             holds_gil = header_length is None or bool(content_encoding)
             parsed, pixels = await decoder.run(
-                len(body), holds_gil, decode_infer, body, header_length, content_encoding, settings.max_body_bytes, served.card.input_shape,
+                len(body), holds_gil, decode_infer, body, header_length, content_encoding, settings.max_body_bytes, served.interface.input,
                 settings.allow_non_finite,
             )
             if pixels is None:  # in shared memory, which only this process has mapped; a copy and a cast, off the loop
                 tensor = parsed.inputs[0]
-                pixels = await decoder.run(math.prod(tensor.shape) * 4, False, shared_input_pixels, regions, tensor.parameters, tensor.datatype,
-                                           tensor.shape, settings.allow_non_finite)
+                pixels = await decoder.run(math.prod(tensor.shape) * 4, False, shared_input_pixels, regions, tensor.name, tensor.parameters,
+                                           tensor.datatype, tensor.shape, settings.allow_non_finite)
             return parsed, pixels, requested_timeout_us(parsed.parameters)
 
         async def encode(served: ServedModel, regions: Lease, parsed, logits):
             if outputs_in_shared_memory(parsed):  # written here: only this process has the regions mapped
-                return response_body(parsed, served.name, served.version, logits, served.labels, encoding, regions)
+                return response_body(parsed, served.name, served.version, logits, served.interface, encoding, regions)
             size = logits.size * 8 + (len(body) if encoding else 0)
-            return await decoder.run(size, True, response_body, parsed, served.name, served.version, logits, served.labels, encoding)
+            return await decoder.run(size, True, response_body, parsed, served.name, served.version, logits, served.interface, encoding)
 
         return await self.ops.infer(model, version, decode, encode)
 

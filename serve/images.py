@@ -1,4 +1,4 @@
-"""Image files -> model input pixels, as the model card prescribes (for /v1/.../classify).
+"""Image files -> model input pixels, as the model's image input prescribes (for /v1/.../classify).
 
 The decode is the one training uses (elunet/images.py); here its refusals
 become answers: 413 for an image past --max-image-pixels, 415 for the rest.
@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from elunet.card import Preprocessing
 from elunet.images import ImageError, decode_image
 from elunet.serve.errors import ServeError
+from elunet.serve.interface import ImageInput
 
 
-def image_pixels(data: bytes, pre: Preprocessing, name: str, max_pixels: int, refused_status: int = 415) -> np.ndarray:
+def image_pixels(data: bytes, pre: ImageInput, name: str, max_pixels: int, refused_status: int = 415) -> np.ndarray:
     """Decode one image to float32 [C, H, W] in [0, 1]; an image refused for what it holds is answered ``refused_status``
     (/v1 classify's 415, an unsupported file; V2's 400, a bad tensor element, as Triton answers any)."""
     try:
@@ -24,9 +24,9 @@ def image_pixels(data: bytes, pre: Preprocessing, name: str, max_pixels: int, re
         raise ServeError(refused_status, exc.message, reason=exc.problem) from None
 
 
-def images_pixels(named_images: list[tuple[str, bytes]], pre: Preprocessing, max_pixels: int, refused_status: int = 415) -> np.ndarray:
-    """Several (name, file bytes) decoded into one float32 batch [n, C, H, W]."""
-    return np.stack([image_pixels(data, pre, name, max_pixels, refused_status) for name, data in named_images])
+def images_pixels(named_images: list[tuple[str, bytes]], pre: ImageInput, max_pixels: int, refused_status: int = 415) -> np.ndarray:
+    """Several (name, file bytes) decoded into one float32 batch in the input's layout ([n, C, H, W] or [n, H, W, C])."""
+    return pre.arranged(np.stack([image_pixels(data, pre, name, max_pixels, refused_status) for name, data in named_images]))
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

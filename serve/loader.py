@@ -1,9 +1,10 @@
 """Loading one model version: from its folder to instances that are warm and a batcher in front of them.
 
-In order: card.json, the labels (labels.txt, else the card's), the engine
+In order: card.json and the labels (labels.txt, else the card's), the engine
 (``--backend``, ``--device``), what of config.pbtxt elunet does not do (refused, or
-logged), its parity certificate (unless ``--allow-unverified``), the agreement of
-the model file with card.json and config.pbtxt, the first instance warmed up (and
+logged), its parity certificate (unless ``--allow-unverified``),
+the agreement of the model file with card.json and config.pbtxt, the description
+of what the version serves (serve/interface.py), the first instance warmed up (and
 config.pbtxt's model_warmup samples run on each), the automatic instance count
 measured on it (where neither config.pbtxt nor ``--instances`` sets one), the
 other instances warmed up, and last the batcher. The registry
@@ -24,11 +25,12 @@ from elunet.card import CARD_FILE, ModelCard
 from elunet.certificate import RunsOn, certificate_problem
 from elunet.contracts import WEIGHTS_FILE
 from elunet.errors import ElunetError
-from elunet.model_config import differences
+from elunet.model_config import declared_image_input, differences
 from elunet.repository import CONFIG_FILE, LABELS_FILE, MODEL_FILES
 from elunet.runtime import Engine, Instance, open_engine
 from elunet.runtime.choose import Choice, choose_engine
 from elunet.serve.batching import DynamicBatcher
+from elunet.serve.interface import card_interface
 from elunet.serve.scheduling import unsupported
 from elunet.serve.settings import ServeSettings
 from elunet.serve.warmup import warmup_samples
@@ -62,12 +64,8 @@ async def load(served: ServedModel, settings: ServeSettings, cpu_threads: int) -
 
 def _open_and_warm_up(served: ServedModel, settings: ServeSettings, cpu_threads: int) -> None:
     started = time.perf_counter()
-    served.card = ModelCard.load(served.source.path / CARD_FILE)
-    labels_file = served.source.path.parent / LABELS_FILE
-    served.labels = labels_file.read_text().splitlines() if labels_file.is_file() else list(served.card.labels)
-    if len(served.labels) != served.card.num_classes:
-        raise ElunetError(f"{LABELS_FILE} has {len(served.labels)} lines, the model has {served.card.num_classes} classes",
-                          hint="one label per line, line i naming class i (elunet export writes it)")
+    card = ModelCard.load(served.source.path / CARD_FILE)
+    labels = _card_labels(served, card)
     choice = choose_engine(served.source, settings.backend, settings.device)
     if choice.why and settings.backend == "auto":
         log.info("model %s v%d: auto picked %s on %s: %s", served.name, served.version, choice.kind, choice.device, choice.why)
@@ -80,8 +78,9 @@ def _open_and_warm_up(served: ServedModel, settings: ServeSettings, cpu_threads:
     engine = served.engine = open_engine(
         choice.kind, choice.path, device=choice.device, cpu_threads=cpu_threads, max_batch_size=served.scheduling.max_batch_size
     )
-    _check_agrees(served, engine)
-    samples = warmup_samples(served.config, served.source.path.parent, engine.input)
+    _check_agrees(served, engine, card)
+    served.interface = card_interface(card, labels, engine.input, engine.output, image_files=declared_image_input(served.config))
+    samples = warmup_samples(served.config, served.source.path.parent, served.interface.input)
     served.instances = [_warmed_up(served, engine.create_instance(), samples)]
     if served.scheduling.automatic:
         per_image = _s_per_image(served, served.instances[0], cpu_threads)
@@ -92,6 +91,16 @@ def _open_and_warm_up(served: ServedModel, settings: ServeSettings, cpu_threads:
     log.info("model %s v%d: %d instance(s) warmed up in %.2f s", served.name, served.version, len(served.instances), time.perf_counter() - started)
 
 
+def _card_labels(served: ServedModel, card: ModelCard) -> list[str]:
+    """An elunet export's labels: labels.txt (Triton's label_filename, as export writes it), else the card's."""
+    labels_file = served.source.path.parent / LABELS_FILE
+    labels = labels_file.read_text().splitlines() if labels_file.is_file() else list(card.labels)
+    if len(labels) != card.num_classes:
+        raise ElunetError(f"{LABELS_FILE} has {len(labels)} lines, the model has {card.num_classes} classes",
+                          hint="one label per line, line i naming class i (elunet export writes it)")
+    return labels
+
+
 def _warmed_up(served: ServedModel, instance: Instance, samples: list[tuple[str, np.ndarray, int]]) -> Instance:
     """Run the largest and the smallest batch: allocators, kernel selection and lazy initialisation
     happen here instead of in the first users' requests; then config.pbtxt's model_warmup samples."""
@@ -100,13 +109,14 @@ def _warmed_up(served: ServedModel, instance: Instance, samples: list[tuple[str,
             instance.infer(batch)
         log.info("model %s v%d: instance %d ran warm-up sample %s (batch %d) %d time(s)", served.name, served.version,
                  instance.index, name or "(unnamed)", len(batch), times)
-    card = served.card
+    interface = served.interface
     for n in sorted({served.max_batch_size, 1}, reverse=True):
-        logits = instance.infer(np.zeros((n, *card.input_shape), np.float32))
-        if logits.shape != (n, card.num_classes):
+        logits = instance.infer(np.zeros((n, *interface.input.dims), np.float32))
+        if logits.shape != (n, *interface.output.dims):
             raise ElunetError(
-                f"warm-up of {served.name} v{served.version}: logits shape {logits.shape}, expected {(n, card.num_classes)}",
-                hint="the model file and its card.json disagree; re-export the model",
+                f"warm-up of {served.name} v{served.version}: output {interface.output.name!r} has shape {list(logits.shape)}, "
+                f"expected {[n, *interface.output.dims]}",
+                hint="the model file computes another shape than it declares (and its card.json or config.pbtxt says)",
             )
     return instance
 
@@ -121,7 +131,7 @@ def _s_per_image(served: ServedModel, instance: Instance, cpu_threads: int) -> f
     on a busy host, the caller computes more than its share. Wall time would count other processes
     too (the decoding pool starting beside the first load). On a GPU, wall time.
     """
-    batch = np.zeros((served.max_batch_size, *served.card.input_shape), np.float32)
+    batch = np.zeros((served.max_batch_size, *served.interface.input.dims), np.float32)
     on_cpu = served.engine.device == "cpu"
     best = float("inf")
     for _ in range(3):
@@ -150,16 +160,17 @@ def _check_certificate(served: ServedModel, choice: Choice, allow_unverified: bo
     log.warning("model %s v%d is served unverified (--allow-unverified): %s", served.name, served.version, problem)
 
 
-def _check_agrees(served: ServedModel, engine: Engine) -> None:
+def _check_agrees(served: ServedModel, engine: Engine, card: ModelCard) -> None:
     """The model file, its card and its config.pbtxt must describe the same model."""
-    card, s = served.card, served.scheduling
+    s = served.scheduling
     found = []
     for kind, actual, dims in (("input", engine.input, tuple(card.input_shape)), ("output", engine.output, (card.num_classes,))):
         if actual.dims != dims:
             found.append(f"the model file's {kind} dims are {list(actual.dims)}, card.json says {list(dims)}")
     if served.config is not None:
         held = [p for p, file in MODEL_FILES.items() if (served.source.path / file).is_file()]
-        found += differences(served.config, name=served.name, platforms=held, inputs=[served.input], outputs=[engine.output])
+        found += differences(served.config, name=served.name, platforms=held, inputs=[declared_image_input(served.config) or engine.input],
+                             outputs=[engine.output])
     if engine.max_batch_size and s.max_batch_size > engine.max_batch_size:
         if s.source.get("max_batch_size") == "config.pbtxt":
             found.append(f"max_batch_size is {s.max_batch_size}, the model file accepts at most {engine.max_batch_size}")

@@ -88,15 +88,20 @@ class Operations:
                              headers={"Retry-After": "1"})
 
     def model_metadata(self, name: str, version: str | None) -> ModelMetadata:
+        """The model's tensors as it serves them; parameters: its parity ("passed" or "unverified") and, for an image input,
+        what /v1 classify makes of image files (layout, colour, size, pixels in [0, 1])."""
         served = self._ready(name, version)
-        engine = served.engine
+        interface = served.interface
+        parameters = {"parity": served.parity}
+        if interface.image is not None:
+            parameters["image_input"] = interface.image.describe()
         return ModelMetadata(
             name=served.name,
             versions=[str(v) for v in sorted(self.registry.models[served.name])],
-            platform=engine.platform,
-            inputs=[TensorMetadata(name=served.input.name, datatype=served.input.datatype, shape=[-1, *served.input.dims])],
-            outputs=[TensorMetadata(name=engine.output.name, datatype=engine.output.datatype, shape=[-1, *engine.output.dims])],
-            parameters={"parity": served.parity},
+            platform=served.engine.platform,
+            inputs=[TensorMetadata(name=t.name, datatype=t.datatype, shape=[-1, *t.dims]) for t in (interface.request_input,)],
+            outputs=[TensorMetadata(name=t.name, datatype=t.datatype, shape=[-1, *t.dims]) for t in (interface.output,)],
+            parameters=parameters,
         )
 
     def model_config(self, name: str, version: str | None):

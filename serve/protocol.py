@@ -82,7 +82,7 @@ class ModelMetadata(_Wire):
     platform: str
     inputs: list[TensorMetadata]
     outputs: list[TensorMetadata]
-    # elunet's: {"parity": "passed" | "unverified"}
+    # elunet's: {"parity": "passed" | "unverified", "image_input": "NCHW RGB 32x32, pixels in [0, 1]" (an image input only)}
     parameters: Parameters | None = None
 
 

@@ -1,6 +1,6 @@
 """The served models: a live model repository, managed as Triton's model control modes manage one.
 
-Every model version that serves is a ``ServedModel``: its card, its scheduling
+Every model version that serves is a ``ServedModel``: its interface, its scheduling
 (config.pbtxt, serve/scheduling.py), its engine and instances, its batcher.
 What the registry loads depends on ``--model-control-mode``:
 
@@ -27,14 +27,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from elunet.card import ModelCard
 from elunet.errors import ElunetError
-from elunet.model_config import TensorSignature, declared_image_input
 from elunet.repository import ModelRepository, ModelVersion, check_model_name, parse_version
 from elunet.runtime import Engine, Instance
 from elunet.runtime.cpus import available_cpus
 from elunet.serve.batching import BackendFailure, DynamicBatcher, RequestTiming
 from elunet.serve.errors import ServeError, bad_request, not_found
+from elunet.serve.interface import ModelInterface
 from elunet.serve.loader import load
 from elunet.serve.metrics import ModelMetrics, ServeMetrics
 from elunet.serve.repository_watch import Desired, RepositoryWatch, return_memory
@@ -55,8 +54,7 @@ class ServedModel:
     config: object | None  # the parsed config.pbtxt (ModelConfig), None without one
     scheduling: Scheduling
     fingerprint: str
-    card: ModelCard | None = None
-    labels: list[str] = field(default_factory=list)  # labels.txt (Triton's label_filename), else the card's
+    interface: ModelInterface | None = None  # what it takes and answers, once loaded (serve/interface.py)
     state: str = LOADING
     reason: str = "loading"
     parity: str = "passed"  # or "unverified" (served under --allow-unverified)
@@ -73,16 +71,6 @@ class ServedModel:
     @property
     def version(self) -> int:
         return self.source.version
-
-    @property
-    def image_input(self) -> TensorSignature | None:
-        """The encoded-image input of an image model (its config.pbtxt declares one), None for a tensor model."""
-        return declared_image_input(self.config)
-
-    @property
-    def input(self) -> TensorSignature:
-        """The input requests carry: the image model's encoded images, or the model file's tensor."""
-        return self.image_input or self.engine.input
 
     @property
     def max_batch_size(self) -> int:

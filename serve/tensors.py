@@ -26,12 +26,11 @@ import orjson
 import simdjson
 from pydantic import ValidationError
 
-from elunet.card import Preprocessing
-from elunet.contracts import INPUT_NAME, OUTPUT_NAME
-from elunet.model_config import BYTES
+from elunet.model_config import BYTES, TensorSignature
 from elunet.serve.errors import ServeError, bad_request, body_too_large, shown
 from elunet.serve.extensions import classify, serialize_bytes
 from elunet.serve.images import images_pixels
+from elunet.serve.interface import ImageInput, ModelInterface
 from elunet.serve.protocol import (
     CLASSIFICATION_DATATYPE,
     INPUT_DATATYPES,
@@ -50,28 +49,31 @@ MAX_TIMEOUT_US = 2**63 - 1
 
 
 def decode_infer(
-    body: bytes, header_length: str | None, content_encoding: str | None, max_bytes: int, image_shape: tuple[int, int, int],
+    body: bytes, header_length: str | None, content_encoding: str | None, max_bytes: int, model_input: TensorSignature,
     allow_non_finite: bool = ALLOW_NON_FINITE,
 ) -> tuple[InferenceRequest, np.ndarray]:
-    """The whole decoding of an infer body: the validated request and its input as float32 pixels, or None
-    when the input is in a shared memory region (``shared_input_pixels`` then reads it, in the server's process)."""
-    request, binary, booleans_possible = read_request(body, header_length, content_encoding, max_bytes, image_shape)
-    pixels = input_pixels(request, binary, image_shape, allow_non_finite, booleans_possible)
+    """The whole decoding of an infer body for a model whose input is ``model_input``: the validated request and its
+    input as float32 pixels, or None when the input is in a shared memory region (``shared_input_pixels`` then reads
+    it, in the server's process)."""
+    request, binary, booleans_possible = read_request(body, header_length, content_encoding, max_bytes, model_input)
+    pixels = input_pixels(request, binary, model_input, allow_non_finite, booleans_possible)
     request.inputs[0].data = None  # now in ``pixels``; the request travels on without it (maybe between processes)
     return request, pixels
 
 
 def decode_image_infer(
-    body: bytes, header_length: str | None, content_encoding: str | None, max_bytes: int, input_name: str, pre: Preprocessing, max_pixels: int,
+    body: bytes, header_length: str | None, content_encoding: str | None, max_bytes: int, image_files: TensorSignature, image: ImageInput,
+    max_pixels: int,
 ) -> tuple[InferenceRequest, np.ndarray]:
-    """decode_infer for an image model: the validated request and its encoded image files decoded to float32 pixels
-    by ``pre`` (serve/images.py, as /v1 classify decodes them); 400 saying what is wrong, and for which element."""
-    request, binary, _ = read_request(body, header_length, content_encoding, max_bytes, None)
+    """decode_infer for an image model, whose input ``image_files`` carries encoded image files: the validated request
+    and the files decoded to float32 pixels as ``image`` says (serve/images.py, as /v1 classify decodes them); 400
+    saying what is wrong, and for which element."""
+    request, binary, _ = read_request(body, header_length, content_encoding, max_bytes, image_files)
     tensor = request.inputs[0]
-    count = check_image_input([i.name for i in request.inputs], tensor.datatype, tensor.shape, input_name)
+    count = check_image_input([i.name for i in request.inputs], tensor.datatype, tensor.shape, image_files)
     parameters = tensor.parameters or {}
     size = parameters.get("binary_data_size")
-    what = f"input {input_name!r}"
+    what = f"input {image_files.name!r}"
     check_images_carried(parameters, what)
     if size is not None:
         if tensor.data is not None:
@@ -87,18 +89,19 @@ def decode_image_infer(
         elements = base64_elements(tensor.data, what)
     check_element_count(elements, count, tensor.shape, what)
     request.inputs[0].data = None  # decoded; the request travels on without it
-    return request, encoded_images_pixels(elements, input_name, pre, max_pixels)
+    return request, encoded_images_pixels(elements, image_files, image, max_pixels)
 
 
-def check_image_input(names: list[str], datatype: str, shape: list[int], input_name: str) -> int:
-    """400 unless the request's inputs are an image model's one input (``input_name``, BYTES, shape [n, 1]); n."""
-    if names != [input_name]:
-        raise bad_request(f"expected exactly one input named {input_name!r} (encoded image files), received inputs {names}")
-    if datatype != BYTES:
-        raise bad_request(f"input {input_name!r} has datatype {datatype}; this image model takes {BYTES}, one encoded image file "
+def check_image_input(names: list[str], datatype: str, shape: list[int], image_files: TensorSignature) -> int:
+    """400 unless the request's inputs are an image model's one input, ``image_files`` (BYTES, one file per batch element); the count."""
+    name, dims = image_files.name, list(image_files.dims)
+    if names != [name]:
+        raise bad_request(f"expected exactly one input named {name!r} (encoded image files), received inputs {names}")
+    if datatype != image_files.datatype:
+        raise bad_request(f"input {name!r} has datatype {datatype}; this image model takes {image_files.datatype}, one encoded image file "
                           f"(PNG, JPEG, ...) per batch element; send pixels to the tensor model it serves")
-    if len(shape) != 2 or shape[1] != 1 or shape[0] < 1:
-        raise bad_request(f"input {input_name!r} has shape {shown(list(shape))}; expected [-1, 1]: a batch of at least 1, one image file each")
+    if len(shape) != 1 + len(dims) or list(shape[1:]) != dims or shape[0] < 1:
+        raise bad_request(f"input {name!r} has shape {shown(list(shape))}; expected {[-1, *dims]}: a batch of at least 1, one image file each")
     return shape[0]
 
 
@@ -157,9 +160,9 @@ def base64_elements(data: list, what: str) -> list[bytes]:
 _END = object()
 
 
-def encoded_images_pixels(elements: list[bytes], input_name: str, pre: Preprocessing, max_pixels: int) -> np.ndarray:
-    """The encoded image files of an image model's input as float32 pixels [n, C, H, W]; each refusal names its element."""
-    return images_pixels([(f"{input_name}[{i}]", data) for i, data in enumerate(elements)], pre, max_pixels, refused_status=400)
+def encoded_images_pixels(elements: list[bytes], image_files: TensorSignature, image: ImageInput, max_pixels: int) -> np.ndarray:
+    """The encoded image files of an image model's input as float32 pixels, as ``image`` says; each refusal names its element."""
+    return images_pixels([(f"{image_files.name}[{i}]", data) for i, data in enumerate(elements)], image, max_pixels, refused_status=400)
 
 
 def requested_timeout_us(parameters) -> float | None:
@@ -185,15 +188,15 @@ def _is_number(value) -> bool:
 
 
 def read_request(
-    body: bytes, header_length: str | None, content_encoding: str | None, max_bytes: int, image_shape: tuple[int, int, int] | None
+    body: bytes, header_length: str | None, content_encoding: str | None, max_bytes: int, model_input: TensorSignature
 ) -> tuple[InferenceRequest, memoryview, bool]:
     """Split and validate the body: the JSON header, the binary section after it, and whether the JSON
     may hold a true or false (JSON booleans are numbers to Python; only a text with those words can
     carry them, a fast test on the decompressed text).
 
     ``Inference-Header-Content-Length: 0`` is Triton's raw binary request: no header at all, the
-    body is the model's one input, float32 images of ``image_shape`` (as many as the bytes hold); ``image_shape``
-    None (an image model, whose elements need a shape) refuses it.
+    body is the model's one input, ``model_input``, in float32 (as many as the bytes hold); refused for an image model's
+    input, whose elements need a shape.
     """
     body = _decompress(body, content_encoding, max_bytes)
     if header_length is None:
@@ -206,10 +209,10 @@ def read_request(
         if not 0 <= n <= len(body):
             raise bad_request(f"{HEADER_LENGTH} is {n}, but the body has only {len(body)} bytes")
         if n == 0:
-            if image_shape is None:
+            if model_input.datatype == BYTES:
                 raise bad_request(f"a raw binary request ({HEADER_LENGTH}: 0) carries pixels; this image model takes {BYTES} image files: "
                                   "send a JSON header declaring its input and their binary_data_size")
-            return _raw_request(body, image_shape), memoryview(body), False
+            return _raw_request(body, model_input), memoryview(body), False
         json_part, binary = body[:n], memoryview(body)[n:]
     return parse_request(json_part), binary, _holds(json_part, b"true", b"u") or _holds(json_part, b"false", b"l")
 
@@ -343,26 +346,27 @@ def _float_datatype(datatype) -> bool:
     return isinstance(datatype, str) and datatype in INPUT_DATATYPES and np.dtype(INPUT_DATATYPES[datatype]).kind == "f"
 
 
-def _raw_request(body: bytes, image_shape: tuple[int, int, int]) -> InferenceRequest:
-    image_bytes = math.prod(image_shape) * np.dtype(INPUT_DATATYPES[RAW_DATATYPE]).itemsize
+def _raw_request(body: bytes, model_input: TensorSignature) -> InferenceRequest:
+    image_bytes = math.prod(model_input.dims) * np.dtype(INPUT_DATATYPES[RAW_DATATYPE]).itemsize
     if not body or len(body) % image_bytes:
         raise bad_request(
-            f"a raw binary request ({HEADER_LENGTH}: 0) must hold whole {RAW_DATATYPE} images of shape {list(image_shape)} "
+            f"a raw binary request ({HEADER_LENGTH}: 0) must hold whole {RAW_DATATYPE} images of shape {list(model_input.dims)} "
             f"({image_bytes} bytes each); the body has {len(body)} bytes"
         )
-    tensor = RequestInput(name=INPUT_NAME, shape=[len(body) // image_bytes, *image_shape], datatype=RAW_DATATYPE,
+    tensor = RequestInput(name=model_input.name, shape=[len(body) // image_bytes, *model_input.dims], datatype=RAW_DATATYPE,
                           parameters={"binary_data_size": len(body)})
     return InferenceRequest(inputs=[tensor])
 
 
-def check_input(names: list[str], datatype: str, shape: list[int], image_shape: tuple[int, int, int]) -> np.dtype:
-    """400 unless the request's inputs are this model's one input; the numpy dtype of its elements."""
-    if names != [INPUT_NAME]:
-        raise bad_request(f"expected exactly one input named {INPUT_NAME!r}, received inputs {names}")
+def check_input(names: list[str], datatype: str, shape: list[int], model_input: TensorSignature) -> np.dtype:
+    """400 unless the request's inputs are this model's one input, ``model_input``; the numpy dtype of its elements."""
+    name, dims = model_input.name, list(model_input.dims)
+    if names != [name]:
+        raise bad_request(f"expected exactly one input named {name!r}, received inputs {names}")
     if datatype not in INPUT_DATATYPES:
-        raise bad_request(f"input {INPUT_NAME!r} has datatype {datatype}; expected one of {', '.join(INPUT_DATATYPES)}")
-    if len(shape) != 4 or list(shape[1:]) != list(image_shape) or shape[0] < 1:
-        raise bad_request(f"input {INPUT_NAME!r} has shape {shown(list(shape))}; expected {[-1, *image_shape]} (batch of at least 1)")
+        raise bad_request(f"input {name!r} has datatype {datatype}; expected one of {', '.join(INPUT_DATATYPES)}")
+    if len(shape) != 1 + len(dims) or list(shape[1:]) != dims or shape[0] < 1:
+        raise bad_request(f"input {name!r} has shape {shown(list(shape))}; expected {[-1, *dims]} (batch of at least 1)")
     return input_dtype(datatype)
 
 
@@ -371,22 +375,22 @@ def input_dtype(datatype: str) -> np.dtype:
     return np.dtype(INPUT_DATATYPES[datatype]).newbyteorder("<")
 
 
-def shared_input_pixels(regions: Lease, parameters: dict, datatype: str, shape: list[int], allow_non_finite: bool) -> np.ndarray:
-    """The pixels of an input (checked by check_input) that is in the shared memory region its parameters name."""
-    values = regions.input_values(parameters, f"input {INPUT_NAME!r}", input_dtype(datatype), shape)
-    return as_pixels(values, shape, datatype, allow_non_finite)
+def shared_input_pixels(regions: Lease, name: str, parameters: dict, datatype: str, shape: list[int], allow_non_finite: bool) -> np.ndarray:
+    """The pixels of input ``name`` (checked by check_input) that is in the shared memory region its parameters name."""
+    values = regions.input_values(parameters, f"input {name!r}", input_dtype(datatype), shape)
+    return as_pixels(values, name, shape, datatype, allow_non_finite)
 
 
-def raw_values(raw, dtype: np.dtype, shape: list[int], datatype: str) -> np.ndarray:
-    """The elements of a tensor sent as raw little-endian bytes; 400 when their number is wrong."""
+def raw_values(raw, name: str, dtype: np.dtype, shape: list[int], datatype: str) -> np.ndarray:
+    """The elements of input ``name`` sent as raw little-endian bytes; 400 when their number is wrong."""
     needed = math.prod(shape) * dtype.itemsize
     if len(raw) != needed:
-        raise bad_request(f"input {INPUT_NAME!r} has {len(raw)} bytes of raw data; shape {list(shape)} of {datatype} needs {needed}")
+        raise bad_request(f"input {name!r} has {len(raw)} bytes of raw data; shape {list(shape)} of {datatype} needs {needed}")
     return np.frombuffer(raw, dtype=dtype)
 
 
-def as_pixels(values: np.ndarray, shape: list[int], datatype: str, allow_non_finite: bool = ALLOW_NON_FINITE) -> np.ndarray:
-    """float32 pixels [n, C, H, W] in [0, 1] from the elements of an input tensor; with ``allow_non_finite``
+def as_pixels(values: np.ndarray, name: str, shape: list[int], datatype: str, allow_non_finite: bool = ALLOW_NON_FINITE) -> np.ndarray:
+    """float32 pixels [n, *dims] in [0, 1] from the elements of input ``name``; with ``allow_non_finite``
     false, 400 for NaN or ±Inf (a JSON null, or a number too large for float32, arrives as one)."""
     pixels = values.reshape(shape).astype(np.float32)
     if datatype == "UINT8":
@@ -394,48 +398,48 @@ def as_pixels(values: np.ndarray, shape: list[int], datatype: str, allow_non_fin
     elif not allow_non_finite and not np.isfinite(pixels).all():
         bad = np.flatnonzero(~np.isfinite(pixels))
         raise bad_request(
-            f"input {INPUT_NAME!r} has {bad.size} non-finite values (NaN, ±Inf, null, or beyond float32's range), the first at "
+            f"input {name!r} has {bad.size} non-finite values (NaN, ±Inf, null, or beyond float32's range), the first at "
             f"flat index {bad[0]}: {float(values.ravel()[bad[0]])}; send finite numbers (this server runs with --allow-non-finite false)"
         )
     return pixels
 
 
-def input_pixels(request: InferenceRequest, binary: memoryview, image_shape: tuple[int, int, int], allow_non_finite: bool = ALLOW_NON_FINITE,
+def input_pixels(request: InferenceRequest, binary: memoryview, model_input: TensorSignature, allow_non_finite: bool = ALLOW_NON_FINITE,
                  booleans_possible: bool = True) -> np.ndarray | None:
-    """The request's one input as float32 pixels [n, C, H, W] in [0, 1], None when it is in shared memory; 400
-    saying what is wrong.
+    """The request's one input, ``model_input``, as float32 pixels [n, *dims] in [0, 1], None when it is in shared
+    memory; 400 saying what is wrong.
 
     ``booleans_possible``: whether the JSON data may hold true or false (False only when the body has neither word)."""
     tensor = request.inputs[0]
-    dtype = check_input([i.name for i in request.inputs], tensor.datatype, tensor.shape, image_shape)
-    shape = tensor.shape
+    dtype = check_input([i.name for i in request.inputs], tensor.datatype, tensor.shape, model_input)
+    name, shape = model_input.name, tensor.shape
     count = math.prod(shape)
     size = (tensor.parameters or {}).get("binary_data_size")
-    if in_shared_memory(tensor.parameters or {}, tensor.data is not None or size is not None, f"input {INPUT_NAME!r}"):
+    if in_shared_memory(tensor.parameters or {}, tensor.data is not None or size is not None, f"input {name!r}"):
         return None
     if size is not None:
         if tensor.data is not None:
-            raise bad_request(f"input {INPUT_NAME!r} has both 'data' and binary_data_size; send one")
+            raise bad_request(f"input {name!r} has both 'data' and binary_data_size; send one")
         if not isinstance(size, int) or isinstance(size, bool) or size != count * dtype.itemsize:
             raise bad_request(
-                f"input {INPUT_NAME!r} binary_data_size is {size!r}; shape {shape} of {tensor.datatype} needs {count * dtype.itemsize} bytes"
+                f"input {name!r} binary_data_size is {size!r}; shape {shape} of {tensor.datatype} needs {count * dtype.itemsize} bytes"
             )
         if len(binary) != size:
             raise bad_request(f"binary section has {len(binary)} bytes after the JSON header; binary_data_size says {size}")
-        values = raw_values(binary, dtype, shape, tensor.datatype)
+        values = raw_values(binary, name, dtype, shape, tensor.datatype)
     else:
         if binary:
             raise bad_request(f"body has {len(binary)} binary bytes, but no input declares binary_data_size")
         if tensor.data is None:
-            raise bad_request(f"input {INPUT_NAME!r} has no 'data' and no binary_data_size parameter")
+            raise bad_request(f"input {name!r} has no 'data' and no binary_data_size parameter")
         try:
             values = json_values(tensor.data, dtype, booleans_possible)
         except (ValueError, TypeError, OverflowError) as exc:
             found = f" ({exc.args[0]})" if isinstance(exc, NotANumber) else ""
-            raise bad_request(f"input {INPUT_NAME!r} data must be a (nested) list of {tensor.datatype} numbers{found}") from None
+            raise bad_request(f"input {name!r} data must be a (nested) list of {tensor.datatype} numbers{found}") from None
         if values.size != count:
-            raise bad_request(f"input {INPUT_NAME!r} has {values.size} values; shape {shape} needs {count}")
-    return as_pixels(values, shape, tensor.datatype, allow_non_finite)
+            raise bad_request(f"input {name!r} has {values.size} values; shape {shape} needs {count}")
+    return as_pixels(values, name, shape, tensor.datatype, allow_non_finite)
 
 
 class NotANumber(ValueError):
@@ -510,11 +514,12 @@ def requested_outputs(outputs: list[tuple[str, dict]], output_name: str, binary:
     return classes, binary, shared
 
 
-def output_tensor(logits: np.ndarray, classes: int | None, labels: list[str]) -> tuple[str, list[int], np.ndarray]:
-    """(datatype, shape, values) of the answer: the logits, or with ``classes`` Triton's classification strings."""
+def output_tensor(logits: np.ndarray, classes: int | None, labels: tuple[str, ...]) -> tuple[str, list[int], np.ndarray]:
+    """(datatype, shape, values) of the answer: the logits, or with ``classes`` Triton's classification strings
+    (of each image's output elements, ranked all together as Triton ranks them)."""
     if classes is None:
         return OUTPUT_DATATYPE, list(logits.shape), np.ascontiguousarray(logits, dtype="<f4")
-    values = classify(logits, classes, labels)
+    values = classify(logits.reshape(len(logits), -1), classes, labels)
     return CLASSIFICATION_DATATYPE, list(values.shape), values
 
 
@@ -528,22 +533,23 @@ def outputs_in_shared_memory(request: InferenceRequest) -> bool:
 
 
 def response_body(
-    request: InferenceRequest, model_name: str, model_version: int, logits: np.ndarray, labels: list[str], encoding: str | None = None,
-    regions: Lease | None = None,
+    request: InferenceRequest, model_name: str, model_version: int, logits: np.ndarray, interface: ModelInterface,
+    encoding: str | None = None, regions: Lease | None = None,
 ) -> tuple[bytes, dict[str, str]]:
-    """The V2 response for ``logits``: JSON, or JSON header + binary when the request asked for it,
+    """The V2 response for ``logits``, the output ``interface`` describes: JSON, or JSON header + binary when the request asked for it,
     compressed with ``encoding`` (gzip or deflate) when given. An output in shared memory is written into
     ``regions`` (given when outputs_in_shared_memory) and answered without its data."""
     outputs = [(o.name, o.parameters or {}) for o in request.outputs or []]
-    classes, binary, shared = requested_outputs(outputs, OUTPUT_NAME, bool_parameter(request.parameters, "binary_data_output", False))
-    datatype, shape, values = output_tensor(logits, classes, labels)
+    output_name = interface.output.name
+    classes, binary, shared = requested_outputs(outputs, output_name, bool_parameter(request.parameters, "binary_data_output", False))
+    datatype, shape, values = output_tensor(logits, classes, interface.labels)
     binary = binary and shared is None
     data = tensor_bytes(datatype, values) if binary or shared is not None else None
     # The fields of InferenceResponse, without None ones; the values are ours and of the wire types already,
     # so orjson writes them directly (a pydantic model costs more than the rest of the answer).
-    output = {"name": OUTPUT_NAME, "datatype": datatype, "shape": shape}
+    output = {"name": output_name, "datatype": datatype, "shape": shape}
     if shared is not None:
-        regions.write(shared, f"output {OUTPUT_NAME!r}", data)
+        regions.write(shared, f"output {output_name!r}", data)
     elif binary:
         output["parameters"] = {"binary_data_size": len(data)}
     else:

@@ -27,17 +27,17 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from test_serve_perf_analyzer import SCRIPT, WINDOWS, last_figure, perf_analyzer_installed  # noqa: F401 - the fixture is used by name
 from tritonclient.utils import InferenceServerException, serialize_byte_tensor
 
-from elunet.card import Preprocessing
 from elunet.contracts import IMAGE_INPUT_NAME, INPUT_NAME, OUTPUT_NAME
 from elunet.export.repository_writer import publish_image_model, stage_version
-from elunet.model_config import read_config
+from elunet.model_config import IMAGE_INPUT, read_config
 from elunet.repository import CONFIG_FILE, ModelRepository, image_model_name
 from elunet.serve.errors import ServeError
 from elunet.serve.extensions import serialize_bytes
 from elunet.serve.images import images_pixels
+from elunet.serve.interface import ImageInput
 from elunet.serve.tensors import HEADER_LENGTH, base64_elements, bytes_elements, check_image_input, decode_image_infer
 
-PRE = Preprocessing(channels=1, height=28, width=28, color_mode="L", normalization="meanstd")
+PRE = ImageInput(channels=1, height=28, width=28, color_mode="L")
 WHAT = f"input {IMAGE_INPUT_NAME!r}"
 
 
@@ -96,9 +96,9 @@ def test_json_bytes_elements_are_base64_files_flat_or_nested():
     ([IMAGE_INPUT_NAME], "BYTES", [0, 1], "has shape [0, 1]"),
 ])
 def test_an_image_input_must_be_one_bytes_tensor_of_files(names, datatype, shape, expected):
-    error = refusal(lambda: check_image_input(names, datatype, shape, IMAGE_INPUT_NAME))
+    error = refusal(lambda: check_image_input(names, datatype, shape, IMAGE_INPUT))
     assert error.status == 400 and expected in error.message
-    assert check_image_input([IMAGE_INPUT_NAME], "BYTES", [3, 1], IMAGE_INPUT_NAME) == 3
+    assert check_image_input([IMAGE_INPUT_NAME], "BYTES", [3, 1], IMAGE_INPUT) == 3
 
 
 def tritonclient_body(files: list[bytes], binary: bool = True) -> tuple[bytes, str | None]:
@@ -111,17 +111,17 @@ def tritonclient_body(files: list[bytes], binary: bool = True) -> tuple[bytes, s
 
 def test_a_tritonclient_body_decodes_to_the_pixels_of_each_file():
     body, length = tritonclient_body([JPEG, PNG])
-    request, pixels = decode_image_infer(body, length, None, 1 << 20, IMAGE_INPUT_NAME, PRE, 10**6)
+    request, pixels = decode_image_infer(body, length, None, 1 << 20, IMAGE_INPUT, PRE, 10**6)
     assert pixels.shape == (2, 1, 28, 28) and pixels.dtype == np.float32 and request.inputs[0].data is None
     np.testing.assert_array_equal(pixels, images_pixels([("a", JPEG), ("b", PNG)], PRE, 10**6))
     as_json = json.dumps({"inputs": [{"name": IMAGE_INPUT_NAME, "datatype": "BYTES", "shape": [2, 1],
                                       "data": [base64.b64encode(f).decode() for f in (JPEG, PNG)]}]}).encode()
-    np.testing.assert_array_equal(decode_image_infer(as_json, None, None, 1 << 20, IMAGE_INPUT_NAME, PRE, 10**6)[1], pixels)
+    np.testing.assert_array_equal(decode_image_infer(as_json, None, None, 1 << 20, IMAGE_INPUT, PRE, 10**6)[1], pixels)
 
 
 def test_bad_image_bodies_are_400_saying_what_was_expected():
     def decoded(body, length):
-        return refusal(lambda: decode_image_infer(body, length, None, 1 << 20, IMAGE_INPUT_NAME, PRE, 10**6))
+        return refusal(lambda: decode_image_infer(body, length, None, 1 << 20, IMAGE_INPUT, PRE, 10**6))
 
     body, length = tritonclient_body([JPEG, b"GIF89a not really"])
     not_an_image = decoded(body, length)
@@ -187,7 +187,8 @@ def tensor_answer(server, model: str, pixels: np.ndarray, classes: int) -> np.nd
 def expected(server, image_repository, photos, classes: int = 3) -> np.ndarray:
     """The tensor model's classification of the pixels the decode makes of ``photos``."""
     root, name, _ = image_repository
-    pixels = images_pixels([(str(i), p) for i, p in enumerate(photos)], ModelRepository(root).get(name).card.preprocessing, 10**8)
+    p = ModelRepository(root).get(name).card.preprocessing
+    pixels = images_pixels([(str(i), photo) for i, photo in enumerate(photos)], ImageInput(p.channels, p.height, p.width, p.color_mode), 10**8)
     return tensor_answer(server, name, pixels, classes)
 
 
@@ -198,7 +199,8 @@ def test_the_image_model_describes_its_bytes_input_as_triton_would(server, image
     assert metadata["outputs"] == server.get_json(f"/v2/models/{name}")[1]["outputs"]
     config = server.get_json(f"/v2/models/{image_name}/config")[1]
     assert [(i["name"], i["data_type"], i["dims"]) for i in config["input"]] == [(IMAGE_INPUT_NAME, "TYPE_STRING", [1])]
-    assert metadata["parameters"] == {"parity": "passed"}, "the same file, so the same certificate holds"
+    assert metadata["parameters"]["parity"] == "passed", "the same file, so the same certificate holds"
+    assert metadata["parameters"]["image_input"] == server.get_json(f"/v2/models/{name}")[1]["parameters"]["image_input"]
 
 
 def test_tritonclient_http_sends_images_as_bytes_and_reads_the_labels(server, image_repository, photos):

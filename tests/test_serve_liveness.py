@@ -135,9 +135,11 @@ def test_liveness_answers_while_eight_16_mb_json_bodies_are_decoded(server):
     assert 15 * 1024 * 1024 < len(body) <= BODY_LIMIT
 
     # two rounds of 8 concurrent bodies
+    from elunet.contracts import INPUT_NAME
+    from elunet.model_config import TensorSignature
     from elunet.serve.tensors import decode_infer
 
-    decode_s = process_seconds(lambda: decode_infer(body, None, None, BODY_LIMIT, SYNTHETIC_SHAPE))  # what the workers run
+    decode_s = process_seconds(lambda: decode_infer(body, None, None, BODY_LIMIT, TensorSignature(INPUT_NAME, "FP32", SYNTHETIC_SHAPE)))  # what the workers run
     assert_live_while(server, f"/v2/models/{LINEAR}/infer", body, "application/json", concurrent=8, requests=16, decode_s=decode_s)
 
 

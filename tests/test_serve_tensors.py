@@ -13,12 +13,14 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from elunet.model_config import TensorSignature
 from elunet.serve.errors import ServeError
+from elunet.serve.interface import ModelInterface
 from elunet.serve import tensors
 from elunet.serve.protocol import InferenceRequest, InferenceResponse, ResponseOutput
 from elunet.serve.tensors import NotANumber, _first_errors, decode_infer, input_pixels, json_values, read_request, response_body
 
-SHAPE = (1, 1, 2)
+MODEL_INPUT = TensorSignature("input", "FP32", (1, 1, 2))
 GOOD = {"id": "r-1", "parameters": {"timeout": 5}, "inputs": [{"name": "input", "shape": [1, 1, 1, 2], "datatype": "FP32", "data": [0.5, 1]}],
         "outputs": [{"name": "logits", "parameters": {"classification": 2}}]}
 def _one(data, datatype="FP32", shape=(1, 1, 1, 2)) -> str:
@@ -83,14 +85,14 @@ def _slow(body: bytes):
         request = InferenceRequest.model_validate_json(body)
     except ValidationError as exc:
         raise ServeError(400, f"invalid inference request: {_first_errors(exc)}") from None
-    return request, input_pixels(request, memoryview(b""), SHAPE)  # its conversion: test_json_values_are_numpys_conversion
+    return request, input_pixels(request, memoryview(b""), MODEL_INPUT)  # its conversion: test_json_values_are_numpys_conversion
 
 
 @pytest.mark.parametrize("simd_min_bytes", [0, 1 << 30], ids=["simdjson tried", "orjson only"])
 @pytest.mark.parametrize("text", BODIES)
 def test_json_requests_decode_as_pydantic_and_numpy_decoded_them(text, simd_min_bytes, monkeypatch):
     monkeypatch.setattr(tensors, "SIMD_MIN_BYTES", simd_min_bytes)
-    fast = _decoded(lambda body: decode_infer(body, None, None, 1 << 20, SHAPE), text)
+    fast = _decoded(lambda body: decode_infer(body, None, None, 1 << 20, MODEL_INPUT), text)
     slow = _decoded(_slow, text)
     if isinstance(slow, str):
         assert fast == slow
@@ -150,7 +152,7 @@ def test_answers_are_inference_responses(binary, classes):
     outputs = [{"name": "logits", "parameters": {"binary_data": binary, **({"classification": classes} if classes else {})}}]
     request = InferenceRequest.model_validate({"id": "r-2", "inputs": GOOD["inputs"], "outputs": outputs})
     logits = np.array([[0.25, -1.5, 3.0]], dtype=np.float32)
-    content, headers = response_body(request, "m", 3, logits, ["a", "b", "c"])
+    content, headers = response_body(request, "m", 3, logits, ModelInterface(MODEL_INPUT, TensorSignature("logits", "FP32", (3,)), ("a", "b", "c"), None))
     head = content[: int(headers["Inference-Header-Content-Length"])] if binary else content
     document = json.loads(head)
     # Every field written is one of the protocol's, and the document is a valid InferenceResponse.
@@ -173,5 +175,5 @@ def test_answers_are_inference_responses(binary, classes):
 def test_the_boolean_pre_scan_finds_the_words_wherever_they_are(data, parameters):
     """read_request's third value (may the JSON hold a boolean?) is the words' presence in the text, exactly."""
     body = f'{{"inputs": [{{"name": "input", "shape": [1, 1, 1, 2], "datatype": "FP32", "data": {data}}}], "parameters": {parameters}}}'.encode()
-    _, _, possible = read_request(body, None, None, 1 << 20, (1, 1, 2))
+    _, _, possible = read_request(body, None, None, 1 << 20, MODEL_INPUT)
     assert possible == (b"true" in body or b"false" in body)

@@ -9,8 +9,9 @@ runs one batch at a time: ``Instance.infer`` refuses to be entered twice at
 once (``InstanceBusy``), so a scheduler that broke that rule fails loudly
 instead of computing silently wrong logits on shared buffers.
 
-Every instance takes float32 pixels [n, C, H, W] in [0, 1] and returns
-float32 logits [n, classes], whatever its model computes in.
+Every instance takes the model's one input as float32 [n, *input dims] and
+returns its one output as float32 [n, *output dims], whatever its model
+computes in; the tensors' names are the model file's (``one_input_and_output``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,18 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
+from elunet.errors import ElunetError
 from elunet.model_config import TensorSignature
+
+
+def one_input_and_output(model_file, inputs: list[str], outputs: list[str]) -> tuple[str, str]:
+    """The names of a model file's one input and one output, whatever they are; a clear refusal for any other count."""
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise ElunetError(
+            f"{model_file} has inputs {inputs} and outputs {outputs}; elunet serves models with exactly one input and one output",
+            hint="export the model with one input (the image batch) and one output (the scores), or serve it with Triton",
+        )
+    return inputs[0], outputs[0]
 
 
 class InstanceBusy(RuntimeError):

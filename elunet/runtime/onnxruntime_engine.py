@@ -10,11 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from elunet.contracts import INPUT_NAME, OUTPUT_NAME
 from elunet.dtypes import BY_ONNXRUNTIME
 from elunet.errors import ElunetError
 from elunet.model_config import TensorSignature
-from elunet.runtime.engine import Engine, Instance
+from elunet.runtime.engine import Engine, Instance, one_input_and_output
 
 # The GPU execution providers, best first; each takes the device id.
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
@@ -47,8 +46,9 @@ class OnnxRuntimeInstance(Instance):
         self.session = session
 
     def _infer(self, pixels: np.ndarray) -> np.ndarray:
-        feed = {INPUT_NAME: np.ascontiguousarray(pixels, dtype=self.engine.input_dtype)}
-        (logits,) = self.session.run([OUTPUT_NAME], feed)
+        engine = self.engine
+        feed = {engine.input.name: np.ascontiguousarray(pixels, dtype=engine.input_dtype)}
+        (logits,) = self.session.run([engine.output.name], feed)
         return logits.astype(np.float32, copy=False)
 
     def close(self) -> None:
@@ -87,15 +87,11 @@ class OnnxRuntimeEngine(Engine):
         session = self._spare[0]
         inputs = {i.name: i for i in session.get_inputs()}
         outputs = {o.name: o for o in session.get_outputs()}
-        if list(inputs) != [INPUT_NAME] or OUTPUT_NAME not in outputs:
-            raise ElunetError(
-                f"{self.model_file} has inputs {sorted(inputs)} and outputs {sorted(outputs)}, expected {INPUT_NAME!r} and {OUTPUT_NAME!r}",
-                hint="re-export the model with `elunet export`",
-            )
-        self.input = _signature(inputs[INPUT_NAME], self.model_file)
-        self.output = _signature(outputs[OUTPUT_NAME], self.model_file)
-        self.input_dtype = BY_ONNXRUNTIME[inputs[INPUT_NAME].type].np
-        batch_dim = inputs[INPUT_NAME].shape[0]
+        input_name, output_name = one_input_and_output(self.model_file, list(inputs), list(outputs))
+        self.input = _signature(inputs[input_name], self.model_file)
+        self.output = _signature(outputs[output_name], self.model_file)
+        self.input_dtype = BY_ONNXRUNTIME[inputs[input_name].type].np
+        batch_dim = inputs[input_name].shape[0]
         self.max_batch_size = batch_dim if isinstance(batch_dim, int) and batch_dim > 0 else None
         # ONNX Runtime falls back to the CPU silently when CUDA cannot start; report what really runs.
         self.name = f"onnxruntime {ort.__version__} {session.get_providers()[0]}"

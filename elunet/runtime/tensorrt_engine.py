@@ -28,11 +28,10 @@ from pathlib import Path
 import numpy as np
 
 from elunet.card import CARD_FILE, ModelCard
-from elunet.contracts import INPUT_NAME, OUTPUT_NAME
 from elunet.dtypes import BY_NUMPY
 from elunet.errors import ElunetError
 from elunet.model_config import DEFAULT_MAX_BATCH_SIZE, TensorSignature
-from elunet.runtime.engine import Engine, Instance
+from elunet.runtime.engine import Engine, Instance, one_input_and_output
 
 ENGINE_SUFFIXES = (".plan", ".engine", ".trt")
 
@@ -62,9 +61,9 @@ class TensorRTInstance(Instance):
             self._stream = check_cuda(cudart.cudaStreamCreate())
             n = engine.max_batch_size
             self._d_in = check_cuda(cudart.cudaMalloc(n * int(np.prod(engine.input.dims)) * engine.in_dtype.itemsize))
-            self._d_out = check_cuda(cudart.cudaMalloc(n * engine.output.dims[0] * engine.out_dtype.itemsize))
-            self._context.set_tensor_address(INPUT_NAME, int(self._d_in))
-            self._context.set_tensor_address(OUTPUT_NAME, int(self._d_out))
+            self._d_out = check_cuda(cudart.cudaMalloc(n * int(np.prod(engine.output.dims)) * engine.out_dtype.itemsize))
+            self._context.set_tensor_address(engine.input.name, int(self._d_in))
+            self._context.set_tensor_address(engine.output.name, int(self._d_out))
         except BaseException:
             self.close()  # a half-made instance frees what it allocated
             raise
@@ -72,17 +71,17 @@ class TensorRTInstance(Instance):
     def _infer(self, pixels: np.ndarray) -> np.ndarray:
         engine = self.engine
         pixels = np.asarray(pixels)
-        if pixels.ndim != 4 or tuple(pixels.shape[1:]) != engine.input.dims:
+        if tuple(pixels.shape[1:]) != engine.input.dims:
             raise ElunetError(f"expected pixels [n, {', '.join(map(str, engine.input.dims))}], got {list(pixels.shape)}")
         step = engine.max_batch_size
         chunks = [self._infer_chunk(pixels[i:i + step]) for i in range(0, len(pixels), step)]
-        return np.concatenate(chunks) if chunks else np.zeros((0, engine.output.dims[0]), np.float32)
+        return np.concatenate(chunks) if chunks else np.zeros((0, *engine.output.dims), np.float32)
 
     def _infer_chunk(self, pixels: np.ndarray) -> np.ndarray:
         cudart, check, engine = self._cudart, self._check, self.engine
         host_in = np.ascontiguousarray(pixels, dtype=engine.in_dtype)
-        host_out = np.empty((len(pixels), engine.output.dims[0]), dtype=engine.out_dtype)
-        if not self._context.set_input_shape(INPUT_NAME, host_in.shape):
+        host_out = np.empty((len(pixels), *engine.output.dims), dtype=engine.out_dtype)
+        if not self._context.set_input_shape(engine.input.name, host_in.shape):
             raise ElunetError(f"the engine rejected input shape {host_in.shape}")
         h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
         d2h = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
@@ -144,18 +143,19 @@ class TensorRTEngine(Engine):
                          "(elunet.plugins.library.load_plugin_library)")
             raise ElunetError(f"TensorRT could not deserialize {model_path} (see its log above)", hint=hint)
         engine = self.trt_engine
-        names = {engine.get_tensor_name(i) for i in range(engine.num_io_tensors)}
-        if names != {INPUT_NAME, OUTPUT_NAME}:
-            raise ElunetError(f"{model_path} has I/O tensors {sorted(names)}, expected {INPUT_NAME!r} and {OUTPUT_NAME!r}")
-        _, _, profile_max = engine.get_tensor_profile_shape(INPUT_NAME, 0)
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        input_name, output_name = one_input_and_output(
+            model_path, [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT],
+            [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT])
+        _, _, profile_max = engine.get_tensor_profile_shape(input_name, 0)
         # The profile's maximum is the engine's own limit; instances allocate buffers for it.
         self.max_batch_size = min(int(max_batch_size or profile_max[0]), int(profile_max[0]))
-        self.in_dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(INPUT_NAME)))
-        self.out_dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(OUTPUT_NAME)))
-        in_dims = tuple(int(d) for d in engine.get_tensor_shape(INPUT_NAME))[1:]
-        out_dims = tuple(int(d) for d in engine.get_tensor_shape(OUTPUT_NAME))[1:]
-        self.input = TensorSignature(INPUT_NAME, BY_NUMPY[self.in_dtype.name].v2, in_dims)
-        self.output = TensorSignature(OUTPUT_NAME, BY_NUMPY[self.out_dtype.name].v2, out_dims)
+        self.in_dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(input_name)))
+        self.out_dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(output_name)))
+        in_dims = tuple(int(d) for d in engine.get_tensor_shape(input_name))[1:]
+        out_dims = tuple(int(d) for d in engine.get_tensor_shape(output_name))[1:]
+        self.input = TensorSignature(input_name, BY_NUMPY[self.in_dtype.name].v2, in_dims)
+        self.output = TensorSignature(output_name, BY_NUMPY[self.out_dtype.name].v2, out_dims)
         self.device = "cuda:0"
         self.name = f"tensorrt {trt.__version__} {self.in_dtype.name}->{self.out_dtype.name} (batch 1..{self.max_batch_size})"
         self._count = 0
