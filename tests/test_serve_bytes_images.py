@@ -21,7 +21,7 @@ import pytest
 import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 from fixtures_docs import REPO_ROOT
-from fixtures_serve import http
+from fixtures_serve import http, synthetic_card
 from PIL import Image
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from test_serve_perf_analyzer import SCRIPT, WINDOWS, last_figure, perf_analyzer_installed  # noqa: F401 - the fixture is used by name
@@ -29,7 +29,7 @@ from tritonclient.utils import InferenceServerException, serialize_byte_tensor
 
 from elunet.contracts import IMAGE_INPUT_NAME, INPUT_NAME, OUTPUT_NAME
 from elunet.export.repository_writer import publish_image_model, stage_version
-from elunet.model_config import IMAGE_INPUT, read_config
+from elunet.model_config import IMAGE_INPUT, TensorSignature, build_config, declared_image_input, differences, read_config
 from elunet.repository import CONFIG_FILE, ModelRepository, image_model_name
 from elunet.serve.errors import ServeError
 from elunet.serve.extensions import serialize_bytes
@@ -337,3 +337,18 @@ def test_the_guide_shows_the_perf_analyzer_runs_this_file_makes():
     assert shown[0].startswith("python scripts/perf_analyzer.py --image-data images.json ")
     for protocol, port in (("http", 8000), ("grpc", 8001)):
         assert f"python scripts/perf_analyzer.py -- -m fashion-cnn-elu-image -u 127.0.0.1:{port} -i {protocol} --input-data images.json" in shown
+
+
+def test_a_config_declaring_string_input_is_an_image_model_held_to_its_one_input():
+    card = synthetic_card("m")
+    config = build_config(card, name=image_model_name("m"), platform="onnxruntime_onnx", encoded_images=True)
+    assert declared_image_input(config) == IMAGE_INPUT and declared_image_input(build_config(card, name="m", platform="onnxruntime_onnx")) is None
+    outputs = [TensorSignature(OUTPUT_NAME, "FP32", (card.num_classes,))]
+    assert differences(config, name=image_model_name("m"), platforms=["onnxruntime_onnx"], inputs=[IMAGE_INPUT], outputs=outputs) == []
+    config.input[0].dims[:] = [2]
+    config.input[0].name = "photo"
+    found = differences(config, name=image_model_name("m"), platforms=["onnxruntime_onnx"], inputs=[IMAGE_INPUT], outputs=outputs)
+    assert found == ["inputs are ['photo'], the model has ['image']"]
+    config.input[0].name = IMAGE_INPUT_NAME
+    found = differences(config, name=image_model_name("m"), platforms=["onnxruntime_onnx"], inputs=[IMAGE_INPUT], outputs=outputs)
+    assert found == ["input 'image' dims are [2], the model's are [1] (without the batch axis)"]
