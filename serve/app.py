@@ -299,7 +299,14 @@ def _add_v1_routes(app: FastAPI, ops: Operations) -> None:
 
         async def decode(served: ServedModel, regions):
             # Always off the loop: a few KB of file can hold 88 Mpx to decode.
-            pixels = await decoder.run(INLINE_BYTES, True, images_pixels, named_images, served.interface.image, settings.max_image_pixels)
+            image = served.interface.image
+            if image is None:
+                raise bad_request(
+                    f"model {served.name} has no image input to classify files for: its config.pbtxt declares input "
+                    f"{served.interface.input.name!r} without format FORMAT_NCHW or FORMAT_NHWC of 1 or 3 channels; send it tensors "
+                    "through V2 infer"
+                )
+            pixels = await decoder.run(INLINE_BYTES, True, images_pixels, named_images, image, settings.max_image_pixels)
             return None, pixels, None
 
         async def encode(served: ServedModel, regions, read, logits):
@@ -365,7 +372,8 @@ async def _read_images(request: Request) -> tuple[list[tuple[str, bytes]], int]:
 def _top(served: ServedModel, name: str, probabilities: np.ndarray, k: int) -> ImagePrediction:
     best = np.argsort(-probabilities, kind="stable")[:k]
     labels = served.interface.labels
-    return ImagePrediction(image=name, top=[LabelScore(label=labels[i], index=int(i), probability=float(probabilities[i])) for i in best])
+    return ImagePrediction(image=name, top=[LabelScore(label=labels[i] if labels else str(i), index=int(i), probability=float(probabilities[i]))
+                                            for i in best])
 
 
 # --- errors and OpenAPI -----------------------------------------------------------------

@@ -31,7 +31,7 @@ def serve(
     repository_poll_secs: Optional[float] = _opt("repository_poll_secs"),
     load_model: Optional[list[str]] = _opt("load_model", metavar="NAME"),
     strict_readiness: Optional[str] = _opt("strict_readiness", metavar="true|false"),
-    allow_unverified: Optional[str] = _opt("allow_unverified", metavar="true|false"),
+    allow_unverified: Optional[str] = _opt("allow_unverified", metavar="true|false|NAME[,NAME...]"),
     host: Optional[str] = _opt("host"),
     port: Optional[int] = _opt("port"),
     grpc_port: Optional[int] = _opt("grpc_port"),

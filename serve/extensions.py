@@ -141,10 +141,11 @@ def statistics(entries):
 
 
 def classify(logits: np.ndarray, k: int, labels: tuple[str, ...]) -> np.ndarray:
-    """Triton's classification extension: the top ``k`` classes of each row as "value:index:label" (object array [n, k])."""
+    """Triton's classification extension: the top ``k`` classes of each row as "value:index:label", or "value:index"
+    for a model without labels, as Triton answers (object array [n, k])."""
     k = min(k, logits.shape[1])
     order = np.argsort(-logits, axis=1, kind="stable")[:, :k]
-    return np.array([[f"{row[i]:f}:{i}:{labels[i]}" for i in best] for row, best in zip(logits, order)], dtype=object).reshape(len(logits), k)
+    return np.array([[f"{row[i]:f}:{i}:{labels[i]}" if labels else f"{row[i]:f}:{i}" for i in best] for row, best in zip(logits, order)], dtype=object).reshape(len(logits), k)
 
 
 def serialize_bytes(values: np.ndarray) -> bytes:

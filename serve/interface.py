@@ -5,8 +5,9 @@ output, the labels of the output's classes, and, when the input takes images, ho
 turns image files into it. The names and dims are the model file's (the engine reads them), so
 V2 infer, gRPC, classify, warm-up and metadata all speak of the tensors the model really has.
 
-An elunet export describes itself in card.json (and labels.txt), checked against its model file
-by the loader (serve/loader.py).
+Two sources describe a model, each checked against its model file by the loader
+(serve/loader.py): an elunet export's card.json (and labels.txt), and a plain Triton model's
+config.pbtxt (its input's ``format`` and its output's ``label_filename``, as Triton reads them).
 """
 
 from __future__ import annotations
@@ -20,6 +21,12 @@ import numpy as np
 from elunet.card import ModelCard
 from elunet.contracts import INPUT_RANGE
 from elunet.model_config import TensorSignature
+
+# Triton's input formats that make an image input, and where each keeps the channels among the dims.
+IMAGE_FORMATS = {"FORMAT_NCHW": 0, "FORMAT_NHWC": 2}
+# The channel counts an image file is converted to, and the Pillow mode of each.
+COLOR_MODES = {1: "L", 3: "RGB"}
+
 
 @dataclass(frozen=True)
 class ImageInput:
@@ -45,7 +52,7 @@ class ModelInterface:
     input: TensorSignature
     output: TensorSignature
     labels: tuple[str, ...]  # one per class (element of the output), or none
-    image: ImageInput | None  # None: the input is no image
+    image: ImageInput | None  # None: the input is no image, and /v1 classify refuses the model
     # An image model's (elunet.model_config.IMAGE_INPUT): requests carry encoded image files, which the server decodes
     # as ``image`` says into ``input``; None: requests carry ``input`` itself.
     image_files: TensorSignature | None = None
@@ -68,3 +75,13 @@ def card_interface(card: ModelCard, labels: list[str], engine_input: TensorSigna
     p = card.preprocessing
     return ModelInterface(engine_input, engine_output, tuple(labels), ImageInput(p.channels, p.height, p.width, p.color_mode, p.layout),
                           image_files)
+
+
+def config_image_input(format_name: str, dims: tuple[int, ...]) -> ImageInput | None:
+    """The image input a config.pbtxt input declares: ``format`` FORMAT_NCHW or FORMAT_NHWC with 1 or 3 channels; None otherwise."""
+    channel_axis = IMAGE_FORMATS.get(format_name)
+    if channel_axis is None or len(dims) != 3 or dims[channel_axis] not in COLOR_MODES:
+        return None
+    height, width = (d for i, d in enumerate(dims) if i != channel_axis)
+    channels = dims[channel_axis]
+    return ImageInput(channels, height, width, COLOR_MODES[channels], format_name.removeprefix("FORMAT_"))

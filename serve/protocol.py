@@ -22,7 +22,9 @@ EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration", "mo
 # Where elunet deliberately differs from Triton on the same repository, said at start-up (docs/triton-compatibility.md
 # has the whole table).
 TRITON_DIFFERENCES = (
-    "a model version serves only with a passed parity certificate for the backend and device it runs on (--allow-unverified to serve others)",
+    "a model version serves only with a passed parity certificate for the backend and device it runs on; others, and plain Triton models "
+    "(no card.json), only where --allow-unverified allows them (true, or their names)",
+    "a plain Triton model's config.pbtxt must declare its input and output (no auto-complete from the model file) and max_batch_size >= 1",
     "without an instance_group, the instance count is chosen per model at warm-up (1 or 2 on CPU), where Triton creates one",
     "models are image classifiers with one input and one output; a BYTES input only as an image model's encoded image files, decoded by the "
     "server (elunet export --image-model), where Triton needs a preprocessing model in an ensemble; ensembles, sequence batching and "

@@ -57,7 +57,7 @@ class ServedModel:
     interface: ModelInterface | None = None  # what it takes and answers, once loaded (serve/interface.py)
     state: str = LOADING
     reason: str = "loading"
-    parity: str = "passed"  # or "unverified" (served under --allow-unverified)
+    parity: str = "passed"  # or "unverified" (served under --allow-unverified: no passed certificate, or a plain Triton model)
     engine: Engine | None = None
     instances: list[Instance] = field(default_factory=list)
     batcher: DynamicBatcher | None = None
@@ -159,8 +159,8 @@ class ModelRegistry:
         if self.mode == "none" and not self.requested:
             raise ElunetError(
                 f"model repository {root} holds no model versions",
-                hint="expected ROOT/<name>/<version>/card.json; create them with `elunet export CKPT --repository DIR`, "
-                "or start with --model-control-mode poll to wait for them",
+                hint="expected ROOT/<name>/<version>/ with model.onnx and card.json (or, for a plain Triton model, ROOT/<name>/config.pbtxt); "
+                "create them with `elunet export CKPT --repository DIR`, or start with --model-control-mode poll to wait for them",
             )
         self.models: dict[str, dict[int, ServedModel]] = {}
         self.problems: dict[str, str] = {}  # model-level reasons (config.pbtxt unreadable, no versions, ...)

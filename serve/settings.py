@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 
 from elunet.errors import ElunetError
 from elunet.model_config import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUE_DELAY_US
+from elunet.repository import check_model_name
 
 ENV_PREFIX = "ELUNET_"
 # The environment variable that names the settings file (it is not a setting itself).
@@ -33,6 +34,8 @@ AUTO_INSTANCES = 0
 # Triton computes on NaN and ±Inf input (perf_analyzer's default input, random bytes, holds some), so elunet
 # does too; refusing them (and the non-finite logits they give) with 400 is the option.
 ALLOW_NON_FINITE = True
+# The strings pydantic reads as booleans (its lax mode); any other --allow-unverified value names models.
+BOOLEAN_WORDS = frozenset({"0", "off", "f", "false", "n", "no", "1", "on", "t", "true", "y", "yes"})
 
 
 class ServeSettings(BaseModel):
@@ -54,8 +57,10 @@ class ServeSettings(BaseModel):
     strict_readiness: bool = Field(
         True, description="ready only when every model asked for is ready (true), or when at least one is (false)"
     )
-    allow_unverified: bool = Field(
-        False, description="also serve versions without a passed parity certificate (parity.json), marked unverified in metadata"
+    allow_unverified: bool | list[str] = Field(
+        False, description="also serve, marked parity unverified in their metadata, model versions without a passed parity certificate "
+        "(parity.json) and plain Triton models (a config.pbtxt and a model file, no card.json): true for every model, false for "
+        "none, or the names of the models allowed (comma-separated)"
     )
     host: str = Field("127.0.0.1", description="address to listen on (0.0.0.0 inside a container)")
     port: int = Field(8000, ge=0, le=65535, description="HTTP port (0 picks a free one)")
@@ -135,11 +140,22 @@ class ServeSettings(BaseModel):
     @field_validator("models", "load_model", "open_endpoints", "cors_allow_origins", mode="before")
     @classmethod
     def _comma_separated(cls, names):
-        if isinstance(names, str):
-            names = [names]
-        if names is not None:
-            names = [name.strip() for value in names for name in str(value).split(",") if name.strip()]
-        return names or None
+        return _names(names)
+
+    @field_validator("allow_unverified", mode="before")
+    @classmethod
+    def _boolean_or_names(cls, value):
+        """A boolean as pydantic reads one ("true", "0", ...), else comma-separated model names."""
+        if not isinstance(value, (str, list)) or (isinstance(value, str) and value.strip().lower() in BOOLEAN_WORDS):
+            return value
+        try:
+            return [check_model_name(name) for name in _names(value) or []]
+        except ElunetError as exc:
+            raise ValueError(f"{exc.message}: give true, false or model names ({exc.hint})") from None
+
+    def unverified_allowed(self, model: str) -> bool:
+        """Whether ``model`` may serve unverified (--allow-unverified true, or names it)."""
+        return self.allow_unverified is True or (isinstance(self.allow_unverified, list) and model in self.allow_unverified)
 
     @field_validator("load_model")
     @classmethod
@@ -165,6 +181,15 @@ class ServeSettings(BaseModel):
         if device is not None and not DEVICE_RE.match(device):
             raise ValueError(f"device must be cpu, cuda or cuda:N, got {device!r}")
         return device
+
+
+def _names(names: str | list | None) -> list[str] | None:
+    """Comma-separated names, from one string or several (an option repeated), blanks dropped; None for none."""
+    if isinstance(names, str):
+        names = [names]
+    if names is not None:
+        names = [name.strip() for value in names for name in str(value).split(",") if name.strip()]
+    return names or None
 
 
 def env_name(field: str) -> str:

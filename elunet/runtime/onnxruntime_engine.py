@@ -107,6 +107,9 @@ class OnnxRuntimeEngine(Engine):
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.intra_op_num_threads = self._cpu_threads
         options.inter_op_num_threads = 1
+        # The session opens the bytes, not the file: weights kept beside it (external data, as torch.onnx.export
+        # writes for a model of its own, model.onnx.data) are then found only through this folder.
+        options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(self.model_file.parent))
         return ort.InferenceSession(self._model, options, providers=self._providers)
 
     def create_instance(self) -> OnnxRuntimeInstance:
