@@ -3,7 +3,7 @@
 A model's wanted versions are those its config.pbtxt's ``version_policy``
 selects of its version folders (latest N, specific, all; Triton's default: the
 latest one). Each carries a fingerprint: the hashes of the version's files and
-of the model's config.pbtxt and labels.txt, so that poll mode reloads a version
+of the model's config.pbtxt and label files, so that poll mode reloads a version
 exactly when one of them changed. Hashes are kept by file stamp (size, mtime,
 inode), so a poll reads only the files that changed.
 """
@@ -56,7 +56,9 @@ class RepositoryWatch:
         chosen, problem = select_versions(config, available)
         if not chosen:
             return Desired(config, {}, problem)
-        shared = "".join(self._hash(model_dir / f) for f in (CONFIG_FILE, LABELS_FILE) if (model_dir / f).is_file())
+        # the label files too that config.pbtxt names (a plain Triton model's label_filename), so that editing one reloads it
+        named = [o.label_filename for o in config.output if o.label_filename and Path(o.label_filename).name == o.label_filename] if config else []
+        shared = "".join(self._hash(model_dir / f) for f in dict.fromkeys((CONFIG_FILE, LABELS_FILE, *named)) if (model_dir / f).is_file())
         if config_override is not None:
             shared += str(config_override)
         return Desired(config, {v: self._fingerprint(model_dir / str(v), shared) for v in chosen})

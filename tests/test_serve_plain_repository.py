@@ -221,6 +221,26 @@ def test_plain_models_serve_only_where_allowed(start_server, plain_repository):
     assert f"--allow-unverified {NCHW}" in refused["reason"]
 
 
+def test_poll_mode_reloads_a_plain_model_whose_label_file_changed(start_server, tmp_path):
+    write_model(tmp_path, NCHW)
+    server = start_server(tmp_path, model_control_mode="poll", repository_poll_secs=0.5, allow_unverified=True, instances=1)
+    client = tgrpc.InferenceServerClient(server.grpc_url)
+    tensor = tgrpc.InferInput(INPUT, [1, 3, SIZE, SIZE], "FP32")
+    tensor.set_data_from_numpy(pixels(1, seed=11))
+
+    def top_label() -> str:
+        result = client.infer(NCHW, [tensor], outputs=[tgrpc.InferRequestedOutput(OUTPUT, class_count=1)])
+        return result.as_numpy(OUTPUT)[0][0].decode().split(":")[2]
+
+    before = top_label()
+    assert before in FLOWERS
+    (tmp_path / NCHW / "flowers.txt").write_text("".join(f"renamed-{label}\n" for label in FLOWERS))
+    deadline = time.monotonic() + 30
+    while (label := top_label()) == before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert label == f"renamed-{before}"
+
+
 @pytest.fixture(scope="module")
 def odd_repository(tmp_path_factory):
     """One plain model that serves (no image format, no labels) beside plain models that cannot, each for its own reason."""
