@@ -1,7 +1,8 @@
 """Contracts that more than one stage must agree on, each defined once.
 
 - The graph interface every exported model has: one input ``input``
-  [batch, C, H, W] of pixels in [0, 1] and one output ``logits`` [batch, classes].
+  [batch, C, H, W] of pixels in [0, 1] and one output ``logits`` [batch, classes];
+  its image model's input ``image`` takes an encoded image file per batch element.
 - The ELU TensorRT plugin contract (``elu_plugin.json`` beside this file): the
   exporter writes it into ONNX nodes and ``plugins/elu`` compiles it into the
   TensorRT plugin creator, so the two cannot drift apart.
@@ -21,6 +22,8 @@ WEIGHTS_FILE = "model.safetensors"
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
+# The one input of a model's image model (elunet.repository.image_model_name): encoded image files, one per batch element.
+IMAGE_INPUT_NAME = "image"
 INPUT_LAYOUT = "NCHW"
 INPUT_RANGE = (0.0, 1.0)
 

@@ -9,6 +9,10 @@ written here are the server's defaults too (one source, see serve/settings.py).
 Dims exclude the batch axis (``max_batch_size`` > 0 tells Triton the first
 axis is the batch). ``label_filename`` on the output makes the classification
 extension answer with class names from labels.txt.
+
+An image model (``encoded_images``) has the same output and one input of
+TYPE_STRING, Triton's name for V2's BYTES: each batch element one encoded image
+file, which the server decodes with the card's preprocessing (IMAGE_INPUT).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from elunet.card import ModelCard
-from elunet.contracts import INPUT_NAME, OUTPUT_NAME
+from elunet.contracts import IMAGE_INPUT_NAME, INPUT_NAME, OUTPUT_NAME
 from elunet.dtypes import BY_NAME, BY_TRITON, IO_DTYPES
 from elunet.errors import ElunetError
 from elunet.repository import LABELS_FILE, MODEL_FILES, check_model_name
@@ -45,12 +49,14 @@ def build_config(
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
     io_dtype: str = "fp32",
     max_queue_delay_us: int = DEFAULT_MAX_QUEUE_DELAY_US,
+    encoded_images: bool = False,
 ):
     """The ModelConfig of model ``name`` described by ``card``.
 
     ``platform`` is a key of elunet.repository.MODEL_FILES; ``io_dtype`` is the
     element type of the model's input and output ("fp32" for elunet's ONNX
-    exports of every compute dtype).
+    exports of every compute dtype); ``encoded_images``: the image model's
+    config, whose input is IMAGE_INPUT.
     """
     check_model_name(name)
     if platform not in MODEL_FILES:
@@ -62,7 +68,10 @@ def build_config(
     pb2 = model_config_pb2()
     data_type = pb2.DataType.Value(BY_NAME[io_dtype].triton)
     config = pb2.ModelConfig(name=name, platform=platform, max_batch_size=max_batch_size)
-    config.input.add(name=INPUT_NAME, data_type=data_type, format=pb2.ModelInput.FORMAT_NCHW, dims=list(card.input_shape))
+    if encoded_images:
+        config.input.add(name=IMAGE_INPUT.name, data_type=pb2.DataType.Value(TRITON_STRING), dims=list(IMAGE_INPUT.dims))
+    else:
+        config.input.add(name=INPUT_NAME, data_type=data_type, format=pb2.ModelInput.FORMAT_NCHW, dims=list(card.input_shape))
     config.output.add(name=OUTPUT_NAME, data_type=data_type, dims=[card.num_classes], label_filename=LABELS_FILE)
     config.dynamic_batching.max_queue_delay_microseconds = max_queue_delay_us
     # Every version folder is served, so versions can be compared side by side.
@@ -96,6 +105,21 @@ class TensorSignature:
     dims: tuple[int, ...]
 
 
+# Triton's data type of V2's BYTES (not one of elunet.dtypes: no graph computes on it).
+TRITON_STRING, BYTES = "TYPE_STRING", "BYTES"
+# The image model's input: one encoded image file per batch element.
+IMAGE_INPUT = TensorSignature(IMAGE_INPUT_NAME, BYTES, (1,))
+
+
+def declared_image_input(config) -> TensorSignature | None:
+    """IMAGE_INPUT when ``config`` (a ModelConfig, or None) declares a TYPE_STRING input: an image model's, which
+    ``differences`` then holds to IMAGE_INPUT; else None (a tensor model)."""
+    if config is None:
+        return None
+    pb2 = model_config_pb2()
+    return IMAGE_INPUT if any(pb2.DataType.Name(t.data_type) == TRITON_STRING for t in config.input) else None
+
+
 def differences(config, *, name: str, platforms: list[str], inputs: list[TensorSignature], outputs: list[TensorSignature]) -> list[str]:
     """Where ``config`` contradicts the model it configures (empty: it agrees).
 
@@ -121,8 +145,9 @@ def differences(config, *, name: str, platforms: list[str], inputs: list[TensorS
             model = by_name.get(tensor.name)
             if model is None:
                 continue
-            datatype = BY_TRITON.get(pb2.DataType.Name(tensor.data_type))
-            if datatype is None or datatype.v2 != model.datatype:
+            triton = pb2.DataType.Name(tensor.data_type)
+            datatype = BYTES if triton == TRITON_STRING else getattr(BY_TRITON.get(triton), "v2", None)
+            if datatype != model.datatype:
                 found.append(f"{kind} {tensor.name!r} data_type is {pb2.DataType.Name(tensor.data_type)}, the model's is {model.datatype}")
             if not _matches(tuple(tensor.dims), model.dims):
                 found.append(f"{kind} {tensor.name!r} dims are {list(tensor.dims)}, the model's are {list(model.dims)} (without the batch axis)")

@@ -6,6 +6,11 @@
     ROOT/<name>/<version>/card.json   the model card, with its export section
     ROOT/<name>/<version>/parity.json the parity certificate from `elunet verify`
 
+With ``elunet export --image-model``, ``ROOT/<name>-image/`` (image_model_name) is
+the same model taking encoded image files: config.pbtxt with one TYPE_STRING
+input, and each version folder holding the same model file, card.json (under the
+image model's name) and parity.json.
+
 Export writes a version folder under a temporary name and renames it into
 place, so a reader never sees half a version. Folders whose names are not
 plain integers (such as those temporary ones) are not versions.
@@ -25,6 +30,8 @@ CONFIG_FILE = "config.pbtxt"
 LABELS_FILE = "labels.txt"
 PARITY_FILE = "parity.json"
 MODEL_FILES = {"onnxruntime_onnx": "model.onnx", "tensorrt_plan": "model.plan"}
+# Appended to a model's name to name its image model: the one rule, here.
+IMAGE_MODEL_SUFFIX = "-image"
 
 
 def side_file(model_file: Path, name: str) -> Path:
@@ -53,6 +60,15 @@ def check_model_name(name: str) -> str:
             hint=f"use {MODEL_NAME_RULE}",
         )
     return name
+
+
+def image_model_name(name: str) -> str:
+    """The name of the image model served beside model ``name``; ElunetError when that is no valid name (too long)."""
+    image_name = name + IMAGE_MODEL_SUFFIX
+    if not MODEL_NAME_RE.match(image_name):
+        raise ElunetError(f"model {name!r} cannot have an image model: {image_name!r} is not a valid model name",
+                          hint=f"model names are {MODEL_NAME_RULE}; export under a shorter --name")
+    return image_name
 
 
 @dataclass(frozen=True)

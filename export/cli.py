@@ -28,7 +28,7 @@ from elunet.export.settings import (
 )
 from elunet.export.verify import BACKENDS, DEFAULT_BACKEND, DEVICES
 from elunet.cli_options import max_batch_size_option, skip_verify_option
-from elunet.repository import PARITY_FILE
+from elunet.repository import IMAGE_MODEL_SUFFIX, PARITY_FILE
 
 PARITY_EXIT_CODE = 1  # over tolerance; elunet exits 2 for usage errors
 
@@ -107,6 +107,9 @@ def export(
     ),
     min_top1: Optional[float] = typer.Option(None, "--min-top1", min=0.0, max=1.0, help=MIN_TOP1_HELP),
     max_accuracy_drop: Optional[float] = typer.Option(None, "--max-accuracy-drop", min=0.0, max=100.0, help=MAX_DROP_HELP),
+    image_model: bool = typer.Option(
+        False, "--image-model", help=f"with --repository: also publish <name>{IMAGE_MODEL_SUFFIX}, the same model taking encoded image files "
+        "(a TYPE_STRING input, one file per batch element) that the server decodes with the card's preprocessing"),
 ) -> None:
     """Export a checkpoint to ONNX, check it, verify it against PyTorch, then write or publish it.
 
@@ -117,6 +120,8 @@ def export(
       elunet export runs/demo --repository models --elu plugin --dtype fp16 --name fashion-cnn-plugin
 
       elunet export runs/demo --repository models --dtype int8 --name fashion-cnn-int8
+
+      elunet export runs/demo --repository models --image-model
 
     Nothing is written unless the graph checks and the parity verification
     pass; an int8 graph must pass its accuracy gate on the whole test split
@@ -139,6 +144,7 @@ def export(
         max_batch_size=max_batch_size,
         min_top1=min_top1,
         max_accuracy_drop=max_accuracy_drop,
+        image_model=image_model,
         log=_echo_err,
     )
     if not result.passed:

@@ -16,7 +16,8 @@ Steps, all before anything is visible at the destination:
    --skip-verify, writing parity.json (int8: the accuracy gate on the whole
    test split);
 6. only if parity passed: move it to --out, or publish the version folder
-   (model.onnx, card.json, parity.json, model.safetensors) into --repository.
+   (model.onnx, card.json, parity.json, model.safetensors) into --repository,
+   and with --image-model its image model beside it (repository_writer.py).
 """
 
 from __future__ import annotations
@@ -35,14 +36,14 @@ import torch
 from elunet.card import CARD_FILE, AccuracyGate, ExportInfo, ModelCard
 from elunet.contracts import WEIGHTS_FILE
 from elunet.errors import ElunetError
-from elunet.repository import MODEL_FILES, PARITY_FILE, check_model_name, side_file
+from elunet.repository import MODEL_FILES, PARITY_FILE, check_model_name, image_model_name, side_file
 from elunet.export.card_metadata import embed_card
 from elunet.export.elu_plugin_pass import rewrite_elu_as_plugin
 from elunet.export.graph_checks import check_elu_nodes, check_onnx_file, check_opset_supports_types, check_qdq_graph, elu_alphas
 from elunet.export.parity import DEFAULT_IMAGES, Tolerance, criteria
 from elunet.export.quantize import CALIBRATION_SEED, CALIBRATION_SPLIT, quantization_info, quantize_qdq
 from elunet.export.real_data import random_train_pixels
-from elunet.export.repository_writer import stage_version
+from elunet.export.repository_writer import image_model_card, publish_image_model, stage_version
 from elunet.export.settings import IO_DTYPE, ExportSettings
 from elunet.export.to_onnx import torch_to_onnx
 from elunet.model_config import DEFAULT_MAX_BATCH_SIZE
@@ -78,11 +79,13 @@ def export_checkpoint(
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
     min_top1: float | None = None,
     max_accuracy_drop: float | None = None,
+    image_model: bool = False,
     log: Callable[[str], None] = lambda line: None,
 ) -> ExportResult:
     """Export ``checkpoint`` to ``out`` (a file) or into ``repository`` (a Triton model repository).
 
-    ``min_top1`` and ``max_accuracy_drop`` override parity.criteria's defaults for the dtype.
+    ``min_top1`` and ``max_accuracy_drop`` override parity.criteria's defaults for the dtype; ``image_model``
+    also publishes the repository version's image model (encoded image files in).
     """
     from elunet.train.checkpoint import load_checkpoint
 
@@ -92,6 +95,8 @@ def export_checkpoint(
         raise ElunetError("give exactly one of --out FILE and --repository DIR", hint="--out writes one ONNX file; --repository publishes a Triton model version")
     if name is not None:
         check_model_name(name)
+    if image_model and repository is None:
+        raise ElunetError("--image-model needs --repository", hint="an image model is a model of a Triton model repository")
     ckpt = load_checkpoint(checkpoint)  # the input first: a missing checkpoint is the error to report, whatever --out holds
     if out is not None:
         out = Path(out)
@@ -105,15 +110,22 @@ def export_checkpoint(
 
     if repository is not None:
         target_name = name or ckpt.card.name
-        with stage_version(Path(repository), target_name, version, force) as staged:
+        with contextlib.ExitStack() as stack:
+            staged = stack.enter_context(stage_version(Path(repository), target_name, version, force))
+            image_staged = stack.enter_context(stage_version(Path(repository), image_model_name(target_name), staged.version, force)) if image_model else None
             card = build.card(target_name, staged.version)
             staged.model_files(card, platform=PLATFORM, max_batch_size=max_batch_size, io_dtype=IO_DTYPE)  # fail fast
+            if image_staged is not None:
+                image_staged.model_files(image_model_card(card), platform=PLATFORM, max_batch_size=max_batch_size, io_dtype=IO_DTYPE, encoded_images=True)
             result = build.run(card, staged.path / ONNX_FILE)
             if not result.passed:
                 return result
             shutil.copyfile(ckpt.path / WEIGHTS_FILE, staged.path / WEIGHTS_FILE)
             published = staged.publish(card, platform=PLATFORM, max_batch_size=max_batch_size, io_dtype=IO_DTYPE)
             log(f"published {published.name} v{published.version} in {published.path}")
+            if image_staged is not None:
+                image = publish_image_model(image_staged, published, platform=PLATFORM, max_batch_size=max_batch_size, io_dtype=IO_DTYPE)
+                log(f"published its image model {image.name} v{image.version} in {image.path}")
             return ExportResult(card, published.path / ONNX_FILE, result.report)
 
     card = build.card(name or ckpt.card.name, version or ckpt.card.version)

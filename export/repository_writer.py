@@ -17,11 +17,17 @@ Python API, shared with the plugins stage (TensorRT engines)::
     with stage_version(root, name, version=None, force=False) as staged:
         ...write staged.path / MODEL_FILES[platform], parity.json...
         staged.publish(card, platform="tensorrt_plan", max_batch_size=64, io_dtype="fp16")
+
+The image model (``elunet export --image-model``): staged beside the tensor
+model's version, under image_model_name and the same version number, and
+published after it by ``publish_image_model``: the same model file, so the
+certificate that binds its hash holds for both.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets
 import shutil
 from dataclasses import dataclass
@@ -31,7 +37,7 @@ from elunet.card import CARD_FILE, ModelCard
 from elunet.certificate import certificate_problem
 from elunet.files import write_atomic
 from elunet.errors import ElunetError
-from elunet.repository import CONFIG_FILE, LABELS_FILE, MODEL_FILES, ModelRepository, ModelVersion
+from elunet.repository import CONFIG_FILE, LABELS_FILE, MODEL_FILES, PARITY_FILE, ModelRepository, ModelVersion, image_model_name
 from elunet.model_config import DEFAULT_MAX_BATCH_SIZE, build_config, config_text, labels_text
 
 
@@ -48,12 +54,14 @@ class StagedVersion:
     def target(self) -> Path:
         return self.repository.version_dir(self.name, self.version)
 
-    def model_files(self, card: ModelCard, *, platform: str, max_batch_size: int, io_dtype: str) -> tuple[str, str]:
-        """config.pbtxt and labels.txt for this version; raises if they would change those of existing versions.
+    def model_files(self, card: ModelCard, *, platform: str, max_batch_size: int, io_dtype: str, encoded_images: bool = False) -> tuple[str, str]:
+        """config.pbtxt and labels.txt for this version (``encoded_images``: an image model's); raises if they would
+        change those of existing versions.
 
         Call it early (before a long export) to fail fast; publish calls it again.
         """
-        config = config_text(build_config(card, name=self.name, platform=platform, max_batch_size=max_batch_size, io_dtype=io_dtype))
+        config = config_text(build_config(card, name=self.name, platform=platform, max_batch_size=max_batch_size, io_dtype=io_dtype,
+                                          encoded_images=encoded_images))
         labels = labels_text(card)
         # Both hold for every version of the model: never let a new version silently change
         # them under the versions already there.
@@ -75,6 +83,7 @@ class StagedVersion:
         platform: str = "onnxruntime_onnx",
         max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
         io_dtype: str = "fp32",
+        encoded_images: bool = False,
     ) -> ModelVersion:
         """Check the staged files, write card.json, config.pbtxt and labels.txt, and rename the version into place."""
         if card.name != self.name or card.version != self.version:
@@ -84,7 +93,7 @@ class StagedVersion:
             raise ElunetError(f"nothing to publish: no {model_file.name} staged for platform {platform!r}", hint=f"platforms: {', '.join(MODEL_FILES)}")
         card.save(self.path / CARD_FILE)  # first: the certificate binds what the server takes from it
         check_parity_gate(card, model_file)
-        config, labels = self.model_files(card, platform=platform, max_batch_size=max_batch_size, io_dtype=io_dtype)
+        config, labels = self.model_files(card, platform=platform, max_batch_size=max_batch_size, io_dtype=io_dtype, encoded_images=encoded_images)
         model_dir = self.repository.model_dir(self.name)
         write_atomic(model_dir / LABELS_FILE, labels)
         write_atomic(model_dir / CONFIG_FILE, config)
@@ -100,6 +109,24 @@ class StagedVersion:
             self.path.rename(target)
         self.published = ModelVersion(self.name, self.version, target)
         return self.published
+
+
+def image_model_card(card: ModelCard) -> ModelCard:
+    """The card of ``card``'s image model: only the name differs (the certificate binds labels and preprocessing, not names)."""
+    return card.model_copy(update={"name": image_model_name(card.name)})
+
+
+def publish_image_model(staged: StagedVersion, tensor: ModelVersion, *, platform: str, max_batch_size: int, io_dtype: str) -> ModelVersion:
+    """Publish into ``staged`` (image_model_name's folder, ``tensor``'s version number) the image model of the published
+    version ``tensor``: its model file, its parity.json, its card renamed, and a config.pbtxt whose input is encoded images."""
+    model_file = MODEL_FILES[platform]
+    try:
+        os.link(tensor.path / model_file, staged.path / model_file)  # one file on disk for both models
+    except OSError:  # a file system without hard links: a copy has the same hash
+        shutil.copyfile(tensor.path / model_file, staged.path / model_file)
+    if (tensor.path / PARITY_FILE).is_file():
+        shutil.copyfile(tensor.path / PARITY_FILE, staged.path / PARITY_FILE)
+    return staged.publish(image_model_card(tensor.card), platform=platform, max_batch_size=max_batch_size, io_dtype=io_dtype, encoded_images=True)
 
 
 def check_parity_gate(card: ModelCard, model_file: Path) -> None:

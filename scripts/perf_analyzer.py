@@ -2,16 +2,24 @@
 
     python scripts/perf_analyzer.py --install          # fetch it into the cache and check it starts
     python scripts/perf_analyzer.py -- -m MODEL -u 127.0.0.1:8000 ...   # perf_analyzer's own options after --
+    python scripts/perf_analyzer.py --image-data OUT.json PHOTO.jpg ...  # --input-data for an image model
 
 perf_analyzer left tritonclient's wheel after 2.41. The binary needs Debian's libb64-0d and libcudart.so.12
 even on CPU; the CUDA runtime comes from its PyPI wheel, put beside the binary (LD_LIBRARY_PATH). Both wheels
 are fetched with pip (`pip download`, PyPI) and unpacked into ~/.cache/elunet-test/perf_analyzer/<versions>.
 Exit codes of its own: UNREACHABLE when PyPI cannot be reached, MISSING_LIBRARY when a system library is
 missing (the message says which package to install); otherwise perf_analyzer's own exit code.
+
+perf_analyzer sends the bytes a ``b64`` value decodes to as the tensor's data in its binary form, unchanged: for
+a BYTES input that form is each element's 4-byte little-endian length, then its bytes. So an image model's
+input data is not the file in base64 but the file with its length in front (``image_input_data``); a bare
+JPEG's first four bytes would be read as a length, and refused.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import subprocess
 import sys
@@ -76,7 +84,22 @@ def _missing_libraries() -> list[str]:
     return [line.split()[0] for line in linked.stdout.splitlines() if "not found" in line]
 
 
+def image_input_data(images: list[bytes], input_name: str) -> dict:
+    """perf_analyzer's --input-data for an image model's ``input_name``: each image file one request's element."""
+    import numpy as np
+
+    from elunet.serve.extensions import serialize_bytes
+
+    return {"data": [{input_name: {"b64": base64.b64encode(serialize_bytes(np.array([image], dtype=object))).decode()}} for image in images]}
+
+
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["--image-data"]:
+        from elunet.contracts import IMAGE_INPUT_NAME
+
+        out, *files = argv[1:]
+        Path(out).write_text(json.dumps(image_input_data([Path(f).read_bytes() for f in files], IMAGE_INPUT_NAME)))
+        return 0
     try:
         binary = install()
     except Unavailable as exc:

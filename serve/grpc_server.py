@@ -23,6 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from elunet.errors import ElunetError
+from elunet.serve.decoding import INLINE_BYTES
 from elunet.serve.errors import ServeError, bad_request
 from elunet.serve.registry import ServedModel
 from elunet.serve.operations import Operations
@@ -30,6 +31,11 @@ from elunet.serve.protocol import INPUT_DATATYPES
 from elunet.serve.shared_memory import UNSUPPORTED, Lease, in_shared_memory
 from elunet.serve.tensors import (
     as_pixels,
+    bytes_elements,
+    check_element_count,
+    check_image_input,
+    check_images_carried,
+    encoded_images_pixels,
     check_input,
     output_tensor,
     raw_values,
@@ -247,18 +253,29 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
         names = [t.name for t in request.inputs]
         tensor = request.inputs[0] if request.inputs else None
         datatype, shape = (tensor.datatype, list(tensor.shape)) if tensor is not None else ("", [])
-        dtype = check_input(names, datatype, shape, served.interface.input)
+        image_files = served.interface.image_files
+        if image_files is not None:
+            count = check_image_input(names, datatype, shape, image_files)
+        else:
+            dtype = check_input(names, datatype, shape, served.interface.input)
         raw = request.raw_input_contents
         if raw and tensor.HasField("contents"):
             raise bad_request(f"input {names[0]!r} has both contents and raw_input_contents; send one")
+        if len(raw) > 1:
+            raise bad_request(f"raw_input_contents holds {len(raw)} tensors; this model has one input")
         allow_non_finite = self._ops.settings.allow_non_finite
         parameters = _parameters(tensor.parameters)
-        if in_shared_memory(parameters, bool(raw) or tensor.HasField("contents"), f"input {names[0]!r}"):
+        if image_files is not None:
+            what = f"input {names[0]!r}"
+            check_images_carried(parameters, what)
+            elements = bytes_elements(raw[0], what) if raw else list(tensor.contents.bytes_contents)
+            check_element_count(elements, count, shape, what)
+            pixels = await self._ops.decoder.run(INLINE_BYTES, True, encoded_images_pixels, elements, image_files, served.interface.image,
+                                                 self._ops.settings.max_image_pixels)
+        elif in_shared_memory(parameters, bool(raw) or tensor.HasField("contents"), f"input {names[0]!r}"):
             pixels = await self._ops.decoder.run(math.prod(shape) * dtype.itemsize, False, shared_input_pixels, regions, names[0], parameters,
                                                  datatype, shape, allow_non_finite)
         elif raw:
-            if len(raw) != 1:
-                raise bad_request(f"raw_input_contents holds {len(raw)} tensors; this model has one input")
             values = raw_values(raw[0], names[0], dtype, shape, datatype)
             pixels = await self._ops.decoder.run(len(raw[0]), False, as_pixels, values, names[0], shape, datatype, allow_non_finite)
         else:

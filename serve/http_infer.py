@@ -13,11 +13,20 @@ from __future__ import annotations
 import logging
 import math
 
+from elunet.serve.decoding import INLINE_BYTES
 from elunet.serve.errors import ServeError, error_body
 from elunet.serve.operations import ClientGone, Operations, unless_disconnected
 from elunet.serve.registry import ServedModel
 from elunet.serve.shared_memory import Lease
-from elunet.serve.tensors import decode_infer, outputs_in_shared_memory, requested_timeout_us, response_body, response_encoding, shared_input_pixels
+from elunet.serve.tensors import (
+    decode_image_infer,
+    decode_infer,
+    outputs_in_shared_memory,
+    requested_timeout_us,
+    response_body,
+    response_encoding,
+    shared_input_pixels,
+)
 
 log = logging.getLogger("elunet.serve")
 
@@ -58,6 +67,11 @@ class InferRoute:
         encoding = response_encoding(accept_encoding)
 
         async def decode(served: ServedModel, regions: Lease):
+            interface = served.interface
+            if interface.image_files is not None:  # always off the loop, as /v1 classify: a few KB of file can hold 88 Mpx to decode
+                parsed, pixels = await decoder.run(INLINE_BYTES, True, decode_image_infer, body, header_length, content_encoding, settings.max_body_bytes,
+                                                   interface.image_files, interface.image, settings.max_image_pixels)
+                return parsed, pixels, requested_timeout_us(parsed.parameters)
             # Only raw binary tensors decode without holding the interpreter lock (serve/decoding.py).
             holds_gil = header_length is None or bool(content_encoding)
             parsed, pixels = await decoder.run(

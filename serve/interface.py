@@ -53,6 +53,14 @@ class ModelInterface:
     output: TensorSignature
     labels: tuple[str, ...]  # one per class (element of the output), or none
     image: ImageInput | None  # None: the input is no image, and /v1 classify refuses the model
+    # An image model's (elunet.model_config.IMAGE_INPUT): requests carry encoded image files, which the server decodes
+    # as ``image`` says into ``input``; None: requests carry ``input`` itself.
+    image_files: TensorSignature | None = None
+
+    @property
+    def request_input(self) -> TensorSignature:
+        """The input requests carry (metadata describes it)."""
+        return self.image_files or self.input
 
     @property
     def classes(self) -> int:
@@ -60,10 +68,13 @@ class ModelInterface:
         return math.prod(self.output.dims)
 
 
-def card_interface(card: ModelCard, labels: list[str], engine_input: TensorSignature, engine_output: TensorSignature) -> ModelInterface:
-    """An elunet export: the model file's tensors (their dims checked against the card), the card's preprocessing."""
+def card_interface(card: ModelCard, labels: list[str], engine_input: TensorSignature, engine_output: TensorSignature,
+                   image_files: TensorSignature | None = None) -> ModelInterface:
+    """An elunet export: the model file's tensors (their dims checked against the card), the card's preprocessing; ``image_files``
+    for an image model."""
     p = card.preprocessing
-    return ModelInterface(engine_input, engine_output, tuple(labels), ImageInput(p.channels, p.height, p.width, p.color_mode, p.layout))
+    return ModelInterface(engine_input, engine_output, tuple(labels), ImageInput(p.channels, p.height, p.width, p.color_mode, p.layout),
+                          image_files)
 
 
 def config_image_input(format_name: str, dims: tuple[int, ...]) -> ImageInput | None:

@@ -29,7 +29,7 @@ from elunet.certificate import RunsOn, certificate_problem
 from elunet.contracts import WEIGHTS_FILE
 from elunet.errors import ElunetError
 from elunet.dtypes import BY_NAME, IO_DTYPES
-from elunet.model_config import differences, model_config_pb2
+from elunet.model_config import TensorSignature, declared_image_input, differences, model_config_pb2
 from elunet.repository import CONFIG_FILE, LABELS_FILE, MODEL_FILES
 from elunet.runtime import Engine, Instance, open_engine
 from elunet.runtime.choose import Choice, choose_engine
@@ -87,8 +87,11 @@ def _open_and_warm_up(served: ServedModel, settings: ServeSettings, cpu_threads:
     engine = served.engine = open_engine(
         choice.kind, choice.path, device=choice.device, cpu_threads=cpu_threads, max_batch_size=served.scheduling.max_batch_size
     )
-    _check_agrees(served, engine, card)
-    served.interface = card_interface(card, labels, engine.input, engine.output) if card is not None else _plain_interface(served, engine)
+    # An image model (its config.pbtxt declares encoded image files) decodes them as its card says: an export's only.
+    image_files = declared_image_input(served.config) if card is not None else None
+    _check_agrees(served, engine, card, image_files)
+    served.interface = (card_interface(card, labels, engine.input, engine.output, image_files) if card is not None
+                        else _plain_interface(served, engine))
     samples = warmup_samples(served.config, served.source.path.parent, served.interface.input)
     served.instances = [_warmed_up(served, engine.create_instance(), samples)]
     if served.scheduling.automatic:
@@ -169,8 +172,9 @@ def _check_certificate(served: ServedModel, choice: Choice, allow_unverified: bo
     log.warning("model %s v%d is served unverified (--allow-unverified): %s", served.name, served.version, problem)
 
 
-def _check_agrees(served: ServedModel, engine: Engine, card: ModelCard | None) -> None:
-    """The model file, its card (an elunet export's) and its config.pbtxt must describe the same model."""
+def _check_agrees(served: ServedModel, engine: Engine, card: ModelCard | None, image_files: TensorSignature | None) -> None:
+    """The model file, its card (an elunet export's) and its config.pbtxt must describe the same model; ``image_files``: the
+    input requests carry instead of the model file's, an image model's."""
     s = served.scheduling
     found = []
     if card is not None:
@@ -179,7 +183,8 @@ def _check_agrees(served: ServedModel, engine: Engine, card: ModelCard | None) -
                 found.append(f"the model file's {kind} dims are {list(actual.dims)}, card.json says {list(dims)}")
     if served.config is not None:
         held = [p for p, file in MODEL_FILES.items() if (served.source.path / file).is_file()]
-        found += differences(served.config, name=served.name, platforms=held, inputs=[engine.input], outputs=[engine.output])
+        found += differences(served.config, name=served.name, platforms=held, inputs=[image_files or engine.input],
+                             outputs=[engine.output])
     if engine.max_batch_size and s.max_batch_size > engine.max_batch_size:
         if s.source.get("max_batch_size") == "config.pbtxt":
             found.append(f"max_batch_size is {s.max_batch_size}, the model file accepts at most {engine.max_batch_size}")

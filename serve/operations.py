@@ -99,7 +99,7 @@ class Operations:
             name=served.name,
             versions=[str(v) for v in sorted(self.registry.models[served.name])],
             platform=served.engine.platform,
-            inputs=[TensorMetadata(name=t.name, datatype=t.datatype, shape=[-1, *t.dims]) for t in (interface.input,)],
+            inputs=[TensorMetadata(name=t.name, datatype=t.datatype, shape=[-1, *t.dims]) for t in (interface.request_input,)],
             outputs=[TensorMetadata(name=t.name, datatype=t.datatype, shape=[-1, *t.dims]) for t in (interface.output,)],
             parameters=parameters,
         )

@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from elunet.dtypes import BY_NAME, DTYPES
+from elunet.model_config import BYTES
 
 SERVER_NAME = "elunet"
 # Exactly the Triton protocol extensions implemented here, by Triton's names.
@@ -25,7 +26,9 @@ TRITON_DIFFERENCES = (
     "(no card.json), only where --allow-unverified allows them (true, or their names)",
     "a plain Triton model's config.pbtxt must declare its input and output (no auto-complete from the model file) and max_batch_size >= 1",
     "without an instance_group, the instance count is chosen per model at warm-up (1 or 2 on CPU), where Triton creates one",
-    "models are image classifiers with one input and one output; BYTES inputs, ensembles, sequence batching and decoupled models are refused",
+    "models are image classifiers with one input and one output; a BYTES input only as an image model's encoded image files, decoded by the "
+    "server (elunet export --image-model), where Triton needs a preprocessing model in an ensemble; ensembles, sequence batching and "
+    "decoupled models are refused",
     "the CUDA shared-memory, trace and logging extensions are not implemented",
 )
 
@@ -52,7 +55,7 @@ OUTPUT_DATATYPE = BY_NAME["fp32"].v2
 # What a raw binary request (no JSON header) carries: elunet models take float32 pixels.
 RAW_DATATYPE = BY_NAME["fp32"].v2
 # Triton's classification extension answers strings.
-CLASSIFICATION_DATATYPE = "BYTES"
+CLASSIFICATION_DATATYPE = BYTES
 # UINT8 pixels are scaled by this to reach the model's [0, 1] input range.
 UINT8_SCALE = 1.0 / 255.0
 

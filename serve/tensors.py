@@ -6,10 +6,17 @@ order of the inputs whose ``parameters.binary_data_size`` says how many bytes
 they take (little-endian, row-major). Outputs come back the same way when the
 request asks for ``binary_data`` (per output) or ``binary_data_output`` (for
 all).
+
+BYTES inputs (an image model's encoded image files): in the binary section each
+element is a 4-byte little-endian length, then its bytes (Triton's form); in
+JSON, whose strings cannot hold arbitrary bytes, each element is the file in
+base64 (``decode_image_infer``).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
 import struct
 import zlib
@@ -19,10 +26,11 @@ import orjson
 import simdjson
 from pydantic import ValidationError
 
-from elunet.model_config import TensorSignature
+from elunet.model_config import BYTES, TensorSignature
 from elunet.serve.errors import ServeError, bad_request, body_too_large, shown
 from elunet.serve.extensions import classify, serialize_bytes
-from elunet.serve.interface import ModelInterface
+from elunet.serve.images import images_pixels
+from elunet.serve.interface import ImageInput, ModelInterface
 from elunet.serve.protocol import (
     CLASSIFICATION_DATATYPE,
     INPUT_DATATYPES,
@@ -51,6 +59,110 @@ def decode_infer(
     pixels = input_pixels(request, binary, model_input, allow_non_finite, booleans_possible)
     request.inputs[0].data = None  # now in ``pixels``; the request travels on without it (maybe between processes)
     return request, pixels
+
+
+def decode_image_infer(
+    body: bytes, header_length: str | None, content_encoding: str | None, max_bytes: int, image_files: TensorSignature, image: ImageInput,
+    max_pixels: int,
+) -> tuple[InferenceRequest, np.ndarray]:
+    """decode_infer for an image model, whose input ``image_files`` carries encoded image files: the validated request
+    and the files decoded to float32 pixels as ``image`` says (serve/images.py, as /v1 classify decodes them); 400
+    saying what is wrong, and for which element."""
+    request, binary, _ = read_request(body, header_length, content_encoding, max_bytes, image_files)
+    tensor = request.inputs[0]
+    count = check_image_input([i.name for i in request.inputs], tensor.datatype, tensor.shape, image_files)
+    parameters = tensor.parameters or {}
+    size = parameters.get("binary_data_size")
+    what = f"input {image_files.name!r}"
+    check_images_carried(parameters, what)
+    if size is not None:
+        if tensor.data is not None:
+            raise bad_request(f"{what} has both 'data' and binary_data_size; send one")
+        if not isinstance(size, int) or isinstance(size, bool) or size != len(binary):
+            raise bad_request(f"{what} binary_data_size is {size!r}; the binary section after the JSON header has {len(binary)} bytes")
+        elements = bytes_elements(binary, what)
+    else:
+        if binary:
+            raise bad_request(f"body has {len(binary)} binary bytes, but no input declares binary_data_size")
+        if tensor.data is None:
+            raise bad_request(f"{what} has no 'data' and no binary_data_size parameter")
+        elements = base64_elements(tensor.data, what)
+    check_element_count(elements, count, tensor.shape, what)
+    request.inputs[0].data = None  # decoded; the request travels on without it
+    return request, encoded_images_pixels(elements, image_files, image, max_pixels)
+
+
+def check_image_input(names: list[str], datatype: str, shape: list[int], image_files: TensorSignature) -> int:
+    """400 unless the request's inputs are an image model's one input, ``image_files`` (BYTES, one file per batch element); the count."""
+    name, dims = image_files.name, list(image_files.dims)
+    if names != [name]:
+        raise bad_request(f"expected exactly one input named {name!r} (encoded image files), received inputs {names}")
+    if datatype != image_files.datatype:
+        raise bad_request(f"input {name!r} has datatype {datatype}; this image model takes {image_files.datatype}, one encoded image file "
+                          f"(PNG, JPEG, ...) per batch element; send pixels to the tensor model it serves")
+    if len(shape) != 1 + len(dims) or list(shape[1:]) != dims or shape[0] < 1:
+        raise bad_request(f"input {name!r} has shape {shown(list(shape))}; expected {[-1, *dims]}: a batch of at least 1, one image file each")
+    return shape[0]
+
+
+def check_images_carried(parameters: dict, what: str) -> None:
+    """400 for an image input placed in shared memory: elunet reads encoded images from the request only."""
+    if in_shared_memory(parameters, False, what):
+        raise bad_request(f"{what} is in a shared memory region; an image model takes its encoded images in the request only")
+
+
+def check_element_count(elements: list[bytes], count: int, shape: list[int], what: str) -> None:
+    if len(elements) != count:
+        raise bad_request(f"{what} holds {len(elements)} {BYTES} elements; shape {list(shape)} needs {count}, one image file each")
+
+
+def bytes_elements(raw, what: str) -> list[bytes]:
+    """The elements of a BYTES tensor in Triton's binary form (serialize_bytes' inverse); 400 saying where it breaks."""
+    raw = memoryview(raw)
+    elements, at = [], 0
+    while at < len(raw):
+        if len(raw) - at < 4:
+            raise bad_request(f"{what}: {BYTES} element {len(elements)} starts at byte {at} with {len(raw) - at} bytes left, fewer than "
+                              "its 4-byte length; each element is a 4-byte little-endian length, then its bytes")
+        length = int.from_bytes(raw[at:at + 4], "little")
+        at += 4
+        if length > len(raw) - at:
+            raise bad_request(f"{what}: {BYTES} element {len(elements)} declares {length} bytes, but only {len(raw) - at} follow its length")
+        elements.append(bytes(raw[at:at + length]))
+        at += length
+    return elements
+
+
+def base64_elements(data: list, what: str) -> list[bytes]:
+    """The elements of a BYTES tensor in JSON: a (nested) list of strings, each a file in base64; 400 naming the element that is not."""
+    flat, open_lists = [], [iter(data)]
+    while open_lists:  # in order, without recursion: the nesting is the client's
+        item = next(open_lists[-1], _END)
+        if item is _END:
+            open_lists.pop()
+        elif isinstance(item, list):
+            open_lists.append(iter(item))
+        else:
+            flat.append(item)
+    elements = []
+    for index, text in enumerate(flat):
+        if not isinstance(text, str):
+            raise bad_request(f"{what}: {BYTES} element {index} is a JSON {_JSON_NAMES.get(type(text), type(text).__name__)}; in JSON each "
+                              "element is a string holding an image file in base64 (JSON strings cannot carry the file's bytes)")
+        try:
+            elements.append(base64.b64decode(text, validate=True))
+        except (binascii.Error, ValueError):
+            raise bad_request(f"{what}: {BYTES} element {index} is not base64 ({shown(text)}); in JSON each element is an image file in "
+                              "base64, or send the files in the binary section (binary_data_size)") from None
+    return elements
+
+
+_END = object()
+
+
+def encoded_images_pixels(elements: list[bytes], image_files: TensorSignature, image: ImageInput, max_pixels: int) -> np.ndarray:
+    """The encoded image files of an image model's input as float32 pixels, as ``image`` says; each refusal names its element."""
+    return images_pixels([(f"{image_files.name}[{i}]", data) for i, data in enumerate(elements)], image, max_pixels, refused_status=400)
 
 
 def requested_timeout_us(parameters) -> float | None:
@@ -83,7 +195,8 @@ def read_request(
     carry them, a fast test on the decompressed text).
 
     ``Inference-Header-Content-Length: 0`` is Triton's raw binary request: no header at all, the
-    body is the model's one input, ``model_input``, in float32 (as many as the bytes hold).
+    body is the model's one input, ``model_input``, in float32 (as many as the bytes hold); refused for an image model's
+    input, whose elements need a shape.
     """
     body = _decompress(body, content_encoding, max_bytes)
     if header_length is None:
@@ -96,6 +209,9 @@ def read_request(
         if not 0 <= n <= len(body):
             raise bad_request(f"{HEADER_LENGTH} is {n}, but the body has only {len(body)} bytes")
         if n == 0:
+            if model_input.datatype == BYTES:
+                raise bad_request(f"a raw binary request ({HEADER_LENGTH}: 0) carries pixels; this image model takes {BYTES} image files: "
+                                  "send a JSON header declaring its input and their binary_data_size")
             return _raw_request(body, model_input), memoryview(body), False
         json_part, binary = body[:n], memoryview(body)[n:]
     return parse_request(json_part), binary, _holds(json_part, b"true", b"u") or _holds(json_part, b"false", b"l")

@@ -14,15 +14,16 @@ from tritonclient.grpc import model_config_pb2
 
 from elunet.card import CARD_FILE, ModelCard
 from elunet.certificate import RunsOn, certificate_problem
-from elunet.contracts import INPUT_NAME, OUTPUT_NAME, WEIGHTS_FILE
+from elunet.contracts import IMAGE_INPUT_NAME, INPUT_NAME, OUTPUT_NAME, WEIGHTS_FILE
 from elunet.errors import ElunetError
 from elunet.export.pipeline import export_checkpoint
 from elunet.export.repository_writer import stage_version
 from elunet.export.settings import ExportSettings
 from elunet.model_config import build_config, config_text
 from elunet.export.verify import ParityReport
-from elunet.repository import CONFIG_FILE, LABELS_FILE, PARITY_FILE, ModelRepository
+from elunet.repository import CONFIG_FILE, LABELS_FILE, PARITY_FILE, ModelRepository, image_model_name
 from elunet.train.checkpoint import load_checkpoint, sha256_file
+from fixtures_export import TEST_PARITY_IMAGES
 
 pytestmark = pytest.mark.slow  # every test here builds on a real export of the trained checkpoint
 
@@ -145,3 +146,41 @@ def test_the_certificate_binds_where_it_was_earned_the_card_and_the_labels(repos
     card = version.card
     ModelCard.model_validate({**card.model_dump(), "labels": [*card.labels[:-1], "Boot"]}).save(version.path / CARD_FILE)
     assert "card.json's labels or preprocessing changed" in certificate_problem(model, cpu)
+
+
+def test_the_image_model_is_published_beside_the_version_with_the_same_verified_file(repository, trained_checkpoint):
+    name = only_model(repository)
+    image_name = image_model_name(name)
+    result = export_checkpoint(trained_checkpoint, ExportSettings(), repository=repository, image_model=True, images=TEST_PARITY_IMAGES)
+    assert result.passed and result.model_path == repository / name / "2" / "model.onnx"
+    repo = ModelRepository(repository)
+    assert repo.models() == sorted([name, image_name])
+    tensor, image = repo.get(name, 2), repo.get(image_name, 2)
+    assert sorted(p.name for p in image.path.iterdir()) == sorted(["model.onnx", CARD_FILE, PARITY_FILE])
+    assert (image.path / "model.onnx").stat().st_ino == (tensor.path / "model.onnx").stat().st_ino, "one file on disk, hard-linked"
+    assert (image.path / PARITY_FILE).read_bytes() == (tensor.path / PARITY_FILE).read_bytes()
+    assert image.card.name == image_name and image.card.model_dump(exclude={"name"}) == tensor.card.model_dump(exclude={"name"})
+    labels = repository / image_name / LABELS_FILE
+    assert labels.read_text() == (repository / name / LABELS_FILE).read_text()
+    assert certificate_problem(image.path / "model.onnx", RunsOn("onnxruntime", "cpu"), labels_file=labels) is None
+    config, tensor_config = parse_config(repository / image_name / CONFIG_FILE), parse_config(repository / name / CONFIG_FILE)
+    (inp,) = config.input
+    assert (inp.name, model_config_pb2.DataType.Name(inp.data_type), list(inp.dims)) == (IMAGE_INPUT_NAME, "TYPE_STRING", [1])
+    assert inp.format == model_config_pb2.ModelInput.FORMAT_NONE, "Triton allows no image format on a TYPE_STRING input"
+    assert config.name == image_name and config.max_batch_size == tensor_config.max_batch_size
+    assert list(config.output) == list(tensor_config.output) and config.platform == tensor_config.platform
+
+
+def test_an_image_model_that_cannot_be_published_stops_the_export_before_anything_is_written(repository, trained_checkpoint):
+    name = only_model(repository)
+    (repository / image_model_name(name)).mkdir()
+    (repository / image_model_name(name) / "1").mkdir()
+    (repository / image_model_name(name) / CONFIG_FILE).write_text("# someone's own config\n")
+    with pytest.raises(ElunetError, match="differs from what this version needs"):
+        export_checkpoint(trained_checkpoint, ExportSettings(), repository=repository, image_model=True, skip_verify=True)
+    assert [v.version for v in ModelRepository(repository).versions(name)] == [1], "the tensor model's version is not published alone"
+    with pytest.raises(ElunetError, match="cannot have an image model") as refused:
+        export_checkpoint(trained_checkpoint, ExportSettings(), repository=repository, name="n" * 60, image_model=True, skip_verify=True)
+    assert "shorter --name" in refused.value.hint and not (repository / ("n" * 60)).exists()
+    with pytest.raises(ElunetError, match="--image-model needs --repository"):
+        export_checkpoint(trained_checkpoint, ExportSettings(), out=repository.parent / "m.onnx", image_model=True)
