@@ -58,7 +58,8 @@ from elunet.runtime.cpus import available_cpus, cpu_name  # noqa: E402
 DEFAULT_VENV = Path.home() / ".cache" / "elunet-bench" / "peers-venv"
 # The peers' releases measured (the issue's table was MLServer 1.7.1, LitServe 0.2.19).
 # uvloop 0.22 broke MLServer 1.7's parallel inference workers (asyncio.get_event_loop() in a fresh process raises).
-PEER_PACKAGES = ("mlserver>=1.7,<1.8", "litserve>=0.2,<0.3", "onnxruntime", "numpy", "uvloop<0.22")
+# Pillow for the image peer (benchmarks/image_classify.py), in elunet's own range: its wheels bring the same libjpeg-turbo.
+PEER_PACKAGES = ("mlserver>=1.7,<1.8", "litserve>=0.2,<0.3", "onnxruntime", "numpy", "uvloop<0.22", "pillow>=13,<14")
 # The exit status when the peers cannot be installed (no PyPI): the test skips on it.
 NO_PEERS = 3
 # The targets (float32, same run): elunet JSON over the faster MLServer layout, at a lower p99.

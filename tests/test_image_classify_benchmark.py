@@ -1,0 +1,49 @@
+"""benchmarks/image_classify.py runs end to end in its short mode and prints every row of its table.
+
+It serves a 1080p JPEG (elu-cifar11) and a 28x28 PNG (fashion-cnn) with elunet and LitServe, checks that each
+answers the probabilities of the decode and ONNX Runtime run in the benchmark, loads each with wrk, and measures
+both decodes without a server. Only that it runs and reports is tested: its figures are timings (the docs'
+Benchmarks pages show measured ones). LitServe is installed into the peers' virtual environment the first time;
+without PyPI that cannot happen and the test skips, saying so.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+from image_classify import CASES, DECODES  # noqa: E402
+from serve_peers import NO_PEERS  # noqa: E402
+
+SERVED = re.compile(r"^  (?P<name>elunet serve|LitServe [\d.]+, [12] worker\(s\))\s+(?P<rate>[\d.]+)\s+(?P<p50>[\d.]+)\s+(?P<p99>[\d.]+)\s+(?P<errors>\d+)$")
+CEILING = re.compile(r"^  ceiling, (?P<decode>.+?)\s+(?P<rate>[\d.]+)$")
+RATIOS = re.compile(r"served / ceiling = [\d.]+; served / peer \(LitServe .+\) = [\d.]+; draft / full ceiling = [\d.]+")
+
+
+def test_short_mode_prints_every_row_for_both_images():
+    if shutil.which("wrk") is None:
+        pytest.skip("wrk is not installed (apt-get install wrk)")
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "image_classify.py"), "--short"], capture_output=True, text=True, timeout=1500)
+    if done.returncode == NO_PEERS:
+        pytest.skip(f"LitServe could not be installed: {done.stderr.strip()[-500:]}")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    sections = re.split(r"^(?=\S+, .+:$)", done.stdout, flags=re.M)[1:]
+    assert [s.split(",")[0] for s in sections] == list(CASES), done.stdout
+    for architecture, section in zip(CASES, sections):
+        lines = section.splitlines()
+        served = {re.sub(r" [\d.]+,", "", m["name"]): m for m in map(SERVED.match, lines) if m}  # LitServe's version left out
+        assert set(served) == {"elunet serve", "LitServe 1 worker(s)", "LitServe 2 worker(s)"}, section
+        assert all(float(m["rate"]) > 0 and int(m["errors"]) == 0 for m in served.values()), section
+        ceilings = {m["decode"]: float(m["rate"]) for m in map(CEILING.match, lines) if m}
+        assert set(ceilings) == set(DECODES.values()) and all(rate > 0 for rate in ceilings.values()), section
+        assert RATIOS.search(section), section
+    assert "targets: >= 120 images/s:" in sections[0]
