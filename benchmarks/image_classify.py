@@ -177,12 +177,13 @@ def _ceiling_main(version_dir: str, image_file: str, decode: str, batch: str, pr
 # --- the servers ---------------------------------------------------------------------------------------
 
 
-def start_elunet(repository: Path, log: Path) -> tuple[Service, str]:
+def start_elunet(repository: Path, log: Path, *options: str) -> tuple[Service, str]:
+    """`elunet serve` with its defaults, but for ``options``."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     return Service([sys.executable, "-m", "elunet", "serve", "--repository", str(repository), "--host", "127.0.0.1", "--port", str(port),
-                    "--grpc-port", str(free_port()), "--allow-unverified", "true", "--log-level", "warning"], log, f"{url}/v2/health/ready",
-                   log.parent), url
+                    "--grpc-port", str(free_port()), "--allow-unverified", "true", "--log-level", "warning", *options], log,
+                   f"{url}/v2/health/ready", log.parent), url
 
 
 def start_litserve(python: Path, onnx: Path, labels: Path, name: str, pre, max_batch: int, delay_s: float, workers: int,

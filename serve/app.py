@@ -72,7 +72,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
     """The HTTP transport: FastAPI routes that translate to and from the operations (serve/operations.py)."""
     metrics = ServeMetrics()
     registry = ModelRegistry(settings, metrics)
-    decoder = Decoder()
+    decoder = Decoder(settings.decode_workers)
     ops = Operations(registry, settings, decoder, metrics)
 
     @contextlib.asynccontextmanager

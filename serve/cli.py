@@ -44,6 +44,7 @@ def serve(
     request_timeout_s: Optional[float] = _opt("request_timeout_s", "--request-timeout-s", "--request-timeout"),
     instances: Optional[int] = _opt("instances"),
     cpu_threads: Optional[int] = _opt("cpu_threads"),
+    decode_workers: Optional[int] = _opt("decode_workers"),
     api_key: Optional[str] = _opt("api_key"),
     open_endpoints: Optional[str] = _opt("open_endpoints", metavar="GROUPS"),
     cors_allow_origins: Optional[str] = _opt("cors_allow_origins", metavar="ORIGINS"),

@@ -101,6 +101,10 @@ class ServeSettings(BaseModel):
     cpu_threads: int = Field(
         0, ge=0, description="intra-op CPU threads per instance; 0: the CPUs this process may use, shared out among all instances"
     )
+    decode_workers: int = Field(
+        0, ge=0, description="worker processes (and threads) that decode request bodies and image files off the event loop; 0: one "
+        "per CPU this process may use"
+    )
     api_key: SecretStr | None = Field(None, description="if set, every request except those of --open-endpoints needs 'Authorization: Bearer <key>'")
     open_endpoints: list[str] = Field(
         ["health", "metrics", "docs"],
