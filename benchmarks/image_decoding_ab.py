@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import shared_memory
 from pathlib import Path
 
 import numpy as np
@@ -85,16 +86,36 @@ def served(repository: Path, tmp: Path, variant: str, options: list[str], nice: 
 
 
 def _echo(data: bytes, pixels: bool):
-    return np.zeros((1, 3, 32, 32), np.float32) if pixels else len(data)
+    return np.zeros((1, 3, 32, 32), np.float32) if pixels else len(data), time.process_time()
 
 
-def round_trip_ms(pool: ProcessPoolExecutor, data: bytes, pixels: bool) -> float:
+def _attach(name: str, pixels: bool):
+    memory = shared_memory.SharedMemory(name)
+    memory.close()
+    return _echo(b"", pixels)
+
+
+def _via_shared_memory(pool: ProcessPoolExecutor, data: bytes, pixels: bool):
+    """The upload copied into shared memory and its name sent instead: what the server would do per request."""
+    memory = shared_memory.SharedMemory(create=True, size=max(1, len(data)))
+    try:
+        memory.buf[:len(data)] = data
+        return pool.submit(_attach, memory.name, pixels).result()
+    finally:
+        memory.close()
+        memory.unlink()
+
+
+def round_trip_ms(pool: ProcessPoolExecutor, data: bytes, pixels: bool, shared: bool = False) -> tuple[float, float]:
+    """(wall, CPU) ms per round trip; CPU: this process's (the executor's threads pickle and write) and the worker's."""
+    call = _via_shared_memory if shared else lambda pool, data, pixels: pool.submit(_echo, data, pixels).result()
     for _ in range(20):
-        pool.submit(_echo, data, pixels).result()
-    t0 = time.perf_counter()
+        _, worker_start = call(pool, data, pixels)
+    t0, cpu0 = time.perf_counter(), time.process_time()
     for _ in range(ROUND_TRIPS):
-        pool.submit(_echo, data, pixels).result()
-    return 1e3 * (time.perf_counter() - t0) / ROUND_TRIPS
+        _, worker_end = call(pool, data, pixels)
+    cpu = time.process_time() - cpu0 + worker_end - worker_start
+    return 1e3 * (time.perf_counter() - t0) / ROUND_TRIPS, 1e3 * cpu / ROUND_TRIPS
 
 
 def form_parse_ms(body: bytes, headers: dict) -> float:
@@ -132,9 +153,11 @@ def in_process(data: bytes, body: bytes, headers: dict, pre) -> dict:
         decode_image(data, pre.color_mode, pre.width, pre.height, pre.channels)
     decode_ms = 1e3 * (time.perf_counter() - t0) / 50
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("forkserver")) as pool:
-        empty, upload = round_trip_ms(pool, b"", False), round_trip_ms(pool, data, False)
-        back = round_trip_ms(pool, b"", True)
-    return {"decode_ms": decode_ms, "round_trip_empty_ms": empty, "upload_transfer_ms": upload - empty, "pixels_transfer_ms": back - empty,
+        empty, upload, back = round_trip_ms(pool, b"", False), round_trip_ms(pool, data, False), round_trip_ms(pool, b"", True)
+        shared = round_trip_ms(pool, data, False, shared=True)
+    return {"decode_ms": decode_ms, "round_trip_empty_ms": empty[0], "upload_transfer_ms": upload[0] - empty[0],
+            "upload_transfer_cpu_ms": upload[1] - empty[1], "upload_shared_memory_ms": shared[0] - empty[0],
+            "upload_shared_memory_cpu_ms": shared[1] - empty[1], "pixels_transfer_ms": back[0] - empty[0], "pixels_transfer_cpu_ms": back[1] - empty[1],
             "form_parse_ms": form_parse_ms(body, headers)}
 
 
@@ -143,22 +166,25 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of load per run")
     parser.add_argument("--rounds", type=int, default=2, help="rounds; every other one in the mirrored order")
     parser.add_argument("--connections", type=int, default=CONNECTIONS, help="wrk connections")
+    parser.add_argument("--variants", default="defaults,nice0,fewer,more", help="which, comma-separated; the first is the base of the ratios")
     args = parser.parse_args()
     cpus = available_cpus()
-    variants = {f"defaults ({cpus} workers, nice +10)": ([], None), f"{cpus} workers at nice 0": ([], 0),
-                f"{cpus - 1} worker(s)": (["--decode-workers", str(max(1, cpus - 1))], None), f"{cpus + 1} workers": (["--decode-workers", str(cpus + 1)], None)}
+    variants = {"defaults": (f"defaults ({cpus} workers, nice +10)", [], None), "nice0": (f"{cpus} workers at nice 0", [], 0),
+                "fewer": (f"{max(1, cpus - 1)} worker(s)", ["--decode-workers", str(max(1, cpus - 1))], None),
+                "more": (f"{cpus + 1} workers", ["--decode-workers", str(cpus + 1)], None)}
+    variants = {key: variants[key] for key in args.variants.split(",")}
     load_start = os.getloadavg()
     print(f"{cpu_name()}, {cpus} CPU(s), load average {' '.join(f'{x:.2f}' for x in load_start)}", flush=True)
     data = photo_jpeg(test_images())
     body, headers = multipart([("image", data)])
-    runs: dict[str, list[dict]] = {name: [] for name in variants}
+    runs: dict[str, list[dict]] = {name: [] for name, _, _ in variants.values()}
     with tempfile.TemporaryDirectory(prefix="image-decoding-ab-") as tmp:
         repository = make_repository(MODEL, Path(tmp) / MODEL)
         pre = ModelRepository(repository).get(MODEL).card.preprocessing
         for round_ in range(args.rounds):
-            for name in list(variants) if round_ % 2 == 0 else reversed(variants):
-                options, nice = variants[name]
-                runs[name].append(served(repository, Path(tmp), name.split(" ")[0], options, nice, body, headers, args))
+            for key in list(variants) if round_ % 2 == 0 else reversed(variants):
+                name, options, nice = variants[key]
+                runs[name].append(served(repository, Path(tmp), key, options, nice, body, headers, args))
                 print(f"  round {round_ + 1}: {name}: {runs[name][-1]['images_per_s']:.1f} images/s", flush=True)
         costs = in_process(data, body, headers, pre)
     print(f"\n{MODEL}, 1920x1080 JPEG of {len(data):,} bytes, {args.connections} connections, {args.duration:g} s per run, "
@@ -171,9 +197,11 @@ def main() -> int:
               f"{mean['loop_ms_per_request']:>12.2f}{mean['images_per_s'] / base:>11.2f}   per round: "
               + " / ".join(f"{r['images_per_s']:.0f}" for r in results))
     print(f"  in this process: one decode {costs['decode_ms']:.2f} ms; pool round trip {costs['round_trip_empty_ms']:.3f} ms, "
-          f"+{costs['upload_transfer_ms']:.3f} ms with the upload, +{costs['pixels_transfer_ms']:.3f} ms with the pixels back; "
+          f"+{costs['upload_transfer_ms']:.3f} ms ({costs['upload_transfer_cpu_ms']:.3f} ms of CPU) with the upload, "
+          f"+{costs['pixels_transfer_ms']:.3f} ms ({costs['pixels_transfer_cpu_ms']:.3f} ms of CPU) with the pixels back, "
+          f"+{costs['upload_shared_memory_ms']:.3f} ms ({costs['upload_shared_memory_cpu_ms']:.3f} ms of CPU) with the upload in shared memory; "
           f"multipart parsing {costs['form_parse_ms']:.3f} ms")
-    print(f"  transfer / decode = {(costs['upload_transfer_ms'] + costs['pixels_transfer_ms']) / costs['decode_ms']:.3f}; "
+    print(f"  transfer CPU / decode = {(costs['upload_transfer_cpu_ms'] + costs['pixels_transfer_cpu_ms']) / costs['decode_ms']:.3f}; "
           f"multipart parsing / decode = {costs['form_parse_ms'] / costs['decode_ms']:.3f}")
     print(f"load average at the end {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     return 0
