@@ -6,12 +6,15 @@ A real process pool (forkserver), as the server runs it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+from pathlib import Path
 
 import pytest
 
 import elunet.serve.decoding
+from elunet.runtime.cpus import available_cpus
 from elunet.serve.decoding import Decoder
 from elunet.serve.errors import ServeError
 
@@ -58,3 +61,24 @@ def test_a_pool_restart_that_fails_is_logged_and_answers_the_next_request_with_5
     assert (error.status, error.reason) == (503, "decoder_failed")
     assert "could not be restarted" in error.message and "BrokenProcessPool" in error.message, error.message
     assert any("could not be restarted" in r.getMessage() for r in caplog.records), [r.getMessage() for r in caplog.records]
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="counts processes in Linux's /proc")
+def test_the_decode_workers_setting_starts_that_many_worker_processes(start_server, synthetic_repository):
+    """--decode-workers: the pool's processes are the fork server's children (serve/decoding.py: forkserver);
+    one more than the CPUs, so that the default (one per CPU) would fail it."""
+    wanted = available_cpus() + 1
+    server = start_server(synthetic_repository, decode_workers=wanted, allow_unverified=True)
+    fork_servers = [pid for pid in _children(server.proc.pid) if b"forkserver" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    assert len(fork_servers) == 1, fork_servers
+    assert len(_children(fork_servers[0])) == wanted
+    server.stop()
