@@ -25,9 +25,11 @@ before has exited:
 Every server's answer is first checked against the decode and ONNX Runtime run here (probabilities within 1e-4).
 Each round runs all of them; the second round runs them in the mirrored order, so that on a host whose load
 drifts each figure is the mean of two runs straddling the same moment; served/ceiling is the mean of each
-round's ratio. The load average is printed at the start and the end: on a shared host the figures are noisy.
+round's ratio. The load average is printed at the start and the end: on a shared host the figures are noisy, and
+served can even exceed its ceiling there, since Linux shares the CPUs between sessions first (autogroup) and a served
+run spans two (the server's, and wrk's in the benchmark's) where a ceiling run has one.
 
-    python benchmarks/image_classify.py            # both cases, 2 rounds of 10 s per run (about 6 minutes)
+    python benchmarks/image_classify.py            # both cases, 2 rounds of 10 s per run (about 8 minutes)
     python benchmarks/image_classify.py --short    # 1 round of 2 s per run: does it all run? (writes no JSON)
 
 LitServe and Pillow for it come from the peers' virtual environment (benchmarks/serve_peers.py's peers_python).
