@@ -46,7 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +59,7 @@ from figures import write_figures  # noqa: E402
 from fixtures_serve import free_port, http  # noqa: E402
 from pillow_decode import full_decode  # noqa: E402
 from serve_load import batch_totals, instance_count, make_repository  # noqa: E402
-from serve_peers import DEFAULT_VENV, NO_PEERS, PeersUnavailable, Service, onnx_logits, peers_python, peer_versions  # noqa: E402
+from serve_peers import DEFAULT_VENV, NO_PEERS, PeersUnavailable, Row, Service, onnx_logits, peers_python, peer_versions  # noqa: E402
 from test_serve_classify import multipart  # noqa: E402
 from wrk_load import wrk  # noqa: E402
 
@@ -77,15 +77,6 @@ CONNECTIONS = 16
 TARGET_IMAGES_PER_S = {"elu-cifar11": 120.0}
 TARGET_OVER_CEILING = {"elu-cifar11": 0.8}
 DECODES = {"draft": "elunet decode_image", "full": "Pillow full decode"}
-
-
-@dataclass
-class Row:
-    name: str
-    images_per_s: float
-    p50_ms: float | None = None
-    p99_ms: float | None = None
-    errors: int = 0
 
 
 def test_images() -> np.ndarray:
@@ -226,6 +217,7 @@ def measure(architecture: str, data: bytes, tmp: Path, python: Path, args) -> di
     processes = available_cpus()  # the server's decoding workers: one per CPU
 
     def load(name: str, url: str) -> None:
+        # One image per request: its requests/s are images/s.
         result = wrk(url + url_path, body, headers, connections=args.connections, duration_s=args.duration)
         runs.setdefault(name, []).append(Row(name, result.requests_per_s, result.p50_ms, result.p99_ms, result.errors))
 
@@ -271,8 +263,8 @@ def measure(architecture: str, data: bytes, tmp: Path, python: Path, args) -> di
             target()
     rows = []
     for name, results in runs.items():
-        mean = {f: float(np.mean([getattr(r, f) for r in results])) if results[0].p99_ms is not None or f == "images_per_s" else None
-                for f in ("images_per_s", "p50_ms", "p99_ms")}
+        mean = {f: float(np.mean([getattr(r, f) for r in results])) if results[0].p99_ms is not None or f == "requests_per_s" else None
+                for f in ("requests_per_s", "p50_ms", "p99_ms")}
         rows.append(Row(name, **mean, errors=sum(r.errors for r in results)))
     return _report(architecture, pre, len(data), runs, rows, served)
 
@@ -280,28 +272,28 @@ def measure(architecture: str, data: bytes, tmp: Path, python: Path, args) -> di
 def _report(architecture: str, pre, size: int, runs: dict[str, list[Row]], rows: list[Row], served: dict) -> dict:
     by_name = {r.name: r for r in rows}
     elunet, draft, full = by_name["elunet serve"], by_name[f"ceiling, {DECODES['draft']}"], by_name[f"ceiling, {DECODES['full']}"]
-    peer = max((r for r in rows if r.name.startswith("LitServe")), key=lambda r: r.images_per_s)
+    peer = max((r for r in rows if r.name.startswith("LitServe")), key=lambda r: r.requests_per_s)
     # Each round's served figure over the ceiling of the same round: the host's drift between rounds cancels.
-    over_ceiling = float(np.mean([s.images_per_s / c.images_per_s for s, c in zip(runs["elunet serve"], runs[draft.name])]))
+    over_ceiling = float(np.mean([s.requests_per_s / c.requests_per_s for s, c in zip(runs["elunet serve"], runs[draft.name])]))
     figures = {"image": CASES[architecture], "image_bytes": size, "input": f"{pre.channels}x{pre.height}x{pre.width}",
                "max_batch_size": served["max_batch"], "queue_delay_ms": served["delay_s"] * 1000, "instances": served["instances"],
                "formed_batch": float(np.mean(served["formed"])), "served_over_ceiling": over_ceiling,
-               "served_over_peer": elunet.images_per_s / peer.images_per_s, "peer": peer.name,
-               "draft_over_full_ceiling": draft.images_per_s / full.images_per_s}
+               "served_over_peer": elunet.requests_per_s / peer.requests_per_s, "peer": peer.name,
+               "draft_over_full_ceiling": draft.requests_per_s / full.requests_per_s}
     print(f"\n{architecture} ({figures['input']}), {CASES[architecture]} of {size:,} bytes: max batch {served['max_batch']}, "
           f"delay {figures['queue_delay_ms']:g} ms, {served['instances']} instance(s), batches of "
           f"{' and '.join(f'{f:.1f}' for f in served['formed'])} formed")
-    print("  runs (images/s): " + "; ".join(f"{name} {' / '.join(f'{r.images_per_s:.0f}' for r in results)}" for name, results in runs.items()))
+    print("  runs (images/s): " + "; ".join(f"{name} {' / '.join(f'{r.requests_per_s:.0f}' for r in results)}" for name, results in runs.items()))
     print(f"  {'':<40}{'images/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
     for r in rows:
         latency = f"{r.p50_ms:>9.1f}{r.p99_ms:>9.1f}{r.errors:>8}" if r.p99_ms is not None else ""
-        print(f"  {r.name:<40}{r.images_per_s:>9.1f}{latency}")
+        print(f"  {r.name:<40}{r.requests_per_s:>9.1f}{latency}")
     print(f"  served / ceiling = {over_ceiling:.2f}; served / peer ({peer.name}) = {figures['served_over_peer']:.2f}; "
           f"draft / full ceiling = {figures['draft_over_full_ceiling']:.2f}")
     met = {}
     if architecture in TARGET_IMAGES_PER_S:
-        met = {"images_per_s": elunet.images_per_s >= TARGET_IMAGES_PER_S[architecture],
-               "over_ceiling": over_ceiling >= TARGET_OVER_CEILING[architecture], "over_peer": elunet.images_per_s > peer.images_per_s}
+        met = {"images_per_s": elunet.requests_per_s >= TARGET_IMAGES_PER_S[architecture],
+               "over_ceiling": over_ceiling >= TARGET_OVER_CEILING[architecture], "over_peer": elunet.requests_per_s > peer.requests_per_s}
         print(f"  targets: >= {TARGET_IMAGES_PER_S[architecture]:g} images/s: {'met' if met['images_per_s'] else 'NOT met'}; "
               f">= {TARGET_OVER_CEILING[architecture]} x ceiling: {'met' if met['over_ceiling'] else 'NOT met'}; "
               f"ahead of the peer: {'met' if met['over_peer'] else 'NOT met'}")

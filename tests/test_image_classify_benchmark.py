@@ -10,19 +10,12 @@ without PyPI that cannot happen and the test skips, saying so.
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from test_serve_peers_benchmark import run_short_mode  # puts benchmarks/ on the path
+from image_classify import CASES, DECODES  # noqa: I001
 
 pytestmark = pytest.mark.slow
-
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCHMARKS))
-from image_classify import CASES, DECODES  # noqa: E402
-from serve_peers import NO_PEERS  # noqa: E402
 
 SERVED = re.compile(r"^  (?P<name>elunet serve|LitServe [\d.]+, [12] worker\(s\))\s+(?P<rate>[\d.]+)\s+(?P<p50>[\d.]+)\s+(?P<p99>[\d.]+)\s+(?P<errors>\d+)$")
 CEILING = re.compile(r"^  ceiling, (?P<decode>.+?)\s+(?P<rate>[\d.]+)$")
@@ -30,12 +23,7 @@ RATIOS = re.compile(r"served / ceiling = [\d.]+; served / peer \(LitServe .+\) =
 
 
 def test_short_mode_prints_every_row_for_both_images():
-    if shutil.which("wrk") is None:
-        pytest.skip("wrk is not installed (apt-get install wrk)")
-    done = subprocess.run([sys.executable, str(BENCHMARKS / "image_classify.py"), "--short"], capture_output=True, text=True, timeout=1500)
-    if done.returncode == NO_PEERS:
-        pytest.skip(f"LitServe could not be installed: {done.stderr.strip()[-500:]}")
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    done = run_short_mode("image_classify.py")
     sections = re.split(r"^(?=\S+, .+:$)", done.stdout, flags=re.M)[1:]
     assert [s.split(",")[0] for s in sections] == list(CASES), done.stdout
     for architecture, section in zip(CASES, sections):

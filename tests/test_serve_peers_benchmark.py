@@ -29,13 +29,19 @@ ROW = re.compile(r"^\s+(?P<name>.+?)\s{2,}(?P<rps>\d+)\s+(?P<p50>[\d.]+)\s+(?P<p
 RAW_ROW = re.compile(r"^\s+raw ONNX Runtime, batch (?P<batch>\d+) \(img/s\)\s+(?P<rate>\d+)$")
 
 
-def test_short_mode_prints_every_row():
+def run_short_mode(script: str) -> subprocess.CompletedProcess:
+    """``benchmarks/SCRIPT --short``, which must succeed; skipped without wrk, or where the peers cannot be installed."""
     if shutil.which("wrk") is None:
         pytest.skip("wrk is not installed (apt-get install wrk)")
-    done = subprocess.run([sys.executable, str(BENCHMARKS / "serve_peers.py"), "--short"], capture_output=True, text=True, timeout=1500)
+    done = subprocess.run([sys.executable, str(BENCHMARKS / script), "--short"], capture_output=True, text=True, timeout=1500)
     if done.returncode == NO_PEERS:
-        pytest.skip(f"MLServer and LitServe could not be installed: {done.stderr.strip()[-500:]}")
+        pytest.skip(f"the peer servers could not be installed: {done.stderr.strip()[-500:]}")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+def test_short_mode_prints_every_row():
+    done = run_short_mode("serve_peers.py")
     lines = done.stdout.splitlines()
     servers = {m["name"]: m for m in map(ROW.match, lines) if m}
     for name in SERVER_ROWS:
