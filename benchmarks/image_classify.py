@@ -55,7 +55,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE / "peers"))
 sys.path.insert(0, str(HERE.parent / "tests"))
-from figures import write_figures  # noqa: E402
+from figures import add_json_option, write_figures  # noqa: E402
 from fixtures_serve import free_port, http  # noqa: E402
 from pillow_decode import full_decode  # noqa: E402
 from serve_load import batch_totals, instance_count, make_repository  # noqa: E402
@@ -309,15 +309,12 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of load per run")
     parser.add_argument("--rounds", type=int, default=2, help="rounds of every run, each after the first in the mirrored order")
     parser.add_argument("--connections", type=int, default=CONNECTIONS, help="wrk connections")
-    parser.add_argument("--short", action="store_true", help="1 round of 2 s per run, no JSON: checks that everything runs")
+    parser.add_argument("--short", action="store_true", help="1 round of 2 s per run, no figures recorded: checks that everything runs")
     parser.add_argument("--peers-venv", type=Path, default=DEFAULT_VENV, help="virtual environment for LitServe")
-    parser.add_argument("--json", type=Path, default=None, help="where the figures go (with the command, date, CPU and commit); default "
-                        "docs/benchmarks/image_classify.json, for the docs' benchmark page, except with --short")
+    add_json_option(parser, __file__)
     args = parser.parse_args()
     if args.short:
-        args.duration, args.rounds = 2.0, 1
-    elif args.json is None:
-        args.json = HERE.parent / "docs" / "benchmarks" / "image_classify.json"
+        args.duration, args.rounds, args.json = 2.0, 1, None
     try:
         python = peers_python(args.peers_venv)
     except PeersUnavailable as exc:
@@ -336,9 +333,8 @@ def main() -> int:
             results[architecture] = measure(architecture, files[architecture], Path(tmp), python, args)
     load_end = os.getloadavg()
     print(f"load average at the end {' '.join(f'{x:.2f}' for x in load_end)}")
-    if args.json is not None:
-        write_figures(args.json, {"litserve": args.litserve, "connections": args.connections, "duration_s": args.duration,
-                                  "rounds": args.rounds, "load_average": {"start": load_start, "end": load_end}, "models": results})
+    write_figures(args.json, {"litserve": args.litserve, "connections": args.connections, "duration_s": args.duration,
+                              "rounds": args.rounds, "load_average": {"start": load_start, "end": load_end}, "models": results})
     return 0
 
 

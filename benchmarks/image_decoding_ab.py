@@ -19,8 +19,10 @@ thread). Then, in this process, against the time one decode takes (decode_image 
   file read), which the event loop does before the decode starts: the most that handing the upload to the decoder
   as it arrives could save (on loopback the body itself arrives at once).
 
-    python benchmarks/image_decoding_ab.py              # 2 rounds of 10 s per variant (about 4 minutes)
-    python benchmarks/image_decoding_ab.py --rounds 3 --duration 15
+    python benchmarks/image_decoding_ab.py              # 2 rounds of 10 s per variant (about 5 minutes)
+    python benchmarks/image_decoding_ab.py --variants defaults,nice0 --rounds 4 --json ''   # a trial: no figures recorded
+
+The figures go to docs/benchmarks/image_decoding_ab.json, for the docs' benchmark page.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from figures import add_json_option, write_figures  # noqa: E402
 from image_classify import CONNECTIONS, photo_jpeg, start_elunet, test_images  # noqa: E402
 from serve_load import batch_totals, make_repository  # noqa: E402
 from serve_peers import main_thread_cpu_s  # noqa: E402
@@ -167,6 +170,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2, help="rounds; every other one in the mirrored order")
     parser.add_argument("--connections", type=int, default=CONNECTIONS, help="wrk connections")
     parser.add_argument("--variants", default="defaults,nice0,fewer,more", help="which, comma-separated; the first is the base of the ratios")
+    add_json_option(parser, __file__)
     args = parser.parse_args()
     cpus = available_cpus()
     variants = {"defaults": (f"defaults ({cpus} workers, nice +10)", [], None), "nice0": (f"{cpus} workers at nice 0", [], 0),
@@ -191,8 +195,11 @@ def main() -> int:
           f"{args.rounds} rounds (alternating order)")
     print(f"  {'':<32}{'images/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'batch':>7}{'loop ms/req':>12}{'x defaults':>11}")
     base = np.mean([r["images_per_s"] for r in next(iter(runs.values()))])
+    variants_figures = []
     for name, results in runs.items():
         mean = {k: float(np.mean([r[k] for r in results])) for k in results[0]}
+        variants_figures.append({"variant": name, **mean, "over_first": mean["images_per_s"] / base,
+                                 "per_round": [r["images_per_s"] for r in results]})
         print(f"  {name:<32}{mean['images_per_s']:>9.1f}{mean['p50_ms']:>9.1f}{mean['p99_ms']:>9.1f}{mean['formed_batch']:>7.1f}"
               f"{mean['loop_ms_per_request']:>12.2f}{mean['images_per_s'] / base:>11.2f}   per round: "
               + " / ".join(f"{r['images_per_s']:.0f}" for r in results))
@@ -203,7 +210,11 @@ def main() -> int:
           f"multipart parsing {costs['form_parse_ms']:.3f} ms")
     print(f"  transfer CPU / decode = {(costs['upload_transfer_cpu_ms'] + costs['pixels_transfer_cpu_ms']) / costs['decode_ms']:.3f}; "
           f"multipart parsing / decode = {costs['form_parse_ms'] / costs['decode_ms']:.3f}")
-    print(f"load average at the end {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    load_end = os.getloadavg()
+    print(f"load average at the end {' '.join(f'{x:.2f}' for x in load_end)}")
+    write_figures(args.json, {"model": MODEL, "image_bytes": len(data), "connections": args.connections, "duration_s": args.duration,
+                              "rounds": args.rounds, "load_average": {"start": load_start, "end": load_end}, "variants": variants_figures,
+                              "in_process_ms": costs})
     return 0
 
 
