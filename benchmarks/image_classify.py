@@ -18,7 +18,8 @@ before has exited:
   Runtime engine (one thread) at the batch size the server formed;
 - full-decode ceiling: the same, decoding every pixel with Pillow (benchmarks/peers/pillow_decode.py: convert,
   bilinear resize with reducing_gap=3), the decode before issue 29;
-- peer: LitServe (benchmarks/peers/litserve_classify.py) with that same Pillow decode and ONNX Runtime, its
+- peer: LitServe (benchmarks/peers/litserve_classify.py) with the same decode as elunet's (elunet/images.py, imported
+  from the checkout: the fastest decode, so the peer's fastest configuration) and ONNX Runtime, its
   batching on with elunet's max batch size and queue delay, with 1 and with 2 inference workers
   (workers_per_device; ONNX Runtime threads: the CPUs over the workers); the faster is its figure.
 
@@ -251,7 +252,7 @@ def measure(architecture: str, data: bytes, tmp: Path, python: Path, args) -> di
             server, url = start_litserve(python, onnx, labels_file, architecture, pre, served["max_batch"], served["delay_s"], workers,
                                          tmp / f"{architecture}-litserve-{workers}.log")
             try:
-                check_answer(url, architecture, body, headers, expected["full"])
+                check_answer(url, architecture, body, headers, expected["draft"])
                 load(f"LitServe {args.litserve}, {workers} worker(s)", url)
             finally:
                 server.stop()

@@ -1,4 +1,5 @@
-"""LitServe classifying image files: Pillow's full decode (pillow_decode.py) and elunet's ONNX export, with LitServe's batching.
+"""LitServe classifying image files: the same decode as elunet's (elunet/images.py, Pillow with JPEG draft mode and early
+reduce: the fastest decode we know, so the peer's fastest configuration) and elunet's ONNX export, with LitServe's batching.
 
 Runs in the peers' virtual environment (benchmarks/image_classify.py):
 
@@ -14,12 +15,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from pathlib import Path
 
 import litserve as ls
 import numpy as np
-
 from peer_session import open_session
-from pillow_decode import full_decode
+
+# elunet/images.py needs only Pillow and numpy (and elunet/errors.py): the peers' environment imports it from the checkout.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from elunet.images import decode_image  # noqa: E402
 
 TOP_K = 5
 
@@ -41,7 +46,8 @@ class ClassifyApi(ls.LitAPI):
         # evaluation, would not compare equal to its Request and it would try to pickle the request itself);
         # LitServe keeps form files in memory, so the upload reaches the worker process.
         (upload,) = [value for _, value in request.multi_items() if hasattr(value, "filename")]
-        return full_decode(upload.file.read(), self._args.color_mode, self._args.width, self._args.height)
+        a = self._args
+        return decode_image(upload.file.read(), a.color_mode, a.width, a.height, len(a.color_mode))  # L or RGB: a letter per channel
 
     def batch(self, inputs):
         return np.stack(inputs)

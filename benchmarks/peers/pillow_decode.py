@@ -1,6 +1,5 @@
 """The decode a user writes with Pillow: every pixel of the file, then the colour conversion and a bilinear resize
-with ``reducing_gap=3`` (elunet's before issue 29). The LitServe image peer serves it and benchmarks/image_classify.py
-measures its in-process ceiling with it; it imports only Pillow and numpy, so that it runs in either environment."""
+with ``reducing_gap=3`` (elunet's before issue 29): benchmarks/image_classify.py's full-decode ceiling."""
 
 from __future__ import annotations
 
