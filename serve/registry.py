@@ -54,6 +54,7 @@ class ServedModel:
     config: object | None  # the parsed config.pbtxt (ModelConfig), None without one
     scheduling: Scheduling
     fingerprint: str
+    failed_reload: str | None = None  # the fingerprint of files that failed to replace this version: not retried until they change
     interface: ModelInterface | None = None  # what it takes and answers, once loaded (serve/interface.py)
     state: str = LOADING
     reason: str = "loading"
@@ -316,7 +317,9 @@ class ModelRegistry:
         failures = []
         for version, fingerprint in sorted(want.versions.items()):
             old = current.get(version)
-            if old is not None and old.fingerprint == fingerprint and old.state == READY and not force:
+            if old is not None and old.state == READY and not force and fingerprint in (old.fingerprint, old.failed_reload):
+                if fingerprint == old.fingerprint and old.failed_reload:  # the files were put back: nothing failed any more
+                    old.failed_reload, old.reason = None, ""
                 continue
             served = await self._load_version(name, version, want.config, fingerprint, visible=old is None or old.state != READY)
             if served.state == READY:
@@ -326,6 +329,7 @@ class ModelRegistry:
                     log.info("model %s v%d reloaded: its files or config.pbtxt changed", name, version)
             elif old is not None and old.state == READY:
                 old.reason = f"reload failed, still serving the version loaded before: {served.reason}"
+                old.failed_reload = fingerprint
                 failures.append(f"v{version}: {served.reason}")
             else:
                 self.models.setdefault(name, {})[version] = served

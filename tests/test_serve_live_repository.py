@@ -143,6 +143,23 @@ def test_a_replaced_model_file_is_picked_up_in_poll_mode_only(tmp_path, start_se
     np.testing.assert_allclose(infer(fixed.url, LINEAR, x)[2], before, atol=1e-6)
 
 
+
+def test_a_broken_replacement_is_tried_once_the_old_version_serves_and_a_fixed_file_loads(tmp_path, start_server):
+    root = make_synthetic_repository(tmp_path / "repository", faulty=False)
+    polling = start_server(root, model_control_mode="poll", repository_poll_secs=0.2, allow_unverified=True)
+    x = np.random.default_rng(1).random((3, *SYNTHETIC_SHAPE), dtype=np.float32)
+    before = infer(polling.url, LINEAR, x)[2]
+    replace_atomically(root / LINEAR / "1" / "model.onnx", b"not an onnx file")
+    wait_for(lambda: "failed to load" in polling.log(), 30, "the poll to try the broken file")
+    time.sleep(2)  # ten polls more: an unchanged broken file is not tried again
+    assert polling.log().count(f"model {LINEAR} v1 failed to load") == 1, polling.log(tail=20)
+    np.testing.assert_allclose(infer(polling.url, LINEAR, x)[2], before, atol=1e-6)
+    other = add_synthetic_version(tmp_path / "other", LINEAR, 1, seed=8)
+    replace_atomically(root / LINEAR / "1" / "model.onnx", (other / "model.onnx").read_bytes())
+    after = logits_of(root / LINEAR / "1" / "model.onnx", x)
+    wait_for(lambda: np.allclose(infer(polling.url, LINEAR, x)[2], after, atol=1e-6), 30, "the poll to load the fixed file")
+
+
 # --- explicit --------------------------------------------------------------------------------
 
 
