@@ -100,9 +100,14 @@ def check_image_input(names: list[str], datatype: str, shape: list[int], image_f
     if datatype != image_files.datatype:
         raise bad_request(f"input {name!r} has datatype {datatype}; this image model takes {image_files.datatype}, one encoded image file "
                           f"(PNG, JPEG, ...) per batch element; send pixels to the tensor model it serves")
-    if len(shape) != 1 + len(dims) or list(shape[1:]) != dims or shape[0] < 1:
-        raise bad_request(f"input {name!r} has shape {shown(list(shape))}; expected {[-1, *dims]}: a batch of at least 1, one image file each")
+    check_batch_shape(name, shape, dims, ": a batch of at least 1, one image file each")
     return shape[0]
+
+
+def check_batch_shape(name: str, shape: list[int], dims: list[int], expected: str) -> None:
+    """400 unless ``shape`` is a batch of at least one element of ``dims``; ``expected`` says what the batch holds."""
+    if len(shape) != 1 + len(dims) or list(shape[1:]) != dims or shape[0] < 1:
+        raise bad_request(f"input {name!r} has shape {shown(list(shape))}; expected {[-1, *dims]}{expected}")
 
 
 def check_images_carried(parameters: dict, what: str) -> None:
@@ -365,8 +370,7 @@ def check_input(names: list[str], datatype: str, shape: list[int], model_input: 
         raise bad_request(f"expected exactly one input named {name!r}, received inputs {names}")
     if datatype not in INPUT_DATATYPES:
         raise bad_request(f"input {name!r} has datatype {datatype}; expected one of {', '.join(INPUT_DATATYPES)}")
-    if len(shape) != 1 + len(dims) or list(shape[1:]) != dims or shape[0] < 1:
-        raise bad_request(f"input {name!r} has shape {shown(list(shape))}; expected {[-1, *dims]} (batch of at least 1)")
+    check_batch_shape(name, shape, dims, " (batch of at least 1)")
     return input_dtype(datatype)
 
 
